@@ -1,0 +1,376 @@
+//! Standalone config: the same YAML manifests a user would `kubectl apply` (LoadBalancerPool,
+//! ApiKeyPool, Secret), several documents in one file. Secret values may reference the
+//! environment as `${NAME}` so key values need not live in the file.
+
+use crate::model::{ObjectId, Snapshot};
+use crate::resolve::{self, ConfigError, Reason};
+use crate::secret::SecretValue;
+use crate::spec::{ApiKeyPoolSpec, LoadBalancerPoolSpec};
+use base64::Engine;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The namespace of manifests that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The documents of one file, parsed but not yet resolved.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub pools: Vec<(ObjectId, LoadBalancerPoolSpec)>,
+    pub key_pools: Vec<(ObjectId, ApiKeyPoolSpec)>,
+    pub secrets: BTreeMap<ObjectId, BTreeMap<String, SecretValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    spec: Option<serde_json::Value>,
+    #[serde(default)]
+    data: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    string_data: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    _type: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct Metadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    // labels, annotations etc. are accepted and ignored, as kubectl would keep them.
+}
+
+// === impl Manifests ===
+
+impl Manifests {
+    /// Parses a multi-document YAML string. `env` resolves `${NAME}` in Secret values.
+    pub fn parse(
+        yaml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).map_err(|e| {
+            vec![ConfigError::new(
+                "manifest",
+                "",
+                Reason::InvalidManifest,
+                format!("not valid YAML: {e}"),
+            )]
+        })?;
+        let mut out = Manifests::default();
+        let mut errors = Vec::new();
+        for (i, doc) in docs.into_iter().enumerate() {
+            if let Err(e) = out.add(i, doc, env) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn add(
+        &mut self,
+        index: usize,
+        doc: serde_json::Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let doc_name = format!("document {}", index + 1);
+        let bad = |object: &str, field: &str, msg: String| {
+            ConfigError::new(object, field, Reason::InvalidManifest, msg)
+        };
+        let env_doc: Envelope = serde_json::from_value(doc)
+            .map_err(|e| bad(&doc_name, "", format!("not a Kubernetes object: {e}")))?;
+        let kind = env_doc
+            .kind
+            .ok_or_else(|| bad(&doc_name, "kind", "required".into()))?;
+        let api_version = env_doc
+            .api_version
+            .ok_or_else(|| bad(&doc_name, "apiVersion", "required".into()))?;
+        let name = env_doc
+            .metadata
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad(&doc_name, "metadata.name", "required".into()))?;
+        let namespace = env_doc
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let id = ObjectId::new(namespace, name);
+        let object = format!("{kind} {id}");
+        let keyway_version = format!("{}/{}", crate::GROUP, crate::VERSION);
+        if env_doc.status.is_some() {
+            // Status is output; accepting it silently would suggest it does something.
+            return Err(bad(
+                &object,
+                "status",
+                "is written by Keyway, not read".into(),
+            ));
+        }
+
+        match kind.as_str() {
+            "LoadBalancerPool" | "ApiKeyPool" => {
+                if api_version != keyway_version {
+                    return Err(bad(
+                        &object,
+                        "apiVersion",
+                        format!("expected {keyway_version}, got {api_version}"),
+                    ));
+                }
+                let spec = env_doc
+                    .spec
+                    .ok_or_else(|| bad(&object, "spec", "required".into()))?;
+                if kind == "LoadBalancerPool" {
+                    let spec = typed_spec(&object, spec)?;
+                    self.pools.push((id, spec));
+                } else {
+                    let spec = typed_spec(&object, spec)?;
+                    self.key_pools.push((id, spec));
+                }
+            }
+            "Secret" => {
+                if api_version != "v1" {
+                    return Err(bad(
+                        &object,
+                        "apiVersion",
+                        format!("expected v1, got {api_version}"),
+                    ));
+                }
+                let mut entries = BTreeMap::new();
+                for (k, v) in env_doc.data.unwrap_or_default() {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(v.trim())
+                        .map_err(|_| bad(&object, &format!("data.{k}"), "not base64".into()))?;
+                    let s = String::from_utf8(bytes)
+                        .map_err(|_| bad(&object, &format!("data.{k}"), "not UTF-8".into()))?;
+                    entries.insert(k, SecretValue::new(s));
+                }
+                for (k, v) in env_doc.string_data.unwrap_or_default() {
+                    let v = expand_env(&v, env)
+                        .map_err(|msg| bad(&object, &format!("stringData.{k}"), msg))?;
+                    entries.insert(k, SecretValue::new(v));
+                }
+                if self.secrets.insert(id, entries).is_some() {
+                    return Err(bad(&object, "metadata.name", "defined twice".into()));
+                }
+            }
+            other => {
+                return Err(bad(
+                    &doc_name,
+                    "kind",
+                    format!(
+                        "{other:?} is not supported; expected LoadBalancerPool, ApiKeyPool or Secret"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every object; any error rejects the whole set, so a half-valid file never
+    /// replaces a good config.
+    pub fn resolve(&self) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut pools = Vec::new();
+        let mut key_pools = Vec::new();
+        for (id, spec) in &self.key_pools {
+            let secret_id = ObjectId::new(&id.namespace, &spec.secret_ref.name);
+            match resolve::key_pool(id, spec, self.secrets.get(&secret_id)) {
+                Ok(k) => key_pools.push(k),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (id, spec) in &self.pools {
+            match resolve::pool(id, spec) {
+                Ok(p) => {
+                    if let Some(k) = &p.key_pool {
+                        let known = self
+                            .key_pools
+                            .iter()
+                            .any(|(kid, _)| kid.namespace == id.namespace && &kid.name == k);
+                        if !known {
+                            errors.push(ConfigError::new(
+                                format!("LoadBalancerPool {id}"),
+                                "spec.apiKeyPoolRef.name",
+                                Reason::KeyPoolNotFound,
+                                format!(
+                                    "ApiKeyPool {}/{k} is not defined in this file",
+                                    id.namespace
+                                ),
+                            ));
+                        }
+                    }
+                    pools.push(p)
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &pools {
+            if !seen.insert(p.id.clone()) {
+                errors.push(ConfigError::new(
+                    format!("LoadBalancerPool {}", p.id),
+                    "metadata.name",
+                    Reason::InvalidManifest,
+                    "defined twice",
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot { pools, key_pools }.normalized())
+    }
+}
+
+/// Deserializes a spec, naming the exact field path on error (`spec.backends[0].weight`).
+fn typed_spec<T: serde::de::DeserializeOwned>(
+    object: &str,
+    spec: serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        ConfigError::new(
+            object,
+            field,
+            Reason::InvalidSpec,
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+/// Replaces each `${NAME}` with the environment variable's value.
+fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed ${ in value".to_string())?;
+        let name = &after[..end];
+        let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData:
+  key-a: "${TEST_KEY_A}"
+  key-b: literal-b
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {name: openai-keys}
+spec:
+  secretRef: {name: keys}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: openai}
+spec:
+  apiKeyPoolRef: {name: openai-keys}
+  backends:
+    - {name: a, endpoint: "http://127.0.0.1:9001"}
+    - {name: b, endpoint: "http://127.0.0.1:9002/base/", weight: 2}
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TEST_KEY_A").then(|| "from-env".to_string())
+    }
+
+    #[test]
+    fn parses_and_resolves_a_file() {
+        let snap = Manifests::parse(GOOD, &env).unwrap().resolve().unwrap();
+        assert_eq!(snap.pools.len(), 1);
+        let pool = &snap.pools[0];
+        assert_eq!(pool.id.to_string(), "default/openai");
+        assert_eq!(pool.backends[1].endpoint.path_prefix, "/base");
+        assert_eq!(pool.backends[1].weight, 2);
+        let keys = &snap.key_pools[0].keys;
+        assert_eq!(keys[0].id, "key-a");
+        assert_eq!(keys[0].value.expose(), "from-env");
+        assert_eq!(keys[1].value.expose(), "literal-b");
+    }
+
+    #[test]
+    fn names_the_field_of_a_type_error() {
+        let bad = GOOD.replace("weight: 2", "weight: lots");
+        let errs = Manifests::parse(&bad, &env).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(
+            msg.starts_with("LoadBalancerPool default/openai: spec.backends[1].weight:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let bad = GOOD.replace(
+            "secretRef: {name: keys}",
+            "secretRef: {name: keys}\n  colour: red",
+        );
+        let errs = Manifests::parse(&bad, &env).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.contains("ApiKeyPool default/openai-keys"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let errs = Manifests::parse(GOOD, &|_| None).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.contains("stringData.key-a"), "{msg}");
+        assert!(msg.contains("TEST_KEY_A is not set"), "{msg}");
+    }
+
+    #[test]
+    fn missing_key_pool_is_named() {
+        let bad = GOOD.replace(
+            "apiKeyPoolRef: {name: openai-keys}",
+            "apiKeyPoolRef: {name: nope}",
+        );
+        let errs = Manifests::parse(&bad, &env).unwrap().resolve().unwrap_err();
+        assert_eq!(errs[0].field, "spec.apiKeyPoolRef.name");
+        assert_eq!(errs[0].reason, Reason::KeyPoolNotFound);
+    }
+
+    #[test]
+    fn unsupported_kind_is_an_error() {
+        let errs = Manifests::parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("\"ConfigMap\" is not supported")
+        );
+    }
+}

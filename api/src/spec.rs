@@ -1,0 +1,256 @@
+//! The resources as users write them: `LoadBalancerPool` (where traffic goes) and `ApiKeyPool`
+//! (where keys come from). With the `crd` feature these derive `kube::CustomResource`; the
+//! proxy uses the same spec types to read standalone manifests.
+//!
+//! Doc comments here become the CRD's OpenAPI descriptions, so they speak to users.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// === LoadBalancerPool ===
+
+/// Where the traffic of one API goes: the backends, how they are balanced, which key pool
+/// pays for the requests and how the key is injected.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "keyway.dev",
+        version = "v1alpha1",
+        kind = "LoadBalancerPool",
+        plural = "loadbalancerpools",
+        shortname = "lbp",
+        category = "keyway",
+        namespaced,
+        status = "LoadBalancerPoolStatus",
+        printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+        printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.totalBackends"}"#,
+        printcolumn = r#"{"name":"Proxies","type":"integer","jsonPath":".status.connectedProxies"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerPoolSpec {
+    /// The upstream endpoints. At least one.
+    #[schemars(length(min = 1))]
+    pub backends: Vec<BackendSpec>,
+
+    /// How a backend is chosen for each request.
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// The ApiKeyPool (same namespace) whose keys are injected into each request.
+    /// Without it, requests are forwarded with the client's own credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_pool_ref: Option<LocalObjectRef>,
+
+    /// How the key is injected. Default: `Authorization: Bearer <key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Which requests belong to this pool. Empty: every request that no other pool's route
+    /// claims. A request matches a route when all of the route's conditions hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendSpec {
+    /// Unique within the pool; appears in metrics, logs, status and the `x-keyway-backend` header.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// Base URL, `http://` or `https://`. A path here is prefixed to every request path.
+    pub endpoint: String,
+
+    /// The Host header (and TLS server name) sent upstream. Default: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+
+    /// Relative share of traffic for weighted strategies. Default 1; 0 takes no traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub weight: Option<i32>,
+}
+
+/// How a backend is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectRef {
+    /// The object's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Where the key goes in the upstream request. Whatever credential the client sent in that
+/// place is removed first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `header` (default) or `query`.
+    #[serde(default, rename = "type")]
+    pub kind: AuthKind,
+
+    /// Header name for `type: header`. Default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+
+    /// Text before the key in the header, e.g. `"Bearer "`. Default `"Bearer "` when the
+    /// header is `Authorization`, empty otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+
+    /// Query parameter name for `type: query`, e.g. `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<String>,
+}
+
+/// Kinds of key injection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthKind {
+    /// A request header, e.g. `Authorization: Bearer <key>` or `x-api-key: <key>`.
+    #[default]
+    Header,
+    /// A query parameter, e.g. `?key=<key>`.
+    Query,
+}
+
+/// Conditions a request must meet to belong to the pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The request path starts with this, e.g. `/v1/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+
+    /// Request headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header that must carry a given value.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Exact value.
+    pub value: String,
+}
+
+/// What the controller observed about a LoadBalancerPool.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerPoolStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Proxies currently connected to the controller and serving this pool.
+    #[serde(default)]
+    pub connected_proxies: i32,
+    /// Number of backends in the spec.
+    #[serde(default)]
+    pub total_backends: i32,
+    /// `Ready`: the pool resolved (key pool and Secret found, spec valid) and is served.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+// === ApiKeyPool ===
+
+/// A pool of API keys, read from a Secret: each data entry is one key, the entry's name is
+/// the key's id (ids appear in status, metrics and logs; values never do).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "keyway.dev",
+        version = "v1alpha1",
+        kind = "ApiKeyPool",
+        plural = "apikeypools",
+        shortname = "akp",
+        category = "keyway",
+        namespaced,
+        status = "ApiKeyPoolStatus",
+        printcolumn = r#"{"name":"Selection","type":"string","jsonPath":".spec.selection"}"#,
+        printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.totalKeys"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyPoolSpec {
+    /// The Secret (same namespace) holding the keys.
+    pub secret_ref: LocalObjectRef,
+
+    /// How a key is chosen for each request.
+    #[serde(default)]
+    pub selection: Selection,
+}
+
+/// How a key is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Selection {
+    /// Each key in turn.
+    #[default]
+    RoundRobin,
+}
+
+/// What the controller observed about an ApiKeyPool.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyPoolStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Keys found in the Secret.
+    #[serde(default)]
+    pub total_keys: i32,
+    /// `Ready`: the Secret exists and holds at least one key.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+// === Shared status types ===
+
+/// A condition in the shape Kubernetes tools expect (`kubectl wait --for=condition=Ready`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Degraded`, ...
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word a machine can act on.
+    pub reason: String,
+    /// A sentence a human can act on.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Builds the e2e control-plane tools (kube-apiserver, etcd, helm) from their Go
+# modules with the local Go toolchain, into a cache outside the repository:
+#
+#   ${KEYWAY_CACHE:-~/.cache/keyway}/bin/{kube-apiserver,etcd,helm}
+#
+# Versions come from versions.env beside this script. Each binary has a stamp
+# (bin/.<tool>.stamp); a tool whose stamp matches is skipped, so a second run
+# is a fast no-op and a version bump rebuilds only that tool.
+#
+# Usage: e2e/tools/install.sh [kube-apiserver|etcd|helm ...]   (default: all)
+# Env:   KEYWAY_CACHE  cache root (default ~/.cache/keyway)
+#        GO            go binary (default /usr/local/go/bin/go, else go on PATH)
+#        KEYWAY_TOOLS_FORCE=1  rebuild even if up to date
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "${SCRIPT_DIR}/versions.env"
+
+# Bump when the build recipe (flags, ldflags) changes, to force rebuilds.
+RECIPE=1
+
+CACHE="${KEYWAY_CACHE:-${HOME}/.cache/keyway}"
+BIN="${CACHE}/bin"
+WORK="${CACHE}/work"
+
+log() { printf '[keyway-tools] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+vtag() { printf 'v%s' "${1#v}"; } # normalise to a leading "v"
+
+K8S_V="$(vtag "${KUBERNETES_VERSION:?missing in versions.env}")"
+ETCD_V="$(vtag "${ETCD_VERSION:?missing in versions.env}")"
+HELM_V="$(vtag "${HELM_VERSION:?missing in versions.env}")"
+
+# --- Go toolchain and environment (all caches under $CACHE) ---------------
+if [[ -z "${GO:-}" ]]; then
+  if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
+  elif command -v go >/dev/null 2>&1; then GO="$(command -v go)"
+  else die "no Go toolchain found (set GO=/path/to/go)"; fi
+fi
+export GOPATH="${CACHE}/go"
+export GOMODCACHE="${CACHE}/go/mod"
+export GOCACHE="${CACHE}/go/build"
+export GOFLAGS="-trimpath -buildvcs=false"
+export GOTOOLCHAIN=local GOWORK=off GO111MODULE=on CGO_ENABLED=0
+unset GOOS GOARCH GOBIN
+
+gover="$("$GO" env GOVERSION)" || die "cannot run ${GO}"
+if ! [[ "$gover" =~ ^go1\.([0-9]+) ]] || (( BASH_REMATCH[1] < 24 )); then
+  die "need Go >= 1.24, have ${gover} (${GO})"
+fi
+
+mkdir -p "$BIN" "$WORK"
+
+# One install at a time per cache.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${CACHE}/.install.lock"
+  flock 9
+fi
+
+# --- helpers -----------------------------------------------------------------
+stamp_of() { printf '%s recipe=%s\n' "$1" "$RECIPE"; }
+
+# Succeeds (and says so) if bin/NAME was built for VERSION by this recipe.
+current() { # name version
+  local f="${BIN}/.$1.stamp"
+  if [[ "${KEYWAY_TOOLS_FORCE:-0}" != 1 && -x "${BIN}/$1" && -f "$f" &&
+        "$(cat "$f")" == "$(stamp_of "$2")" ]]; then
+    log "$1 $2: up to date (${BIN}/$1)"
+    return 0
+  fi
+  return 1
+}
+
+# Prints the module's .info path (downloading it if needed).
+mod_info() { # module@version
+  "$GO" mod download -json "$1" | sed -n 's/^[[:space:]]*"Info": "\(.*\)",\{0,1\}$/\1/p'
+}
+# VCS commit of a module version if the proxy recorded one, else empty.
+origin_hash() { sed -n 's/.*"Hash":"\([0-9a-f]\{40\}\)".*/\1/p' "$1"; }
+# Commit time of a module version, RFC 3339 UTC.
+mod_time() { sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$1"; }
+
+# build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines]
+# Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it.
+build_tool() {
+  local name="$1" version="$2" module="$3" pkg="$4" ldflags="$5" extra="${6:-}"
+  log "${name} ${version}: building from ${pkg} (this takes a while)..."
+  local start=$SECONDS dir="${WORK}/${name}-${version}"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  {
+    printf 'module keyway.local/tools/%s\n\ngo 1.24.0\n\n' "$name"
+    printf 'require %s %s\n\n' "$module" "$version"
+    printf 'tool %s\n' "$pkg"
+    [[ -z "$extra" ]] || printf '\n%s\n' "$extra"
+  } >"${dir}/go.mod"
+  (
+    cd "$dir"
+    log "${name}: resolving modules"
+    "$GO" mod tidy
+    log "${name}: compiling"
+    "$GO" build -ldflags "$ldflags" -o "${BIN}/.${name}.tmp" "$pkg"
+  ) || { rm -f "${BIN}/.${name}.tmp"; die "${name} ${version}: build failed (work dir ${dir})"; }
+  mv -f "${BIN}/.${name}.tmp" "${BIN}/${name}"
+  stamp_of "$version" >"${BIN}/.${name}.stamp"
+  rm -rf "$dir"
+  log "${name} ${version}: built in $((SECONDS - start))s -> ${BIN}/${name}"
+}
+
+# --- kube-apiserver ----------------------------------------------------------
+install_kube_apiserver() {
+  local v="$K8S_V"
+  current kube-apiserver "$v" && return 0
+
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 (replaced by
+  # ./staging in its own repo); map each to its published v0.<minor>.<patch>.
+  local info gomod staging_v replaces mod
+  info="$(mod_info "k8s.io/kubernetes@${v}")"
+  [[ -f "$info" ]] || die "cannot download k8s.io/kubernetes@${v}"
+  gomod="${info%.info}.mod"
+  staging_v="v0.${v#v1.}"
+  replaces="replace ("
+  while read -r mod; do
+    replaces+=$'\n\t'"${mod} => ${mod} ${staging_v}"
+  done < <(sed -n 's/^[[:space:]]*\(k8s\.io\/[^[:space:]]*\)[[:space:]]\{1,\}v0\.0\.0\([[:space:]].*\)\{0,1\}$/\1/p' "$gomod" | sort -u)
+  replaces+=$'\n)'
+  [[ "$replaces" == *k8s.io/apiserver* ]] || die "found no staging modules in ${gomod}"
+
+  local major minor rest commit x=""
+  rest="${v#v}"; major="${rest%%.*}"; rest="${rest#*.}"; minor="${rest%%.*}"
+  commit="$(origin_hash "$info")"
+  local -a kv=(
+    "gitVersion=${v}" "gitMajor=${major}" "gitMinor=${minor}"
+    "gitTreeState=clean" "buildDate=$(mod_time "$info")"
+  )
+  [[ -z "$commit" ]] || kv+=("gitCommit=${commit}")
+  local p
+  for p in "${kv[@]}"; do
+    x+=" -X k8s.io/component-base/version.${p} -X k8s.io/client-go/pkg/version.${p}"
+  done
+  build_tool kube-apiserver "$v" k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver \
+    "-s -w${x}" "$replaces"
+}
+
+# --- etcd --------------------------------------------------------------------
+install_etcd() {
+  local v="$ETCD_V" info sha
+  current etcd "$v" && return 0
+  # server/v3 holds `package main` (server/main.go) in etcd 3.5 and 3.6.
+  info="$(mod_info "go.etcd.io/etcd/server/v3@${v}")"
+  sha="$(origin_hash "$info")"
+  build_tool etcd "$v" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 \
+    "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${sha:-unknown}"
+}
+
+# --- helm --------------------------------------------------------------------
+install_helm() {
+  local v="$HELM_V"
+  current helm "$v" && return 0
+  # helm's Makefile derives these from its k8s.io/client-go (v0.33 -> 1.33).
+  local info cg cgmajor cgminor
+  info="$(mod_info "helm.sh/helm/v3@${v}")"
+  cg="$(sed -n 's/^[[:space:]]*k8s\.io\/client-go[[:space:]]\{1,\}v\([0-9]*\)\.\([0-9]*\)\..*/\1 \2/p' "${info%.info}.mod" | head -n1)"
+  [[ -n "$cg" ]] || die "cannot read k8s.io/client-go version from helm's go.mod"
+  read -r cgmajor cgminor <<<"$cg"
+  local x=" -X helm.sh/helm/v3/internal/version.version=${v}"
+  x+=" -X helm.sh/helm/v3/internal/version.metadata="
+  x+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  local sha; sha="$(origin_hash "$info")"
+  [[ -z "$sha" ]] || x+=" -X helm.sh/helm/v3/internal/version.gitCommit=${sha}"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    x+=" -X ${pkg}.k8sVersionMajor=$((cgmajor + 1)) -X ${pkg}.k8sVersionMinor=${cgminor}"
+  done
+  build_tool helm "$v" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "-s -w${x}"
+}
+
+# --- main --------------------------------------------------------------------
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube-apiserver)
+log "cache ${CACHE} (${gover})"
+for t in "${tools[@]}"; do
+  case "$t" in
+    kube-apiserver) install_kube_apiserver ;;
+    etcd) install_etcd ;;
+    helm) install_helm ;;
+    *) die "unknown tool '${t}' (want kube-apiserver, etcd or helm)" ;;
+  esac
+done
+log "done; add to PATH: export PATH=\"${BIN}:\$PATH\""
