@@ -98,13 +98,13 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
             ));
         }
         let endpoint = endpoint(&b.endpoint).map_err(|msg| invalid(field("endpoint"), msg))?;
-        if let Some(h) = &b.host_header {
-            if h.is_empty() || http_value_invalid(h) {
-                return Err(invalid(
-                    field("hostHeader"),
-                    "must be a non-empty host without control characters".into(),
-                ));
-            }
+        if let Some(h) = &b.host_header
+            && (h.is_empty() || http_value_invalid(h))
+        {
+            return Err(invalid(
+                field("hostHeader"),
+                "must be a non-empty host without control characters".into(),
+            ));
         }
         let weight = match b.weight {
             None => 1,
@@ -134,13 +134,13 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
 
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (i, r) in spec.routes.iter().enumerate() {
-        if let Some(p) = &r.path_prefix {
-            if !p.starts_with('/') {
-                return Err(invalid(
-                    format!("spec.routes[{i}].pathPrefix"),
-                    format!("must start with '/', got {p:?}"),
-                ));
-            }
+        if let Some(p) = &r.path_prefix
+            && !p.starts_with('/')
+        {
+            return Err(invalid(
+                format!("spec.routes[{i}].pathPrefix"),
+                format!("must start with '/', got {p:?}"),
+            ));
         }
         let mut headers = Vec::with_capacity(r.headers.len());
         for (j, h) in r.headers.iter().enumerate() {
@@ -164,13 +164,13 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         });
     }
 
-    if let Some(r) = &spec.api_key_pool_ref {
-        if r.name.is_empty() {
-            return Err(invalid(
-                "spec.apiKeyPoolRef.name".into(),
-                "must not be empty".into(),
-            ));
-        }
+    if let Some(r) = &spec.api_key_pool_ref
+        && r.name.is_empty()
+    {
+        return Err(invalid(
+            "spec.apiKeyPoolRef.name".into(),
+            "must not be empty".into(),
+        ));
     }
 
     Ok(Pool {

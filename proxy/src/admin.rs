@@ -1,0 +1,134 @@
+//! The admin port, separate from traffic: `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! `/status` shows key ids and usage, never key values.
+
+use crate::dataplane::{Counters, Dataplane};
+use crate::http::ProxyBody;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct Admin {
+    pub dataplane: Arc<Dataplane>,
+    pub registry: Registry,
+    /// `file` or `controller`.
+    pub source: &'static str,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        match req.uri().path() {
+            "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.dataplane.is_loaded() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no configuration loaded yet\n",
+                    )
+                }
+            }
+            "/metrics" => self.metrics(),
+            "/status" => self.status(),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz, /readyz, /metrics, /status\n",
+            ),
+        }
+    }
+
+    fn metrics(&self) -> Response<ProxyBody> {
+        let encoder = TextEncoder::new();
+        let mut buf = Vec::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buf) {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n"));
+        }
+        let mut resp = body(StatusCode::OK, Bytes::from(buf));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp
+    }
+
+    fn status(&self) -> Response<ProxyBody> {
+        let router = self.dataplane.router();
+        let pools: Vec<_> = router
+            .pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "namespace": p.model.id.namespace,
+                    "name": p.model.id.name,
+                    "strategy": p.model.strategy,
+                    "keyPool": p.model.key_pool,
+                    "keyPoolAvailable": p.keys.is_ok(),
+                    "backends": p.backends.iter().map(|b| json!({
+                        "name": b.model.name,
+                        "endpoint": b.model.endpoint.to_string(),
+                        "weight": b.model.weight,
+                        "usage": usage(&b.counters),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let key_pools: Vec<_> = router
+            .key_pools
+            .iter()
+            .map(|kp| {
+                json!({
+                    "namespace": kp.id.namespace,
+                    "name": kp.id.name,
+                    "selection": kp.selection,
+                    "keys": kp.keys.iter().map(|k| json!({
+                        "id": k.id,
+                        "state": "active",
+                        "usage": usage(&k.counters),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let doc = json!({
+            "source": self.source,
+            "loaded": self.dataplane.is_loaded(),
+            "pools": pools,
+            "keyPools": key_pools,
+        });
+        let mut resp = body(StatusCode::OK, Bytes::from(doc.to_string()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+fn usage(c: &Counters) -> serde_json::Value {
+    json!({
+        "requests": c.requests.load(Ordering::Relaxed),
+        "failures": c.failures.load(Ordering::Relaxed),
+        "lastUsedUnixMs": c.last_used_ms.load(Ordering::Relaxed),
+    })
+}
+
+fn text(status: StatusCode, s: &str) -> Response<ProxyBody> {
+    body(status, Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn body(status: StatusCode, b: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(b).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}

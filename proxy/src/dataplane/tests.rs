@@ -1,0 +1,114 @@
+use super::*;
+use keyway_api::manifest::Manifests;
+
+fn snapshot(yaml: &str) -> Arc<model::Snapshot> {
+    Arc::new(
+        Manifests::parse(yaml, &|_| None)
+            .unwrap()
+            .resolve()
+            .unwrap(),
+    )
+}
+
+const TWO_POOLS: &str = r#"
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: catch-all}
+spec:
+  backends: [{name: a, endpoint: "http://127.0.0.1:1"}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: anthropic}
+spec:
+  routes:
+    - pathPrefix: /v1/messages
+    - pathPrefix: /v1/
+      headers: [{name: x-provider, value: anthropic}]
+  backends:
+    - {name: a, endpoint: "http://127.0.0.1:2"}
+    - {name: b, endpoint: "http://127.0.0.1:3"}
+    - {name: idle, endpoint: "http://127.0.0.1:4", weight: 0}
+"#;
+
+fn dataplane() -> Dataplane {
+    Dataplane::new(Metrics::register(&prometheus::Registry::new()).unwrap())
+}
+
+#[test]
+fn routes_by_most_specific_match() {
+    let dp = dataplane();
+    dp.apply(snapshot(TWO_POOLS));
+    let r = dp.router();
+    let empty = http::HeaderMap::new();
+    assert_eq!(
+        r.route("/v1/messages", &empty).unwrap().model.id.name,
+        "anthropic"
+    );
+    assert_eq!(
+        r.route("/v1/chat/completions", &empty)
+            .unwrap()
+            .model
+            .id
+            .name,
+        "catch-all"
+    );
+    let mut h = http::HeaderMap::new();
+    h.insert("x-provider", "anthropic".parse().unwrap());
+    assert_eq!(
+        r.route("/v1/chat/completions", &h).unwrap().model.id.name,
+        "anthropic"
+    );
+}
+
+#[test]
+fn no_route_without_a_catch_all() {
+    let dp = dataplane();
+    let only_routed = TWO_POOLS.split("---").nth(1).unwrap();
+    dp.apply(snapshot(only_routed));
+    assert!(
+        dp.router()
+            .route("/other", &http::HeaderMap::new())
+            .is_none()
+    );
+}
+
+#[test]
+fn round_robin_skips_zero_weight_backends() {
+    let dp = dataplane();
+    dp.apply(snapshot(TWO_POOLS));
+    let r = dp.router();
+    let pool = r.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    let picks: Vec<_> = (0..6)
+        .map(|_| pool.pick_backend().unwrap().model.name.clone())
+        .collect();
+    assert_eq!(picks, ["a", "b", "a", "b", "a", "b"]);
+}
+
+#[test]
+fn counters_survive_a_swap_but_not_removal() {
+    let dp = dataplane();
+    dp.apply(snapshot(TWO_POOLS));
+    let r = dp.router();
+    let pool = r.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    pool.backends[0].counters.record_use();
+    dp.apply(snapshot(&TWO_POOLS.replace("127.0.0.1:3", "127.0.0.1:5")));
+    let r2 = dp.router();
+    let pool2 = r2.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    assert_eq!(
+        pool2.backends[0].counters.requests.load(Ordering::Relaxed),
+        1
+    );
+
+    dp.apply(snapshot(&TWO_POOLS.replace(
+        "{name: a, endpoint: \"http://127.0.0.1:2\"}",
+        "{name: c, endpoint: \"http://127.0.0.1:2\"}",
+    )));
+    dp.apply(snapshot(TWO_POOLS));
+    let r3 = dp.router();
+    let pool3 = r3.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    assert_eq!(
+        pool3.backends[0].counters.requests.load(Ordering::Relaxed),
+        0
+    );
+}

@@ -1,0 +1,108 @@
+//! The proxy's Prometheus metrics. One [`Registry`] is built in `main` and handed down; label
+//! values are bounded (pool, backend, key id, status class, error kind), never key values.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the proxy exports. Names are documented in the README's metrics section.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Requests answered, by pool, backend, HTTP status code.
+    pub requests: IntCounterVec,
+    /// Total request duration, by pool.
+    pub request_duration: HistogramVec,
+    /// Time spent in Keyway itself (routing, key choice, header rewriting), excluding upstream.
+    pub overhead: Histogram,
+    /// Requests the proxy answered itself, by reason (`no_route`, `no_keys`, `upstream_connect`, ...).
+    pub rejected: IntCounterVec,
+    /// Requests using each key, by pool (ApiKeyPool) and key id.
+    pub key_requests: IntCounterVec,
+    /// Requests in flight.
+    pub in_flight: IntGauge,
+    /// Config snapshots applied and rejected, by result (`applied`, `rejected`).
+    pub config_updates: IntCounterVec,
+    /// 1 while connected to the controller (controller mode only).
+    pub controller_connected: IntGauge,
+    /// Backends configured, by pool.
+    pub backends: IntGaugeVec,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_requests_total",
+                    "Requests answered, by pool, backend and status code.",
+                ),
+                &["pool", "backend", "code"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "keyway_proxy_request_duration_seconds",
+                    "Time from request received to response headers sent, by pool.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0,
+                ]),
+                &["pool"],
+            )?,
+            overhead: Histogram::with_opts(
+                HistogramOpts::new(
+                    "keyway_proxy_overhead_seconds",
+                    "Time spent inside Keyway per request, excluding the upstream.",
+                )
+                .buckets(vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                ]),
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_rejected_requests_total",
+                    "Requests answered by Keyway itself instead of an upstream, by reason.",
+                ),
+                &["reason"],
+            )?,
+            key_requests: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_key_requests_total",
+                    "Requests sent with each key, by key pool and key id.",
+                ),
+                &["key_pool", "key_id"],
+            )?,
+            in_flight: IntGauge::new(
+                "keyway_proxy_requests_in_flight",
+                "Requests being served now.",
+            )?,
+            config_updates: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_config_updates_total",
+                    "Config snapshots received, by result.",
+                ),
+                &["result"],
+            )?,
+            controller_connected: IntGauge::new(
+                "keyway_proxy_controller_connected",
+                "1 while the proxy has a stream open to the controller.",
+            )?,
+            backends: IntGaugeVec::new(
+                Opts::new("keyway_proxy_backends", "Backends configured, by pool."),
+                &["pool"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.overhead.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        registry.register(Box::new(m.key_requests.clone()))?;
+        registry.register(Box::new(m.in_flight.clone()))?;
+        registry.register(Box::new(m.config_updates.clone()))?;
+        registry.register(Box::new(m.controller_connected.clone()))?;
+        registry.register(Box::new(m.backends.clone()))?;
+        Ok(m)
+    }
+}

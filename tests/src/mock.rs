@@ -1,0 +1,855 @@
+//! A mock OpenAI-compatible LLM upstream.
+//!
+//! [`MockUpstream`] is a real HTTP server (HTTP/1.1 and h2c on the same port,
+//! via hyper-util's auto connection builder) bound on 127.0.0.1. It records
+//! every request it receives and its behaviour can be changed at runtime with
+//! [`MockUpstream::set_behavior`] / [`MockUpstream::fail_next`].
+//!
+//! Endpoints (when the behaviour is [`Behavior::Normal`]):
+//!
+//! * `POST /v1/chat/completions`: OpenAI-shaped JSON answer, or an SSE stream
+//!   when the request body has `"stream": true` (see
+//!   [`MockUpstream::set_stream`]).
+//! * `GET /v1/models`: a one-entry model list (cheap health probe).
+//! * `GET /healthz`: always `200 ok`, **never affected by behaviours** (and it
+//!   does not consume [`MockUpstream::fail_next`] slots), so it can be used to
+//!   wait for the mock itself to be up. It is still recorded.
+//! * anything else: `200` with `{"upstream":NAME,"method":..,"path":..,"query":..}`.
+//!
+//! Every response produced by the mock carries the header
+//! [`UPSTREAM_HEADER`]` : NAME`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
+};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Response header naming the mock that produced the response.
+pub const UPSTREAM_HEADER: &str = "x-mock-upstream";
+/// Model reported when the request does not name one, and listed by `GET /v1/models`.
+pub const DEFAULT_MODEL: &str = "mock-model";
+/// Default number of content chunks in a streamed chat completion.
+pub const DEFAULT_STREAM_CHUNKS: usize = 5;
+/// Text of every streamed content chunk.
+pub const STREAM_TOKEN: &str = "tok";
+
+/// How long [`MockUpstream::shutdown`] waits for in-flight responses (e.g. a
+/// running SSE stream) before aborting the connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+type MockBody = UnsyncBoxBody<Bytes, Infallible>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the mock does with a request (other than `GET /healthz`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Behavior {
+    /// Answer normally (see the module docs).
+    #[default]
+    Normal,
+    /// Answer with this status, these extra headers and this body. The
+    /// content type defaults to `application/json` when the body starts with
+    /// `{` or `[` and `text/plain` otherwise, unless `headers` sets it.
+    Status {
+        code: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Answer normally after this delay (before the response head is sent).
+    Delay(Duration),
+    /// Read the request, record it and never answer. The request is only
+    /// released (by resetting it) when the mock shuts down.
+    Hang,
+    /// Read the request, record it, then drop the connection (HTTP/1) or
+    /// reset the stream (h2) without any response: a transport-level failure.
+    Reset,
+}
+
+impl Behavior {
+    /// `Status` with an OpenAI-style error body and no extra headers.
+    pub fn status(code: u16) -> Self {
+        let message = StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("mock error");
+        Behavior::Status {
+            code,
+            headers: Vec::new(),
+            body: error_body(message, "mock_error").to_string(),
+        }
+    }
+
+    /// `429 Too Many Requests` with `Retry-After: <retry_after_secs>` and an
+    /// OpenAI-style `rate_limit_exceeded` error body.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Behavior::Status {
+            code: 429,
+            headers: vec![("retry-after".to_owned(), retry_after_secs.to_string())],
+            body: error_body("Rate limit reached (mock)", "rate_limit_exceeded").to_string(),
+        }
+    }
+}
+
+/// One request as received by the mock.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: Method,
+    /// Path and query, e.g. `/v1/models?key=abc`.
+    pub uri: String,
+    /// Path only.
+    pub path: String,
+    /// Raw query string, if any.
+    pub query: Option<String>,
+    /// HTTP version the request arrived with (HTTP/1.1 or HTTP/2 for h2c).
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The API key the mock received: `Authorization` (with a `Bearer ` prefix
+    /// stripped, case-insensitively), else `x-api-key`, else `x-goog-api-key`,
+    /// else the `key` query parameter. Empty values are treated as absent.
+    pub key: Option<String>,
+}
+
+impl RecordedRequest {
+    /// First value of header `name` if it is valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Body decoded as UTF-8 (lossily).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+struct State {
+    requests: Vec<RecordedRequest>,
+    behavior: Behavior,
+    queued: VecDeque<Behavior>,
+    stream_chunks: usize,
+    stream_interval: Duration,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            requests: Vec::new(),
+            behavior: Behavior::Normal,
+            queued: VecDeque::new(),
+            stream_chunks: DEFAULT_STREAM_CHUNKS,
+            stream_interval: Duration::ZERO,
+        }
+    }
+}
+
+struct Shared {
+    name: String,
+    name_header: HeaderValue,
+    next_id: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// Locks the state. Poisoning is ignored: the state is plain data that is
+    /// never left half-updated, and the server loop must not panic.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Handle to a running mock upstream. Dropping it aborts the server (and all
+/// its connections); [`MockUpstream::shutdown`] stops it gracefully.
+pub struct MockUpstream {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MockUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockUpstream")
+            .field("name", &self.shared.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockUpstream {
+    /// Starts a mock named `name` on 127.0.0.1 with a random free port.
+    pub async fn start(name: &str) -> io::Result<MockUpstream> {
+        Self::start_on(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts a mock named `name` on `addr` (port 0 picks a free port).
+    ///
+    /// Fails if the address cannot be bound, or if `name` is not a valid
+    /// HTTP header value (it is sent in [`UPSTREAM_HEADER`]).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> io::Result<MockUpstream> {
+        let name_header = HeaderValue::from_str(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("mock upstream name {name:?} is not a valid header value"),
+            )
+        })?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            name_header,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        tracing::debug!(name, %addr, "mock upstream started");
+        Ok(MockUpstream {
+            shared,
+            addr,
+            shutdown_tx,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The name given at start (sent back in [`UPSTREAM_HEADER`]).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// All requests received so far (oldest first).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Number of requests received so far.
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// The keys received so far, in order; requests without a key are skipped.
+    pub fn received_keys(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter_map(|r| r.key.clone())
+            .collect()
+    }
+
+    /// Forgets the recorded requests (behaviours are kept).
+    pub fn clear(&self) {
+        self.shared.lock().requests.clear();
+    }
+
+    /// Back to the initial state: no recorded requests, [`Behavior::Normal`],
+    /// no queued `fail_next` behaviours, default stream settings.
+    pub fn reset(&self) {
+        *self.shared.lock() = State::default();
+    }
+
+    /// Sets the standing behaviour, used whenever no [`fail_next`] behaviour
+    /// is queued.
+    ///
+    /// [`fail_next`]: MockUpstream::fail_next
+    pub fn set_behavior(&self, behavior: Behavior) {
+        self.shared.lock().behavior = behavior;
+    }
+
+    /// The standing behaviour.
+    pub fn behavior(&self) -> Behavior {
+        self.shared.lock().behavior.clone()
+    }
+
+    /// The next `n` requests (other than `GET /healthz`) get `behavior`;
+    /// after that the standing behaviour applies again (`Normal` unless
+    /// changed with [`set_behavior`]). Calls accumulate: the queue is FIFO.
+    ///
+    /// [`set_behavior`]: MockUpstream::set_behavior
+    pub fn fail_next(&self, n: usize, behavior: Behavior) {
+        let mut state = self.shared.lock();
+        state.queued.extend(std::iter::repeat_n(behavior, n));
+    }
+
+    /// Number of `fail_next` behaviours not consumed yet.
+    pub fn pending_failures(&self) -> usize {
+        self.shared.lock().queued.len()
+    }
+
+    /// Streamed chat completions send `chunks` content chunks; every SSE
+    /// event after the first (content chunks, usage chunk, `[DONE]`) is
+    /// sent `interval` after the previous one. Default: 5 chunks, no delay.
+    pub fn set_stream(&self, chunks: usize, interval: Duration) {
+        let mut state = self.shared.lock();
+        state.stream_chunks = chunks;
+        state.stream_interval = interval;
+    }
+
+    /// Stops accepting connections, lets in-flight responses finish (up to
+    /// a short grace period), releases `Hang`/`Delay` requests by resetting
+    /// them, and returns once the listener is closed.
+    pub async fn shutdown(mut self) {
+        self.shutdown_tx.send_replace(true);
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(name = %self.shared.name, error = %e, "mock upstream task failed");
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.shutdown_tx.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown_rx: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let mut stop = shutdown_rx.clone();
+    loop {
+        tokio::select! {
+            () = wait_shutdown(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    conns.spawn(serve_connection(stream, Arc::clone(&shared), shutdown_rx.clone()));
+                }
+                Err(e) => {
+                    // E.g. EMFILE: back off a little instead of spinning.
+                    tracing::warn!(name = %shared.name, error = %e, "mock upstream accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(name = %shared.name, "mock upstream: aborting connections after grace period");
+    }
+    // Dropping the JoinSet aborts whatever is left.
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    shutdown_rx: watch::Receiver<bool>,
+) {
+    // SSE chunks must leave immediately.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let name = shared.name.clone();
+    let svc_shutdown = shutdown_rx.clone();
+    let service = service_fn(move |req| handle(Arc::clone(&shared), svc_shutdown.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut stop = shutdown_rx;
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        () = wait_shutdown(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(name, error = %e, "mock upstream connection ended with error");
+    }
+}
+
+/// Resolves once shutdown has been requested (or the handle is gone).
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. the handle was dropped.
+    let _ = rx.wait_for(|stopped| *stopped).await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, BoxError> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
+    let key = extract_key(&parts.headers, query.as_deref());
+    let is_health = parts.method == Method::GET && path == "/healthz";
+    tracing::debug!(
+        name = %shared.name, method = %parts.method, uri, version = ?parts.version,
+        has_key = key.is_some(), "mock upstream request"
+    );
+    let recorded = RecordedRequest {
+        method: parts.method.clone(),
+        uri,
+        path: path.clone(),
+        query: query.clone(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.clone(),
+        key,
+    };
+    let behavior = {
+        let mut state = shared.lock();
+        state.requests.push(recorded);
+        if is_health {
+            Behavior::Normal
+        } else {
+            match state.queued.pop_front() {
+                Some(b) => b,
+                None => state.behavior.clone(),
+            }
+        }
+    };
+
+    let mut response = match behavior {
+        Behavior::Normal => route(&shared, &parts.method, &path, query.as_deref(), &body),
+        Behavior::Status {
+            code,
+            headers,
+            body,
+        } => status_response(code, &headers, body),
+        Behavior::Delay(delay) => {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = wait_shutdown(&mut shutdown) => return Err("mock upstream shutting down".into()),
+            }
+            route(&shared, &parts.method, &path, query.as_deref(), &body)
+        }
+        Behavior::Hang => {
+            wait_shutdown(&mut shutdown).await;
+            return Err("mock upstream shutting down (hung request)".into());
+        }
+        Behavior::Reset => return Err("mock upstream: Behavior::Reset".into()),
+    };
+    response.headers_mut().insert(
+        HeaderName::from_static(UPSTREAM_HEADER),
+        shared.name_header.clone(),
+    );
+    Ok(response)
+}
+
+fn route(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Response<MockBody> {
+    match (method, path) {
+        (&Method::POST, "/v1/chat/completions") => chat_completions(shared, body),
+        (&Method::GET, "/v1/models") => json_response(
+            StatusCode::OK,
+            &json!({
+                "object": "list",
+                "data": [{
+                    "id": DEFAULT_MODEL,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": shared.name,
+                }],
+            }),
+        ),
+        (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
+        _ => json_response(
+            StatusCode::OK,
+            &json!({
+                "upstream": shared.name,
+                "method": method.as_str(),
+                "path": path,
+                "query": query,
+            }),
+        ),
+    }
+}
+
+fn chat_completions(shared: &Shared, body: &Bytes) -> Response<MockBody> {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &error_body(&format!("invalid JSON body: {e}"), "invalid_request_error"),
+            );
+        }
+    };
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_MODEL)
+        .to_owned();
+    let prompt_tokens = prompt_tokens(&request);
+    let id = format!(
+        "chatcmpl-mock-{}",
+        shared.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        let include_usage = request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let (chunks, interval) = {
+            let state = shared.lock();
+            (state.stream_chunks, state.stream_interval)
+        };
+        let events = sse_events(&id, created, &model, chunks, include_usage, prompt_tokens);
+        return sse_response(events, interval);
+    }
+
+    let content = format!("hello from {}", shared.name);
+    let completion_tokens = count_words(&content);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }),
+    )
+}
+
+/// The SSE events of a streamed completion: `chunks` content chunks (the
+/// first also carries `role`, the last `finish_reason: "stop"`), an optional
+/// usage chunk (`choices: []`), then `[DONE]`.
+fn sse_events(
+    id: &str,
+    created: u64,
+    model: &str,
+    chunks: usize,
+    include_usage: bool,
+    prompt_tokens: u64,
+) -> Vec<Bytes> {
+    let mut events = Vec::with_capacity(chunks + 2);
+    for i in 0..chunks {
+        let mut delta = json!({ "content": STREAM_TOKEN });
+        if i == 0 {
+            delta["role"] = json!("assistant");
+        }
+        let finish_reason = if i + 1 == chunks {
+            json!("stop")
+        } else {
+            Value::Null
+        };
+        let chunk = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        });
+        events.push(sse_data(&chunk.to_string()));
+    }
+    if include_usage {
+        let completion_tokens = chunks as u64;
+        let chunk = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        });
+        events.push(sse_data(&chunk.to_string()));
+    }
+    events.push(sse_data("[DONE]"));
+    events
+}
+
+fn sse_data(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// Streams each event as its own body frame, `interval` apart.
+fn sse_response(events: Vec<Bytes>, interval: Duration) -> Response<MockBody> {
+    let frames =
+        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            Ok::<_, Infallible>(Frame::data(event))
+        });
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Deterministic fake token count: whitespace-separated words in the text of
+/// all messages (string contents and `text` parts of array contents).
+fn prompt_tokens(request: &Value) -> u64 {
+    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
+        return 0;
+    };
+    messages
+        .iter()
+        .filter_map(|m| m.get("content"))
+        .map(|content| match content {
+            Value::String(s) => count_words(s),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(count_words)
+                .sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn count_words(s: &str) -> u64 {
+    s.split_whitespace().count() as u64
+}
+
+fn extract_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(auth) = header("authorization") {
+        // Header values arrive trimmed, so an empty bearer token is just "Bearer".
+        let key = match auth.get(..7) {
+            _ if auth.eq_ignore_ascii_case("bearer") => "",
+            Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => {
+                auth.get(7..).unwrap_or_default().trim()
+            }
+            _ => auth,
+        };
+        if !key.is_empty() {
+            return Some(key.to_owned());
+        }
+    }
+    if let Some(key) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
+        return Some(key.to_owned());
+    }
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == "key" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+}
+
+fn error_body(message: &str, kind: &str) -> Value {
+    json!({ "error": { "message": message, "type": kind, "code": kind } })
+}
+
+fn full(body: impl Into<Bytes>) -> MockBody {
+    Full::new(body.into()).boxed_unsync()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<MockBody> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn status_response(code: u16, headers: &[(String, String)], body: String) -> Response<MockBody> {
+    let status = StatusCode::from_u16(code).unwrap_or_else(|_| {
+        tracing::warn!(code, "Behavior::Status with invalid status code, using 500");
+        StatusCode::INTERNAL_SERVER_ERROR
+    });
+    let content_type = if body.trim_start().starts_with(['{', '[']) {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    map.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let mut content_type_set = false;
+    for (name, value) in headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                if name == header::CONTENT_TYPE && !content_type_set {
+                    map.remove(header::CONTENT_TYPE);
+                    content_type_set = true;
+                }
+                map.append(name, value);
+            }
+            _ => tracing::warn!(name, value, "Behavior::Status: skipping invalid header"),
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn key_extraction_order() {
+        let all = headers(&[
+            ("authorization", "Bearer sk-a"),
+            ("x-api-key", "sk-b"),
+            ("x-goog-api-key", "sk-c"),
+        ]);
+        assert_eq!(extract_key(&all, Some("key=sk-d")).as_deref(), Some("sk-a"));
+        assert_eq!(
+            extract_key(&headers(&[("authorization", "bearer  sk-a ")]), None).as_deref(),
+            Some("sk-a")
+        );
+        assert_eq!(
+            extract_key(&headers(&[("authorization", "Basic abc")]), None).as_deref(),
+            Some("Basic abc")
+        );
+        assert_eq!(
+            extract_key(
+                &headers(&[("authorization", "Bearer "), ("x-api-key", "sk-b")]),
+                None
+            )
+            .as_deref(),
+            Some("sk-b")
+        );
+        assert_eq!(
+            extract_key(&headers(&[("x-goog-api-key", "sk-c")]), Some("key=sk-d")).as_deref(),
+            Some("sk-c")
+        );
+        assert_eq!(
+            extract_key(&HeaderMap::new(), Some("a=1&key=sk%2Fd")).as_deref(),
+            Some("sk/d")
+        );
+        assert_eq!(extract_key(&HeaderMap::new(), Some("a=1")), None);
+        assert_eq!(extract_key(&HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn prompt_tokens_counts_words() {
+        let req = json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "one two three"}]},
+        ]});
+        assert_eq!(prompt_tokens(&req), 5);
+        assert_eq!(prompt_tokens(&json!({})), 0);
+    }
+
+    #[test]
+    fn sse_event_shapes() {
+        let events = sse_events("id", 1, "m", 2, true, 4);
+        assert_eq!(events.len(), 4);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.starts_with(b"data: ") && e.ends_with(b"\n\n"))
+        );
+        assert_eq!(&events[3][..], b"data: [DONE]\n\n");
+        let usage: Value = serde_json::from_slice(&events[2][6..]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], 6);
+        assert_eq!(sse_events("id", 1, "m", 0, false, 0).len(), 1);
+    }
+
+    #[test]
+    fn status_helpers() {
+        let Behavior::Status {
+            code,
+            headers,
+            body,
+        } = Behavior::rate_limited(7)
+        else {
+            panic!("not a status");
+        };
+        assert_eq!(code, 429);
+        assert_eq!(headers, vec![("retry-after".to_owned(), "7".to_owned())]);
+        assert!(body.contains("rate_limit_exceeded"));
+        let resp = status_response(42, &[("Content-Type".into(), "text/x".into())], "x".into());
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/x");
+    }
+}
