@@ -1,1 +1,19 @@
+//! keyway-controller: the control plane.
+//!
+//! - [`watch`]: Kubernetes in (reflectors) and the indexer task.
+//! - [`index`]: pure resolution of pools, key pools and Secrets into per-namespace snapshots.
+//! - [`grpc`]: the discovery stream that pushes snapshots to proxies.
+//! - [`status`]: where status is written.
+//! - [`runtime`]: wiring and task supervision.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod crdgen;
+pub mod grpc;
+pub mod index;
+pub mod metrics;
+pub mod proxies;
+pub mod runtime;
+pub mod status;
+pub mod watch;

@@ -76,12 +76,20 @@ current() { # name version
 
 # Prints the module's .info path (downloading it if needed).
 mod_info() { # module@version
-  "$GO" mod download -json "$1" | sed -n 's/^[[:space:]]*"Info": "\(.*\)",\{0,1\}$/\1/p'
+  local json
+  json="$("$GO" mod download -json "$1" 2>&1)" || { printf '%s\n' "$json" >&2; die "cannot download $1"; }
+  sed -n 's/^[[:space:]]*"Info": "\(.*\)",\{0,1\}$/\1/p' <<<"$json"
 }
 # VCS commit of a module version if the proxy recorded one, else empty.
 origin_hash() { sed -n 's/.*"Hash":"\([0-9a-f]\{40\}\)".*/\1/p' "$1"; }
 # Commit time of a module version, RFC 3339 UTC.
 mod_time() { sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$1"; }
+
+build_failed() { # name version logfile
+  rm -f "${BIN}/.$1.tmp"
+  tail -n 40 "$3" >&2
+  die "$1 $2: build failed (full log: $3)"
+}
 
 # build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines]
 # Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it.
@@ -97,13 +105,13 @@ build_tool() {
     printf 'tool %s\n' "$pkg"
     [[ -z "$extra" ]] || printf '\n%s\n' "$extra"
   } >"${dir}/go.mod"
-  (
-    cd "$dir"
-    log "${name}: resolving modules"
-    "$GO" mod tidy
-    log "${name}: compiling"
-    "$GO" build -ldflags "$ldflags" -o "${BIN}/.${name}.tmp" "$pkg"
-  ) || { rm -f "${BIN}/.${name}.tmp"; die "${name} ${version}: build failed (work dir ${dir})"; }
+  # Go's own output goes to build.log, shown only if a step fails.
+  local logf="${dir}/build.log"
+  log "${name}: resolving modules"
+  (cd "$dir" && "$GO" mod tidy) >"$logf" 2>&1 || build_failed "$name" "$version" "$logf"
+  log "${name}: compiling"
+  (cd "$dir" && "$GO" build -ldflags "$ldflags" -o "${BIN}/.${name}.tmp" "$pkg") >>"$logf" 2>&1 ||
+    build_failed "$name" "$version" "$logf"
   mv -f "${BIN}/.${name}.tmp" "${BIN}/${name}"
   stamp_of "$version" >"${BIN}/.${name}.stamp"
   rm -rf "$dir"

@@ -1,0 +1,63 @@
+//! The controller's Prometheus metrics; one registry built in `main`, label values bounded.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Proxies with an open discovery stream.
+    pub connected_proxies: IntGauge,
+    /// Snapshots sent to proxies.
+    pub snapshots_sent: IntCounter,
+    /// Proxy answers to snapshots, by result (`ack`, `nack`).
+    pub snapshot_replies: IntCounterVec,
+    /// Index rebuilds after watched objects changed.
+    pub index_rebuilds: IntCounter,
+    /// Status patches, by kind and result (`ok`, `error`).
+    pub status_patches: IntCounterVec,
+    /// Reports received from proxies.
+    pub reports: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            connected_proxies: IntGauge::new(
+                "keyway_controller_connected_proxies",
+                "Proxies with an open discovery stream.",
+            )?,
+            snapshots_sent: IntCounter::new(
+                "keyway_controller_snapshots_sent_total",
+                "Config snapshots sent to proxies.",
+            )?,
+            snapshot_replies: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_snapshot_replies_total",
+                    "Proxy replies to snapshots, by result (ack, nack).",
+                ),
+                &["result"],
+            )?,
+            index_rebuilds: IntCounter::new(
+                "keyway_controller_index_rebuilds_total",
+                "Times the watched objects were resolved again.",
+            )?,
+            status_patches: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_status_patches_total",
+                    "Status patches written, by kind and result.",
+                ),
+                &["kind", "result"],
+            )?,
+            reports: IntCounter::new(
+                "keyway_controller_proxy_reports_total",
+                "Usage reports received from proxies.",
+            )?,
+        };
+        registry.register(Box::new(m.connected_proxies.clone()))?;
+        registry.register(Box::new(m.snapshots_sent.clone()))?;
+        registry.register(Box::new(m.snapshot_replies.clone()))?;
+        registry.register(Box::new(m.index_rebuilds.clone()))?;
+        registry.register(Box::new(m.status_patches.clone()))?;
+        registry.register(Box::new(m.reports.clone()))?;
+        Ok(m)
+    }
+}

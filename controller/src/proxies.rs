@@ -1,0 +1,135 @@
+//! Which proxies are connected and what each was sent. Read by the status writer
+//! (`connectedProxies`), written by the discovery sessions.
+
+use keyway_api::model::ObjectId;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// One connected proxy.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyState {
+    pub proxy_id: String,
+    pub namespace: String,
+    /// Pools in the last snapshot sent.
+    pub served: BTreeSet<ObjectId>,
+    pub sent_version: u64,
+    pub acked_version: u64,
+    /// The last NACK's message, cleared by the next ACK.
+    pub last_nack: Option<String>,
+}
+
+/// The registry of connected proxies. Every change bumps a watch so the status writer wakes.
+#[derive(Clone)]
+pub struct Proxies {
+    inner: Arc<Mutex<HashMap<u64, ProxyState>>>,
+    next_session: Arc<AtomicU64>,
+    changed: watch::Sender<u64>,
+}
+
+/// Deregisters its proxy when the discovery session ends, however it ends.
+pub struct Session {
+    id: u64,
+    proxies: Proxies,
+}
+
+// === impl Proxies ===
+
+impl Default for Proxies {
+    fn default() -> Self {
+        Self {
+            inner: Default::default(),
+            next_session: Arc::new(AtomicU64::new(1)),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Proxies {
+    pub fn register(&self, proxy_id: String, namespace: String) -> Session {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.update(|m| {
+            m.insert(
+                id,
+                ProxyState {
+                    proxy_id,
+                    namespace,
+                    ..Default::default()
+                },
+            );
+        });
+        Session {
+            id,
+            proxies: self.clone(),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn list(&self) -> Vec<ProxyState> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Connected proxies that were sent `pool`.
+    pub fn serving(&self, pool: &ObjectId) -> usize {
+        self.lock()
+            .values()
+            .filter(|p| p.served.contains(pool))
+            .count()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyState>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<u64, ProxyState>)) {
+        f(&mut self.lock());
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+// === impl Session ===
+
+impl Session {
+    pub fn sent(&self, version: u64, served: BTreeSet<ObjectId>) {
+        self.proxies.update(|m| {
+            if let Some(p) = m.get_mut(&self.id) {
+                p.sent_version = version;
+                p.served = served;
+            }
+        });
+    }
+
+    pub fn acked(&self, version: u64) {
+        self.proxies.update(|m| {
+            if let Some(p) = m.get_mut(&self.id) {
+                p.acked_version = version;
+                p.last_nack = None;
+            }
+        });
+    }
+
+    pub fn nacked(&self, error: String) {
+        self.proxies.update(|m| {
+            if let Some(p) = m.get_mut(&self.id) {
+                p.last_nack = Some(error);
+            }
+        });
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.proxies.update(|m| {
+            m.remove(&id);
+        });
+    }
+}
