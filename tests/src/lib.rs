@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod client;
 pub mod mock;
 
 use std::future::Future;

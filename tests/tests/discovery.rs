@@ -1,0 +1,320 @@
+//! Controller ↔ proxy over the real gRPC stream, in-process: the controller's discovery
+//! service is fed an index directly (no Kubernetes), the proxy runs in controller mode.
+
+mod support;
+
+use keyway_api::model::ObjectId;
+use keyway_api::secret::SecretValue;
+use keyway_api::spec::{ApiKeyPoolSpec, BackendSpec, LoadBalancerPoolSpec, LocalObjectRef};
+use keyway_controller::grpc::DiscoveryService;
+use keyway_controller::index::{self, Index, KeyPoolInput, LastGood, PoolInput};
+use keyway_controller::proxies::Proxies;
+use keyway_proto as pb;
+use keyway_proxy::Source;
+use keyway_proxy::discovery::DiscoverySettings;
+use keyway_testkit::client::chat;
+use keyway_testkit::{MockUpstream, eventually};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+fn index_for(ns: &str, endpoints: &[&str], key: &str) -> Index {
+    let pool = PoolInput {
+        id: ObjectId::new(ns, "llm"),
+        generation: Some(1),
+        spec: LoadBalancerPoolSpec {
+            backends: endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| BackendSpec {
+                    name: format!("b{i}"),
+                    endpoint: e.to_string(),
+                    host_header: None,
+                    weight: None,
+                })
+                .collect(),
+            strategy: Default::default(),
+            api_key_pool_ref: Some(LocalObjectRef {
+                name: "keys".into(),
+            }),
+            auth: None,
+            routes: vec![],
+        },
+    };
+    let kp = KeyPoolInput {
+        id: ObjectId::new(ns, "keys"),
+        generation: Some(1),
+        spec: ApiKeyPoolSpec {
+            secret_ref: LocalObjectRef { name: "s".into() },
+            selection: Default::default(),
+        },
+    };
+    let mut secrets = BTreeMap::new();
+    secrets.insert(
+        ObjectId::new(ns, "s"),
+        BTreeMap::from([("k1".to_string(), SecretValue::new(key))]),
+    );
+    index::build(&[pool], &[kp], &secrets, &mut LastGood::default())
+}
+
+struct Controller {
+    addr: SocketAddr,
+    index: watch::Sender<Arc<Index>>,
+    proxies: Proxies,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    async fn start(addr: SocketAddr, index: Index) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(Arc::new(index));
+        let proxies = Proxies::default();
+        let metrics =
+            keyway_controller::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+        let (_drain_tx, drain_rx) = watch::channel(false);
+        let svc = DiscoveryService::new(rx, proxies.clone(), metrics, drain_rx);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _keep = _drain_tx;
+            tonic::transport::Server::builder()
+                .add_service(svc.into_server())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            index: tx,
+            proxies,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn proxy_for(controller: SocketAddr, ns: &str) -> keyway_proxy::Running {
+    keyway_proxy::start(
+        support::settings(Source::Controller(DiscoverySettings {
+            controller_url: format!("http://{controller}"),
+            proxy_id: "test-proxy".into(),
+            namespace: ns.into(),
+            pools: vec![],
+            report_interval: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        })),
+        prometheus::Registry::new(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pushes_snapshots_and_updates_without_restart() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let b = MockUpstream::start("b").await.unwrap();
+    let ctl = Controller::start(
+        "127.0.0.1:0".parse().unwrap(),
+        index_for("team", &[&a.url()], "sk-one"),
+    )
+    .await;
+    let proxy = proxy_for(ctl.addr, "team").await;
+    let url = format!("http://{}", proxy.addr);
+
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+    assert_eq!(chat(&url, &[]).await.unwrap().status, 200);
+    assert_eq!(a.received_keys(), ["sk-one"]);
+    assert_eq!(ctl.proxies.count(), 1);
+    eventually(Duration::from_secs(5), "ack recorded", || async {
+        ctl.proxies.list().iter().all(|p| p.acked_version == 1)
+    })
+    .await;
+
+    // A new backend and a rotated key arrive on the same stream.
+    ctl.index
+        .send_replace(Arc::new(index_for("team", &[&b.url()], "sk-two")));
+    eventually(Duration::from_secs(5), "new snapshot served", || async {
+        chat(&url, &[]).await.unwrap();
+        b.received_keys().contains(&"sk-two".to_string())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "second ack", || async {
+        ctl.proxies.list().iter().all(|p| p.acked_version == 2)
+    })
+    .await;
+
+    drop(proxy);
+    eventually(Duration::from_secs(5), "proxy deregistered", || async {
+        ctl.proxies.count() == 0
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_only_receives_its_own_namespace() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let ctl = Controller::start(
+        "127.0.0.1:0".parse().unwrap(),
+        index_for("team-a", &[&a.url()], "sk-a"),
+    )
+    .await;
+    let proxy = proxy_for(ctl.addr, "team-b").await;
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+    let router = proxy.dataplane.router();
+    assert!(router.pools.is_empty());
+    assert!(router.key_pools.is_empty());
+    let r = chat(&format!("http://{}", proxy.addr), &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn keeps_serving_while_the_controller_is_away_and_resyncs() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let b = MockUpstream::start("b").await.unwrap();
+    let ctl = Controller::start(
+        "127.0.0.1:0".parse().unwrap(),
+        index_for("team", &[&a.url()], "sk-one"),
+    )
+    .await;
+    let addr = ctl.addr;
+    let proxy = proxy_for(addr, "team").await;
+    let url = format!("http://{}", proxy.addr);
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+
+    ctl.stop().await;
+    for _ in 0..10 {
+        assert_eq!(
+            chat(&url, &[]).await.unwrap().status,
+            200,
+            "serves the last snapshot"
+        );
+    }
+    assert_eq!(a.request_count(), 10);
+
+    // The controller comes back with a changed config: the proxy redials and applies it.
+    let ctl = Controller::start(addr, index_for("team", &[&b.url()], "sk-two")).await;
+    eventually(
+        Duration::from_secs(10),
+        "resynced after reconnect",
+        || async {
+            chat(&url, &[]).await.unwrap();
+            b.request_count() > 0
+        },
+    )
+    .await;
+    ctl.stop().await;
+}
+
+/// A controller that sends one good snapshot, then an invalid one.
+#[tokio::test]
+async fn an_invalid_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
+    struct Scripted {
+        good: pb::Snapshot,
+        replies: mpsc::Sender<pb::ProxyMessage>,
+    }
+    #[tonic::async_trait]
+    impl pb::discovery_server::Discovery for Scripted {
+        type StreamStream = ReceiverStream<Result<pb::ControllerMessage, tonic::Status>>;
+        async fn stream(
+            &self,
+            req: tonic::Request<tonic::Streaming<pb::ProxyMessage>>,
+        ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+            let mut inbound = req.into_inner();
+            let (tx, rx) = mpsc::channel(4);
+            let mut bad = self.good.clone();
+            bad.version = 2;
+            bad.pools[0].backends[0].endpoint = "gopher://x".into();
+            let msgs = [self.good.clone(), bad];
+            let replies = self.replies.clone();
+            tokio::spawn(async move {
+                let _hello = inbound.message().await;
+                for snapshot in msgs {
+                    let m = pb::ControllerMessage {
+                        message: Some(pb::controller_message::Message::Snapshot(snapshot)),
+                    };
+                    tx.send(Ok(m)).await.unwrap();
+                    loop {
+                        let Ok(Some(reply)) = inbound.message().await else {
+                            return;
+                        };
+                        if !matches!(reply.message, Some(pb::proxy_message::Message::Report(_))) {
+                            replies.send(reply).await.unwrap();
+                            break;
+                        }
+                    }
+                }
+                // Keep the stream open.
+                std::future::pending::<()>().await;
+                drop(tx);
+            });
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    let a = MockUpstream::start("a").await.unwrap();
+    let good = pb::Snapshot::from_model(
+        1,
+        &index_for("team", &[&a.url()], "sk-one").snapshot_for("team", &[]),
+    );
+    let (replies_tx, mut replies) = mpsc::channel(4);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::discovery_server::DiscoveryServer::new(Scripted {
+                good,
+                replies: replies_tx,
+            }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let proxy = proxy_for(addr, "team").await;
+
+    let first = replies.recv().await.unwrap();
+    assert!(matches!(
+        first.message,
+        Some(pb::proxy_message::Message::Ack(pb::Ack { version: 1 }))
+    ));
+    let second = replies.recv().await.unwrap();
+    match second.message {
+        Some(pb::proxy_message::Message::Nack(n)) => {
+            assert_eq!(n.version, 2);
+            assert!(
+                n.error.contains("pools[0].backends[0].endpoint"),
+                "{}",
+                n.error
+            );
+        }
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    let r = chat(&format!("http://{}", proxy.addr), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "the last good snapshot keeps serving");
+    assert_eq!(a.received_keys(), ["sk-one"]);
+    server.abort();
+}
