@@ -32,14 +32,16 @@ mod tests {
     /// `cargo run -p keyway-controller -- crd --out crds` (or `make generate`).
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        for (file, yaml) in crds().unwrap() {
-            let committed = std::fs::read_to_string(dir.join(&file))
-                .unwrap_or_else(|e| panic!("crds/{file}: {e}; run `make generate`"));
-            assert!(
-                committed == yaml,
-                "crds/{file} differs from the Rust types; run `make generate` and commit"
-            );
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for dir in ["crds", "charts/keyway/crds"] {
+            for (file, yaml) in crds().unwrap() {
+                let committed = std::fs::read_to_string(root.join(dir).join(&file))
+                    .unwrap_or_else(|e| panic!("{dir}/{file}: {e}; run `make generate`"));
+                assert!(
+                    committed == yaml,
+                    "{dir}/{file} differs from the Rust types; run `make generate` and commit"
+                );
+            }
         }
     }
 

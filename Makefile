@@ -1,0 +1,45 @@
+# Keyway's habits in one place. `make test` is THE test command (README, .ci/run).
+# Build output and tool caches live outside the clone so repeated runs (and CI on the same
+# machine) reuse them; nothing depends on them being there.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/keyway/target
+export KEYWAY_CACHE ?= $(HOME)/.cache/keyway
+
+.PHONY: test tools build unit e2e fmt fmt-check clippy lint generate demo
+
+## Everything: tools for the e2e (built once, cached), all binaries, every test.
+test: tools build
+	cargo test --workspace --locked
+
+## kube-apiserver, etcd and helm built from their Go modules into $(KEYWAY_CACHE)/bin.
+tools:
+	e2e/tools/install.sh
+
+build:
+	cargo build --workspace --bins --locked
+
+## Only the tests that need no Kubernetes.
+unit:
+	cargo test --workspace --locked --exclude keyway-e2e
+
+e2e: tools build
+	cargo test -p keyway-e2e --locked -- --nocapture
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+lint: fmt-check clippy
+
+## Regenerate the CRDs from the Rust types (a test fails when they drift).
+generate:
+	cargo run -q -p keyway-controller --locked -- crd --out crds
+	cargo run -q -p keyway-controller --locked -- crd --out charts/keyway/crds
+
+## Run Keyway locally against two mock upstreams.
+demo:
+	cargo run -q -p keyway-testkit --bin keyway-demo --locked
