@@ -2,8 +2,9 @@
 //! the control-plane stream, compared with `Eq` to decide whether anything changed.
 
 use crate::secret::SecretValue;
-pub use crate::spec::{Selection, Strategy};
+pub use crate::spec::{Mode, Role, Selection, Strategy};
 use std::fmt;
+use std::time::Duration;
 
 /// Everything one proxy serves, sorted by id so equal configs compare equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -23,12 +24,61 @@ pub struct ObjectId {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pool {
     pub id: ObjectId,
+    pub mode: Mode,
     pub backends: Vec<Backend>,
     pub strategy: Strategy,
+    /// Consistent hashing: the header hashed and the bounded-load factor in percent (125 = 1.25).
+    pub hash_header: String,
+    pub hash_load_factor_pct: u32,
+    pub evacuate_primary: bool,
     /// Name of the `ApiKeyPool` in the same namespace, if keys are injected.
     pub key_pool: Option<String>,
     pub auth: Auth,
     pub routes: Vec<Route>,
+    pub outlier: Outlier,
+    pub retry: Retry,
+    pub timeouts: Timeouts,
+}
+
+/// Passive outlier detection; `consecutive_failures == 0` disables it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Retry {
+    pub max_retries: u32,
+    pub buffer_bytes: u32,
+}
+
+/// Per-pool timeouts; `None` means the proxy's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub response_headers: Option<Duration>,
+    pub idle_stream: Option<Duration>,
+}
+
+/// An active health check.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// A path on the backend's endpoint or a full URL.
+    pub target: HealthTarget,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fail_threshold: u32,
+    pub success_threshold: u32,
+    pub deep: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HealthTarget {
+    Path(String),
+    Url(String),
 }
 
 /// One upstream.
@@ -39,6 +89,9 @@ pub struct Backend {
     /// Host header to send; `None` means the endpoint's authority.
     pub host_header: Option<String>,
     pub weight: u32,
+    /// Failover mode: the primary, or a secondary. `None` in balanced mode.
+    pub role: Option<Role>,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// A parsed, validated base URL.
@@ -72,6 +125,8 @@ pub struct Route {
     pub path_prefix: Option<String>,
     /// `(lowercase name, exact value)`.
     pub headers: Vec<(String, String)>,
+    /// Glob on the JSON body's `model`.
+    pub model: Option<String>,
 }
 
 /// A resolved `ApiKeyPool` with its key material.
@@ -119,6 +174,55 @@ impl fmt::Display for Endpoint {
     }
 }
 
+// === impl Outlier, Retry ===
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_retries: 1,
+            buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    pub fn needs_model(&self) -> bool {
+        self.model.is_some()
+    }
+}
+
+/// `*`-wildcard match, e.g. `gpt-*` or `*-mini`. Linear time, no backtracking blow-up.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 // === impl Snapshot ===
 
 impl Snapshot {
@@ -133,5 +237,22 @@ impl Snapshot {
         self.key_pools
             .iter()
             .find(|k| k.id.namespace == namespace && k.id.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("gpt-*", "gpt-4o"));
+        assert!(!glob_match("gpt-*", "claude-3"));
+        assert!(glob_match("*-mini", "gpt-4o-mini"));
+        assert!(glob_match("claude-*-sonnet*", "claude-3-5-sonnet-latest"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(!glob_match("a*a", "a"));
     }
 }

@@ -2,11 +2,15 @@
 //! conditions), the proxy's standalone mode and `keyway-proxy check`. Every error names the
 //! object and the field path, so a user can find the line to fix.
 
-use crate::model::{Auth, Backend, Endpoint, Key, KeyPool, ObjectId, Pool, Route, Scheme};
+use crate::model::{
+    Auth, Backend, Endpoint, HealthCheck, HealthTarget, Key, KeyPool, Mode, ObjectId, Outlier,
+    Pool, Retry, Role, Route, Scheme, Timeouts,
+};
 use crate::secret::SecretValue;
-use crate::spec::{ApiKeyPoolSpec, AuthKind, LoadBalancerPoolSpec};
+use crate::spec::{ApiKeyPoolSpec, AuthKind, HealthCheckSpec, LoadBalancerPoolSpec};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 /// A problem with one field of one object.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,12 +120,55 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
                 ));
             }
         };
+        let health = b.health_check.as_ref().or(spec.health_check.as_ref());
+        let health_field = if b.health_check.is_some() {
+            field("healthCheck")
+        } else {
+            "spec.healthCheck".to_string()
+        };
+        let health_check = health
+            .map(|h| health_check(h).map_err(|(f, m)| invalid(format!("{health_field}{f}"), m)))
+            .transpose()?;
+        let role = match spec.mode {
+            Mode::Balanced => None,
+            Mode::Failover => Some(b.role.ok_or_else(|| {
+                invalid(
+                    field("role"),
+                    "required in failover mode: primary or secondary".into(),
+                )
+            })?),
+        };
         backends.push(Backend {
             name: b.name.clone(),
             endpoint,
             host_header: b.host_header.clone(),
             weight,
+            role,
+            health_check,
         });
+    }
+    if spec.mode == Mode::Failover {
+        let primaries = backends
+            .iter()
+            .filter(|b| b.role == Some(Role::Primary))
+            .count();
+        let secondaries = backends
+            .iter()
+            .filter(|b| b.role == Some(Role::Secondary))
+            .count();
+        if primaries != 1 || secondaries == 0 {
+            return Err(invalid(
+                "spec.backends".into(),
+                format!(
+                    "failover mode needs exactly one primary and at least one secondary, got {primaries} primary and {secondaries} secondary"
+                ),
+            ));
+        }
+    } else if spec.evacuate_primary {
+        return Err(invalid(
+            "spec.evacuatePrimary".into(),
+            "only valid with mode: failover".into(),
+        ));
     }
     if backends.iter().all(|b| b.weight == 0) {
         return Err(invalid(
@@ -152,15 +199,24 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
             }
             headers.push((h.name.to_ascii_lowercase(), h.value.clone()));
         }
-        if r.path_prefix.is_none() && headers.is_empty() {
+        if let Some(m) = &r.model
+            && (m.is_empty() || m.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                format!("spec.routes[{i}].model"),
+                "must be a non-empty glob such as gpt-*".into(),
+            ));
+        }
+        if r.path_prefix.is_none() && headers.is_empty() && r.model.is_none() {
             return Err(invalid(
                 format!("spec.routes[{i}]"),
-                "a route needs a pathPrefix or at least one header".into(),
+                "a route needs a pathPrefix, a model or at least one header".into(),
             ));
         }
         routes.push(Route {
             path_prefix: r.path_prefix.clone(),
             headers,
+            model: r.model.clone(),
         });
     }
 
@@ -173,14 +229,166 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         ));
     }
 
+    let hash = spec.consistent_hash.clone().unwrap_or_default();
+    let hash_header = hash.header.unwrap_or_else(|| "user-id".to_string());
+    if !is_header_name(&hash_header) {
+        return Err(invalid(
+            "spec.consistentHash.header".into(),
+            format!("{hash_header:?} is not a valid header name"),
+        ));
+    }
+    let load_factor = hash.load_factor.unwrap_or(1.25);
+    if !(1.0..=10.0).contains(&load_factor) {
+        return Err(invalid(
+            "spec.consistentHash.loadFactor".into(),
+            format!("must be between 1.0 and 10.0, got {load_factor}"),
+        ));
+    }
+
+    let defaults = Outlier::default();
+    let outlier = match &spec.outlier_detection {
+        None => defaults,
+        Some(o) => {
+            let base = secs(o.base_ejection_seconds, 10, 1..=3600)
+                .map_err(|m| invalid("spec.outlierDetection.baseEjectionSeconds".into(), m))?;
+            let max = secs(o.max_ejection_seconds, 300, 1..=86400)
+                .map_err(|m| invalid("spec.outlierDetection.maxEjectionSeconds".into(), m))?;
+            if max < base {
+                return Err(invalid(
+                    "spec.outlierDetection.maxEjectionSeconds".into(),
+                    "must be at least baseEjectionSeconds".into(),
+                ));
+            }
+            Outlier {
+                consecutive_failures: count(o.consecutive_failures, 5, 0..=1000)
+                    .map_err(|m| invalid("spec.outlierDetection.consecutiveFailures".into(), m))?,
+                base_ejection: base,
+                max_ejection: max,
+            }
+        }
+    };
+    let retry = match &spec.retry {
+        None => Retry::default(),
+        Some(r) => Retry {
+            max_retries: count(r.max_retries, 1, 0..=5)
+                .map_err(|m| invalid("spec.retry.maxRetries".into(), m))?,
+            buffer_bytes: count(r.buffer_bytes, 1 << 20, 0..=16 << 20)
+                .map_err(|m| invalid("spec.retry.bufferBytes".into(), m))?,
+        },
+    };
+    let timeouts = match &spec.timeouts {
+        None => Timeouts::default(),
+        Some(t) => {
+            let parse = |v: &Option<String>, f: &str| {
+                v.as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|m| invalid(format!("spec.timeouts.{f}"), m))
+            };
+            Timeouts {
+                connect: parse(&t.connect, "connect")?,
+                response_headers: parse(&t.response_headers, "responseHeaders")?,
+                idle_stream: parse(&t.idle_stream, "idleStream")?,
+            }
+        }
+    };
+
     Ok(Pool {
         id: id.clone(),
+        mode: spec.mode,
         backends,
         strategy: spec.strategy,
+        hash_header: hash_header.to_ascii_lowercase(),
+        hash_load_factor_pct: (load_factor * 100.0).round() as u32,
+        evacuate_primary: spec.evacuate_primary,
         key_pool: spec.api_key_pool_ref.as_ref().map(|r| r.name.clone()),
         auth,
         routes,
+        outlier,
+        retry,
+        timeouts,
     })
+}
+
+/// Validates a health check; errors carry the sub-path (`.path`) and a message.
+fn health_check(h: &HealthCheckSpec) -> Result<HealthCheck, (String, String)> {
+    let target = match (&h.path, &h.url) {
+        (Some(_), Some(_)) => {
+            return Err((".url".into(), "set either path or url, not both".into()));
+        }
+        (Some(p), None) if !p.starts_with('/') => {
+            return Err((".path".into(), format!("must start with '/', got {p:?}")));
+        }
+        (Some(p), None) => HealthTarget::Path(p.clone()),
+        (None, Some(u)) => {
+            endpoint_with_query(u).map_err(|m| (".url".to_string(), m))?;
+            HealthTarget::Url(u.clone())
+        }
+        (None, None) => HealthTarget::Path("/v1/models".into()),
+    };
+    let interval =
+        secs(h.interval_seconds, 10, 1..=3600).map_err(|m| (".intervalSeconds".to_string(), m))?;
+    let timeout =
+        secs(h.timeout_seconds, 2, 1..=300).map_err(|m| (".timeoutSeconds".to_string(), m))?;
+    Ok(HealthCheck {
+        target,
+        interval,
+        timeout,
+        fail_threshold: count(h.fail_threshold, 3, 1..=100)
+            .map_err(|m| (".failThreshold".to_string(), m))?,
+        success_threshold: count(h.success_threshold, 2, 1..=100)
+            .map_err(|m| (".successThreshold".to_string(), m))?,
+        deep: h.deep,
+    })
+}
+
+fn count(
+    v: Option<i32>,
+    default: u32,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<u32, String> {
+    match v {
+        None => Ok(default),
+        Some(n) if range.contains(&(n as i64)) => Ok(n as u32),
+        Some(n) => Err(format!(
+            "must be between {} and {}, got {n}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+fn secs(
+    v: Option<i32>,
+    default: u64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<Duration, String> {
+    count(v, default as u32, range).map(|n| Duration::from_secs(n as u64))
+}
+
+/// `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 5s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be above zero"));
+    }
+    Ok(d)
+}
+
+/// Like [`endpoint`] but a query is allowed (health check URLs).
+fn endpoint_with_query(raw: &str) -> Result<(), String> {
+    let without_query = raw.split('?').next().unwrap_or(raw);
+    endpoint(without_query).map(|_| ())
 }
 
 /// Validates an `ApiKeyPool` against its Secret's entries (`None`: the Secret does not exist).

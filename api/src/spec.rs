@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where the traffic of one API goes: the backends, how they are balanced, which key pool
 /// pays for the requests and how the key is injected.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[cfg_attr(feature = "crd", derive(kube::CustomResource))]
 #[cfg_attr(
     feature = "crd",
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
         category = "keyway",
         namespaced,
         status = "LoadBalancerPoolStatus",
+        printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
         printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
         printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.totalBackends"}"#,
         printcolumn = r#"{"name":"Proxies","type":"integer","jsonPath":".status.connectedProxies"}"#,
@@ -38,9 +39,40 @@ pub struct LoadBalancerPoolSpec {
     #[schemars(length(min = 1))]
     pub backends: Vec<BackendSpec>,
 
-    /// How a backend is chosen for each request.
+    /// `balanced` (every healthy backend takes traffic) or `failover` (the `primary` backend
+    /// takes traffic while healthy; the `secondary` ones when it is not, or when evacuated).
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// How a backend is chosen for each request (among those the mode allows).
     #[serde(default)]
     pub strategy: Strategy,
+
+    /// Settings of `strategy: consistentHash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashSpec>,
+
+    /// Failover mode: send traffic to the secondary while it is healthy, even if the primary
+    /// is healthy too. If the secondary is unhealthy, traffic stays on the primary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evacuate_primary: bool,
+
+    /// Active health checks for every backend (a backend's own `healthCheck` overrides it).
+    /// Without one, backends count as healthy unless passive outlier detection ejects them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+
+    /// Passive outlier detection: eject a backend after consecutive failed requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+
+    /// Retries of failed requests on another backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+
+    /// Upstream timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
 
     /// The ApiKeyPool (same namespace) whose keys are injected into each request.
     /// Without it, requests are forwarded with the client's own credentials.
@@ -58,7 +90,7 @@ pub struct LoadBalancerPoolSpec {
 }
 
 /// One upstream endpoint.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendSpec {
     /// Unique within the pool; appears in metrics, logs, status and the `x-keyway-backend` header.
@@ -76,15 +108,150 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub weight: Option<i32>,
+
+    /// Failover mode: `primary` (exactly one) or `secondary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+
+    /// This backend's health check, replacing the pool's `healthCheck`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// How the pool uses its backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// All healthy backends share the traffic.
+    #[default]
+    Balanced,
+    /// Primary while healthy, secondaries otherwise (or when `evacuatePrimary`).
+    Failover,
+}
+
+/// A backend's role in failover mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// `strategy: consistentHash` settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashSpec {
+    /// Request header whose value is hashed. Default `user-id`. Requests without it are
+    /// balanced round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Bounded load: no backend takes more than this factor times the average in-flight
+    /// load; its users spill to the next backend on the ring. Default 1.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub load_factor: Option<f64>,
+}
+
+/// Active health check. GET only; any 2xx is healthy. Never sends credentials, so it never
+/// costs tokens: point it at a free endpoint such as `/v1/models` or `/healthz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Path on the backend's endpoint, e.g. `/healthz`. Default `/v1/models` unless `url` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A full URL to probe instead of a path on the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Seconds between probes. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: Option<i32>,
+    /// Seconds before a probe counts as failed. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive failed probes before the backend is unhealthy. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub fail_threshold: Option<i32>,
+    /// Consecutive passed probes before it is healthy again. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// Parse a JSON body `{models: [{name, payload: {healthy, capacity, consumption}}]}` and
+    /// keep capacity and consumption per model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deep: bool,
+}
+
+/// Passive outlier detection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetectionSpec {
+    /// Consecutive connect errors or 5xx answers that eject a backend. Default 5; 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: Option<i32>,
+    /// First ejection length; it doubles on each repeat. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub base_ejection_seconds: Option<i32>,
+    /// Longest ejection. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_ejection_seconds: Option<i32>,
+}
+
+/// Retries on connect errors, 502/503/504 and refused HTTP/2 streams, each on a backend not
+/// yet tried. A request is never retried once any response byte has reached the client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first attempt. Default 1; 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub max_retries: Option<i32>,
+    /// Request bodies up to this size are buffered so they can be replayed; larger bodies
+    /// stream through and are not retried. Default 1048576 (1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16777216))]
+    pub buffer_bytes: Option<i32>,
+}
+
+/// Upstream timeouts as durations such as `500ms`, `5s`, `2m`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// TCP + TLS connect. Default: the proxy's `--connect-timeout` (5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub connect: Option<String>,
+    /// Request sent → response headers received. Default: `--response-timeout` (300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub response_headers: Option<String>,
+    /// Longest silence between two chunks of a response body (streams). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub idle_stream: Option<String>,
 }
 
 /// How a backend is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Strategy {
-    /// Each backend in turn.
+    /// Each backend in turn (weights other than 0 ignored).
     #[default]
     RoundRobin,
+    /// Smooth weighted round robin: weights 1:2 interleave as b, a, b.
+    WeightedRoundRobin,
+    /// Power of two choices over requests in flight (per unit of weight).
+    LeastRequest,
+    /// Hash of a request header (see `consistentHash`) with bounded load.
+    ConsistentHash,
+    /// Lowest consumption/capacity from deep health checks.
+    LeastLoaded,
 }
 
 /// A reference to an object in the same namespace.
@@ -141,6 +308,11 @@ pub struct RouteSpec {
     /// Request headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+
+    /// Glob (`*` wildcards) on the JSON body's `model` field, e.g. `gpt-*`. The body is read
+    /// (up to 1 MiB) only when some route needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// A header that must carry a given value.

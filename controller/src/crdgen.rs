@@ -59,7 +59,9 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Strategy", "Backends", "Proxies", "Ready", "Reason", "Age"]
+            [
+                "Mode", "Strategy", "Backends", "Proxies", "Ready", "Reason", "Age"
+            ]
         );
         let akp = ApiKeyPool::crd();
         assert_eq!(akp.spec.names.short_names, Some(vec!["akp".to_string()]));

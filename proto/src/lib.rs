@@ -10,6 +10,7 @@ use keyway_api::model::{self, ObjectId};
 use keyway_api::resolve;
 use keyway_api::secret::SecretValue;
 use std::fmt;
+use std::time::Duration;
 
 #[allow(clippy::all, missing_docs)]
 mod generated {
@@ -60,11 +61,56 @@ impl From<&model::Pool> for Pool {
                     endpoint: b.endpoint.to_string(),
                     host_header: b.host_header.clone().unwrap_or_default(),
                     weight: b.weight,
+                    role: match b.role {
+                        None => Role::Unspecified,
+                        Some(model::Role::Primary) => Role::Primary,
+                        Some(model::Role::Secondary) => Role::Secondary,
+                    } as i32,
+                    health_check: b.health_check.as_ref().map(|h| {
+                        let (path, url) = match &h.target {
+                            model::HealthTarget::Path(p) => (p.clone(), String::new()),
+                            model::HealthTarget::Url(u) => (String::new(), u.clone()),
+                        };
+                        HealthCheck {
+                            path,
+                            url,
+                            interval_ms: ms(h.interval),
+                            timeout_ms: ms(h.timeout),
+                            fail_threshold: h.fail_threshold,
+                            success_threshold: h.success_threshold,
+                            deep: h.deep,
+                        }
+                    }),
                 })
                 .collect(),
             strategy: match p.strategy {
-                model::Strategy::RoundRobin => Strategy::RoundRobin as i32,
-            },
+                model::Strategy::RoundRobin => Strategy::RoundRobin,
+                model::Strategy::WeightedRoundRobin => Strategy::WeightedRoundRobin,
+                model::Strategy::LeastRequest => Strategy::LeastRequest,
+                model::Strategy::ConsistentHash => Strategy::ConsistentHash,
+                model::Strategy::LeastLoaded => Strategy::LeastLoaded,
+            } as i32,
+            mode: match p.mode {
+                model::Mode::Balanced => Mode::Balanced,
+                model::Mode::Failover => Mode::Failover,
+            } as i32,
+            evacuate_primary: p.evacuate_primary,
+            hash_header: p.hash_header.clone(),
+            hash_load_factor_pct: p.hash_load_factor_pct,
+            outlier: Some(Outlier {
+                consecutive_failures: p.outlier.consecutive_failures,
+                base_ejection_ms: ms(p.outlier.base_ejection),
+                max_ejection_ms: ms(p.outlier.max_ejection),
+            }),
+            retry: Some(Retry {
+                max_retries: p.retry.max_retries,
+                buffer_bytes: p.retry.buffer_bytes,
+            }),
+            timeouts: Some(Timeouts {
+                connect_ms: p.timeouts.connect.map_or(0, ms),
+                response_headers_ms: p.timeouts.response_headers.map_or(0, ms),
+                idle_stream_ms: p.timeouts.idle_stream.map_or(0, ms),
+            }),
             key_pool: p.key_pool.clone().unwrap_or_default(),
             auth: Some(Auth {
                 kind: Some(match &p.auth {
@@ -81,6 +127,7 @@ impl From<&model::Pool> for Pool {
                 .routes
                 .iter()
                 .map(|r| Route {
+                    model: r.model.clone().unwrap_or_default(),
                     path_prefix: r.path_prefix.clone().unwrap_or_default(),
                     headers: r
                         .headers
@@ -146,7 +193,16 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
     }
     let strategy = match Strategy::try_from(p.strategy) {
         Ok(Strategy::RoundRobin) | Ok(Strategy::Unspecified) => model::Strategy::RoundRobin,
+        Ok(Strategy::WeightedRoundRobin) => model::Strategy::WeightedRoundRobin,
+        Ok(Strategy::LeastRequest) => model::Strategy::LeastRequest,
+        Ok(Strategy::ConsistentHash) => model::Strategy::ConsistentHash,
+        Ok(Strategy::LeastLoaded) => model::Strategy::LeastLoaded,
         Err(_) => return Err(("strategy".into(), format!("unknown value {}", p.strategy))),
+    };
+    let mode = match Mode::try_from(p.mode) {
+        Ok(Mode::Balanced) | Ok(Mode::Unspecified) => model::Mode::Balanced,
+        Ok(Mode::Failover) => model::Mode::Failover,
+        Err(_) => return Err(("mode".into(), format!("unknown value {}", p.mode))),
     };
     if p.backends.is_empty() {
         return Err(("backends".into(), "at least one backend is required".into()));
@@ -155,11 +211,36 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
     for (i, b) in p.backends.into_iter().enumerate() {
         let endpoint =
             resolve::endpoint(&b.endpoint).map_err(|m| (format!("backends[{i}].endpoint"), m))?;
+        let role = match Role::try_from(b.role) {
+            Ok(Role::Unspecified) => None,
+            Ok(Role::Primary) => Some(model::Role::Primary),
+            Ok(Role::Secondary) => Some(model::Role::Secondary),
+            Err(_) => {
+                return Err((
+                    format!("backends[{i}].role"),
+                    format!("unknown value {}", b.role),
+                ));
+            }
+        };
+        if mode == model::Mode::Failover && role.is_none() {
+            return Err((
+                format!("backends[{i}].role"),
+                "required in failover mode".into(),
+            ));
+        }
+        let health_check = match b.health_check {
+            None => None,
+            Some(h) => Some(
+                health_check(h).map_err(|(f, m)| (format!("backends[{i}].healthCheck.{f}"), m))?,
+            ),
+        };
         backends.push(model::Backend {
             name: b.name,
             endpoint,
             host_header: (!b.host_header.is_empty()).then_some(b.host_header),
             weight: b.weight,
+            role,
+            health_check,
         });
     }
     let auth = match p.auth.and_then(|a| a.kind) {
@@ -174,6 +255,7 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
         .routes
         .into_iter()
         .map(|r| model::Route {
+            model: (!r.model.is_empty()).then_some(r.model),
             path_prefix: (!r.path_prefix.is_empty()).then_some(r.path_prefix),
             headers: r
                 .headers
@@ -182,14 +264,77 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
                 .collect(),
         })
         .collect();
+    let outlier = p
+        .outlier
+        .map_or_else(model::Outlier::default, |o| model::Outlier {
+            consecutive_failures: o.consecutive_failures,
+            base_ejection: Duration::from_millis(o.base_ejection_ms),
+            max_ejection: Duration::from_millis(o.max_ejection_ms),
+        });
+    let retry = p
+        .retry
+        .map_or_else(model::Retry::default, |r| model::Retry {
+            max_retries: r.max_retries,
+            buffer_bytes: r.buffer_bytes,
+        });
+    let opt = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let timeouts = p
+        .timeouts
+        .map_or_else(model::Timeouts::default, |t| model::Timeouts {
+            connect: opt(t.connect_ms),
+            response_headers: opt(t.response_headers_ms),
+            idle_stream: opt(t.idle_stream_ms),
+        });
+    if p.hash_header.is_empty() {
+        return Err(("hashHeader".into(), "required".into()));
+    }
     Ok(model::Pool {
         id: ObjectId::new(p.namespace, p.name),
+        mode,
         backends,
         strategy,
+        hash_header: p.hash_header.to_ascii_lowercase(),
+        hash_load_factor_pct: p.hash_load_factor_pct.max(100),
+        evacuate_primary: p.evacuate_primary,
         key_pool: (!p.key_pool.is_empty()).then_some(p.key_pool),
         auth,
         routes,
+        outlier,
+        retry,
+        timeouts,
     })
+}
+
+fn health_check(h: HealthCheck) -> FieldResult<model::HealthCheck> {
+    let target = match (h.path.is_empty(), h.url.is_empty()) {
+        (false, true) => model::HealthTarget::Path(h.path),
+        (true, false) => model::HealthTarget::Url(h.url),
+        _ => {
+            return Err((
+                "path".into(),
+                "exactly one of path and url is required".into(),
+            ));
+        }
+    };
+    if h.interval_ms == 0 || h.timeout_ms == 0 || h.fail_threshold == 0 || h.success_threshold == 0
+    {
+        return Err((
+            "intervalMs".into(),
+            "interval, timeout and thresholds must be above zero".into(),
+        ));
+    }
+    Ok(model::HealthCheck {
+        target,
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        fail_threshold: h.fail_threshold,
+        success_threshold: h.success_threshold,
+        deep: h.deep,
+    })
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 fn key_pool(k: KeyPool) -> FieldResult<model::KeyPool> {
@@ -242,9 +387,18 @@ metadata: {name: p, namespace: team}
 spec:
   apiKeyPoolRef: {name: keys}
   auth: {type: query, queryParam: key}
-  routes: [{pathPrefix: /v1/, headers: [{name: X-Team, value: a}]}]
+  routes: [{pathPrefix: /v1/, model: "gpt-*", headers: [{name: X-Team, value: a}]}]
+  mode: failover
+  evacuatePrimary: true
+  strategy: consistentHash
+  consistentHash: {header: X-User, loadFactor: 1.5}
+  healthCheck: {path: /healthz, intervalSeconds: 3, deep: true}
+  outlierDetection: {consecutiveFailures: 2}
+  retry: {maxRetries: 2, bufferBytes: 1024}
+  timeouts: {connect: 250ms, idleStream: 30s}
   backends:
-    - {name: a, endpoint: "http://127.0.0.1:1/x", hostHeader: api.example.com, weight: 3}
+    - {name: a, role: primary, endpoint: "http://127.0.0.1:1/x", hostHeader: api.example.com, weight: 3}
+    - {name: b, role: secondary, endpoint: "http://127.0.0.1:2", healthCheck: {url: "http://127.0.0.1:3/h"}}
 "#;
         let model = Manifests::parse(yaml, &|_| None)
             .unwrap()
@@ -268,6 +422,7 @@ spec:
                     endpoint: "nope".into(),
                     ..Default::default()
                 }],
+                hash_header: "user-id".into(),
                 auth: Some(Auth {
                     kind: Some(auth::Kind::Query(QueryAuth { param: "k".into() })),
                 }),

@@ -33,16 +33,13 @@ fn index_for(ns: &str, endpoints: &[&str], key: &str) -> Index {
                 .map(|(i, e)| BackendSpec {
                     name: format!("b{i}"),
                     endpoint: e.to_string(),
-                    host_header: None,
-                    weight: None,
+                    ..Default::default()
                 })
                 .collect(),
-            strategy: Default::default(),
             api_key_pool_ref: Some(LocalObjectRef {
                 name: "keys".into(),
             }),
-            auth: None,
-            routes: vec![],
+            ..Default::default()
         },
     };
     let kp = KeyPoolInput {

@@ -1,5 +1,9 @@
 use super::*;
-use crate::spec::{AuthSpec, BackendSpec, LocalObjectRef, RouteSpec, Selection, Strategy};
+use crate::model::{HealthTarget, Mode, Retry, Role, Strategy};
+use crate::spec::{
+    AuthSpec, BackendSpec, HealthCheckSpec, LocalObjectRef, RetrySpec, RouteSpec, Selection,
+    TimeoutsSpec,
+};
 
 fn id() -> ObjectId {
     ObjectId::new("ns", "p")
@@ -15,12 +19,21 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
                 endpoint: e.to_string(),
                 host_header: None,
                 weight: None,
+                role: None,
+                health_check: None,
             })
             .collect(),
         strategy: Strategy::RoundRobin,
         api_key_pool_ref: None,
         auth: None,
         routes: vec![],
+        mode: Mode::Balanced,
+        consistent_hash: None,
+        evacuate_primary: false,
+        health_check: None,
+        outlier_detection: None,
+        retry: None,
+        timeouts: None,
     }
 }
 
@@ -124,4 +137,93 @@ fn key_pool_reports_missing_and_empty_secrets() {
     entries.insert("bad".to_string(), SecretValue::new("sk\r\nx: y"));
     let err = key_pool(&id(), &spec, Some(&entries)).unwrap_err();
     assert!(!err.to_string().contains("sk\r\n"));
+}
+
+#[test]
+fn failover_needs_one_primary_and_a_secondary() {
+    let mut s = spec(&["http://a", "http://b"]);
+    s.mode = Mode::Failover;
+    assert_eq!(pool(&id(), &s).unwrap_err().field, "spec.backends[0].role");
+    s.backends[0].role = Some(Role::Primary);
+    s.backends[1].role = Some(Role::Primary);
+    let err = pool(&id(), &s).unwrap_err();
+    assert_eq!(err.field, "spec.backends");
+    assert!(
+        err.message.contains("exactly one primary"),
+        "{}",
+        err.message
+    );
+    s.backends[1].role = Some(Role::Secondary);
+    s.evacuate_primary = true;
+    let p = pool(&id(), &s).unwrap();
+    assert!(p.evacuate_primary);
+    assert_eq!(p.backends[1].role, Some(Role::Secondary));
+
+    let mut b = spec(&["http://a"]);
+    b.evacuate_primary = true;
+    assert_eq!(pool(&id(), &b).unwrap_err().field, "spec.evacuatePrimary");
+}
+
+#[test]
+fn health_checks_inherit_and_validate() {
+    let mut s = spec(&["http://a", "http://b"]);
+    s.health_check = Some(HealthCheckSpec {
+        path: Some("/healthz".into()),
+        fail_threshold: Some(2),
+        ..Default::default()
+    });
+    s.backends[1].health_check = Some(HealthCheckSpec {
+        url: Some("http://probe:9/ready?x=1".into()),
+        ..Default::default()
+    });
+    let p = pool(&id(), &s).unwrap();
+    let h0 = p.backends[0].health_check.as_ref().unwrap();
+    assert_eq!(h0.target, HealthTarget::Path("/healthz".into()));
+    assert_eq!(h0.fail_threshold, 2);
+    assert_eq!(h0.interval, Duration::from_secs(10));
+    let h1 = p.backends[1].health_check.as_ref().unwrap();
+    assert_eq!(
+        h1.target,
+        HealthTarget::Url("http://probe:9/ready?x=1".into())
+    );
+
+    s.backends[1].health_check = Some(HealthCheckSpec {
+        path: Some("healthz".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        pool(&id(), &s).unwrap_err().field,
+        "spec.backends[1].healthCheck.path"
+    );
+    s.backends[1].health_check = None;
+    s.health_check.as_mut().unwrap().timeout_seconds = Some(0);
+    assert_eq!(
+        pool(&id(), &s).unwrap_err().field,
+        "spec.healthCheck.timeoutSeconds"
+    );
+}
+
+#[test]
+fn retry_and_timeouts() {
+    let mut s = spec(&["http://a"]);
+    s.retry = Some(RetrySpec {
+        max_retries: Some(9),
+        buffer_bytes: None,
+    });
+    assert_eq!(pool(&id(), &s).unwrap_err().field, "spec.retry.maxRetries");
+    s.retry = None;
+    s.timeouts = Some(TimeoutsSpec {
+        connect: Some("250ms".into()),
+        response_headers: Some("2m".into()),
+        idle_stream: Some("ten".into()),
+    });
+    assert_eq!(
+        pool(&id(), &s).unwrap_err().field,
+        "spec.timeouts.idleStream"
+    );
+    s.timeouts.as_mut().unwrap().idle_stream = None;
+    let p = pool(&id(), &s).unwrap();
+    assert_eq!(p.timeouts.connect, Some(Duration::from_millis(250)));
+    assert_eq!(p.timeouts.response_headers, Some(Duration::from_secs(120)));
+    assert_eq!(p.retry, Retry::default());
 }

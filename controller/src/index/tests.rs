@@ -9,13 +9,10 @@ fn pool(ns: &str, name: &str, endpoint: &str, key_pool: Option<&str>) -> PoolInp
             backends: vec![BackendSpec {
                 name: "a".into(),
                 endpoint: endpoint.into(),
-                host_header: None,
-                weight: None,
+                ..Default::default()
             }],
-            strategy: Default::default(),
             api_key_pool_ref: key_pool.map(|n| LocalObjectRef { name: n.into() }),
-            auth: None,
-            routes: vec![],
+            ..Default::default()
         },
     }
 }
