@@ -2,21 +2,30 @@
 //! cursors and key pools, swapped atomically on every new snapshot. Requests read it without
 //! locks (`ArcSwap::load`); counters of backends and keys that survive a swap are kept.
 
+use crate::balance::{self, Balancer, Candidates, InFlight, OwnedInFlightGuard};
+use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
+use crate::http::UpstreamClient;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
-use keyway_api::model::{self, ObjectId};
+use keyway_api::model::{self, Mode, ObjectId, Role};
 use keyway_api::secret::SecretValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
 
-/// Holds the current [`Router`] and the counters that outlive any one snapshot.
+/// Bodies read ahead for model routes are capped at this size.
+const MODEL_PEEK_BYTES: usize = 1 << 20;
+
+/// Holds the current [`Router`] and the state that outlives any one snapshot: counters, and
+/// backend health with its checker tasks.
 pub struct Dataplane {
     current: ArcSwap<Router>,
     loaded: std::sync::atomic::AtomicBool,
-    counters: Mutex<CounterRegistry>,
+    registry: Mutex<Registry>,
     metrics: Metrics,
+    health_client: OnceLock<Option<health::HealthClient>>,
 }
 
 /// One compiled snapshot.
@@ -25,6 +34,8 @@ pub struct Router {
     pub snapshot: Arc<model::Snapshot>,
     pub pools: Vec<Arc<PoolState>>,
     pub key_pools: Vec<Arc<KeyPoolState>>,
+    /// Bytes of request body to read ahead (model routes, replayable retries).
+    read_ahead: usize,
 }
 
 /// A pool ready to serve.
@@ -33,16 +44,31 @@ pub struct PoolState {
     /// `namespace/name`, the metrics label.
     pub label: String,
     pub backends: Vec<BackendState>,
-    /// Indexes into `backends` of those that take traffic (weight > 0).
-    eligible: Vec<usize>,
-    cursor: AtomicUsize,
+    balancer: Balancer,
+    in_flight: Arc<InFlight>,
+    hash_header: http::HeaderName,
+    /// Failover mode: the role that took traffic last (0 none yet, 1 primary, 2 secondary).
+    active_role: AtomicU8,
     /// `Ok(None)`: no key injection; `Err(name)`: the referenced key pool is missing.
     pub keys: Result<Option<Arc<KeyPoolState>>, String>,
+    /// A client with this pool's connect timeout, built on first use.
+    pub client: OnceLock<UpstreamClient>,
+    metrics: Metrics,
 }
 
 pub struct BackendState {
     pub model: model::Backend,
     pub counters: Arc<Counters>,
+    pub health: Arc<BackendHealth>,
+}
+
+/// What the failover decision sees and does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveRole {
+    /// Balanced mode: every backend may take traffic.
+    All,
+    Primary,
+    Secondary,
 }
 
 /// Keys of one `ApiKeyPool`.
@@ -70,9 +96,27 @@ pub struct Counters {
 }
 
 #[derive(Default)]
-struct CounterRegistry {
+struct Registry {
     backends: HashMap<(ObjectId, String), Arc<Counters>>,
     keys: HashMap<(ObjectId, String), Arc<Counters>>,
+    health: HashMap<(ObjectId, String), HealthEntry>,
+}
+
+/// A backend's health and the task probing it; replaced when its check settings change.
+struct HealthEntry {
+    check: Option<model::HealthCheck>,
+    endpoint: model::Endpoint,
+    outlier: model::Outlier,
+    health: Arc<BackendHealth>,
+    checker: Option<JoinHandle<()>>,
+}
+
+impl Drop for HealthEntry {
+    fn drop(&mut self) {
+        if let Some(t) = self.checker.take() {
+            t.abort();
+        }
+    }
 }
 
 // === impl Dataplane ===
@@ -82,8 +126,9 @@ impl Dataplane {
         Self {
             current: ArcSwap::from_pointee(Router::default()),
             loaded: Default::default(),
-            counters: Default::default(),
+            registry: Default::default(),
             metrics,
+            health_client: OnceLock::new(),
         }
     }
 
@@ -103,9 +148,16 @@ impl Dataplane {
 
     /// Compiles and swaps in a snapshot. In-flight requests keep the router they started with.
     pub fn apply(&self, snapshot: Arc<model::Snapshot>) {
+        let health_client = self.health_client.get_or_init(|| match health::build_client() {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::error!(%error, "cannot build the health-check client; active checks are off");
+                None
+            }
+        });
         let router = {
-            let mut reg = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            reg.compile(snapshot)
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            reg.compile(snapshot, &self.metrics, health_client.as_ref())
         };
         for p in &router.pools {
             self.metrics
@@ -120,10 +172,21 @@ impl Dataplane {
 
 // === impl CounterRegistry ===
 
-impl CounterRegistry {
-    fn compile(&mut self, snapshot: Arc<model::Snapshot>) -> Router {
+impl Registry {
+    fn compile(
+        &mut self,
+        snapshot: Arc<model::Snapshot>,
+        metrics: &Metrics,
+        health_client: Option<&health::HealthClient>,
+    ) -> Router {
         // Forget counters of objects that left the config, keep the rest.
         self.backends.retain(|(pool, backend), _| {
+            snapshot
+                .pools
+                .iter()
+                .any(|p| &p.id == pool && p.backends.iter().any(|b| &b.name == backend))
+        });
+        self.health.retain(|(pool, backend), _| {
             snapshot
                 .pools
                 .iter()
@@ -166,6 +229,7 @@ impl CounterRegistry {
             .pools
             .iter()
             .map(|p| {
+                let label = p.id.to_string();
                 let backends: Vec<BackendState> = p
                     .backends
                     .iter()
@@ -176,11 +240,11 @@ impl CounterRegistry {
                             .entry((p.id.clone(), b.name.clone()))
                             .or_default()
                             .clone(),
+                        health: self.health_for(p, b, &label, metrics, health_client),
                     })
                     .collect();
-                let eligible = (0..backends.len())
-                    .filter(|&i| backends[i].model.weight > 0)
-                    .collect();
+                let hash_header = http::HeaderName::from_bytes(p.hash_header.as_bytes())
+                    .unwrap_or_else(|_| http::HeaderName::from_static("user-id"));
                 let keys = match &p.key_pool {
                     None => Ok(None),
                     Some(name) => key_pools
@@ -190,21 +254,117 @@ impl CounterRegistry {
                         .ok_or_else(|| format!("{}/{name}", p.id.namespace)),
                 };
                 Arc::new(PoolState {
-                    label: p.id.to_string(),
+                    label,
+                    balancer: Balancer::for_pool(p),
+                    in_flight: Arc::new(InFlight::new(backends.len())),
                     model: p.clone(),
                     backends,
-                    eligible,
-                    cursor: AtomicUsize::new(0),
+                    hash_header,
+                    active_role: AtomicU8::new(0),
                     keys,
+                    client: OnceLock::new(),
+                    metrics: metrics.clone(),
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
 
+        let needs_model = snapshot
+            .pools
+            .iter()
+            .any(|p| p.routes.iter().any(model::Route::needs_model));
+        let retry_buffer = snapshot
+            .pools
+            .iter()
+            .filter(|p| p.retry.max_retries > 0)
+            .map(|p| p.retry.buffer_bytes as usize)
+            .max()
+            .unwrap_or(0);
+        let read_ahead = retry_buffer.max(if needs_model { MODEL_PEEK_BYTES } else { 0 });
         Router {
             snapshot,
             pools,
             key_pools,
+            read_ahead,
         }
+    }
+
+    /// The backend's health: kept across snapshots while its check, endpoint and outlier
+    /// settings stay the same; otherwise a fresh state and a new checker task.
+    fn health_for(
+        &mut self,
+        pool: &model::Pool,
+        backend: &model::Backend,
+        label: &str,
+        metrics: &Metrics,
+        client: Option<&health::HealthClient>,
+    ) -> Arc<BackendHealth> {
+        let key = (pool.id.clone(), backend.name.clone());
+        if let Some(e) = self.health.get(&key)
+            && e.check == backend.health_check
+            && e.endpoint == backend.endpoint
+            && e.outlier == pool.outlier
+        {
+            return e.health.clone();
+        }
+        let outlier = OutlierSettings {
+            consecutive_failures: pool.outlier.consecutive_failures,
+            base_ejection: pool.outlier.base_ejection,
+            max_ejection: pool.outlier.max_ejection,
+            ..OutlierSettings::default()
+        };
+        let check_label = CheckLabel {
+            pool: label.to_string(),
+            backend: backend.name.clone(),
+        };
+        let (health, checker) = match (&backend.health_check, client) {
+            (Some(check), Some(client)) => {
+                let target = match &check.target {
+                    model::HealthTarget::Path(p) => format!("{}{p}", backend.endpoint),
+                    model::HealthTarget::Url(u) => u.clone(),
+                };
+                match target.parse::<http::Uri>() {
+                    Ok(target) => {
+                        let settings = HealthSettings {
+                            target,
+                            interval: check.interval,
+                            timeout: check.timeout,
+                            fail_threshold: check.fail_threshold,
+                            success_threshold: check.success_threshold,
+                            deep: check.deep,
+                        };
+                        let health = Arc::new(BackendHealth::from_settings(&settings, outlier));
+                        let task = health::spawn_checker(
+                            check_label,
+                            settings,
+                            health.clone(),
+                            client.clone(),
+                            metrics.health.clone(),
+                        );
+                        (health, Some(task))
+                    }
+                    Err(error) => {
+                        tracing::error!(pool = %label, backend = %backend.name, %error, "health check target is not a URI; not checking");
+                        (Arc::new(BackendHealth::new(1, 1, outlier)), None)
+                    }
+                }
+            }
+            _ => (Arc::new(BackendHealth::new(1, 1, outlier)), None),
+        };
+        metrics.health.forget(&CheckLabel {
+            pool: label.to_string(),
+            backend: backend.name.clone(),
+        });
+        self.health.insert(
+            key,
+            HealthEntry {
+                check: backend.health_check.clone(),
+                endpoint: backend.endpoint.clone(),
+                outlier: pool.outlier.clone(),
+                health: health.clone(),
+                checker,
+            },
+        );
+        health
     }
 }
 
@@ -213,7 +373,12 @@ impl CounterRegistry {
 impl Router {
     /// The pool a request belongs to: the most specific matching route wins (longest path
     /// prefix, then most headers); a pool without routes catches what no route claims.
-    pub fn route(&self, path: &str, headers: &http::HeaderMap) -> Option<&Arc<PoolState>> {
+    pub fn route(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        model: Option<&str>,
+    ) -> Option<&Arc<PoolState>> {
         // (has route, path prefix length, header count): larger is more specific.
         type Score = (usize, usize, usize);
         let mut best: Option<(&Arc<PoolState>, Score)> = None;
@@ -224,10 +389,10 @@ impl Router {
                 pool.model
                     .routes
                     .iter()
-                    .filter(|r| route_matches(r, path, headers))
+                    .filter(|r| route_matches(r, path, headers, model))
                     .map(|r| {
                         let prefix = r.path_prefix.as_ref().map_or(0, |p| p.len());
-                        (1, prefix, r.headers.len())
+                        (1, prefix, r.headers.len() + usize::from(r.model.is_some()))
                     })
                     .max()
             };
@@ -239,13 +404,29 @@ impl Router {
         }
         best.map(|(p, _)| p)
     }
+
+    /// How much of a request body to read before routing.
+    pub fn read_ahead_bytes(&self) -> usize {
+        self.read_ahead
+    }
 }
 
-fn route_matches(route: &model::Route, path: &str, headers: &http::HeaderMap) -> bool {
+fn route_matches(
+    route: &model::Route,
+    path: &str,
+    headers: &http::HeaderMap,
+    body_model: Option<&str>,
+) -> bool {
     if let Some(prefix) = &route.path_prefix
         && !path.starts_with(prefix.as_str())
     {
         return false;
+    }
+    if let Some(glob) = &route.model {
+        match body_model {
+            Some(m) if model::glob_match(glob, m) => {}
+            _ => return false,
+        }
     }
     route.headers.iter().all(|(name, value)| {
         headers
@@ -258,13 +439,186 @@ fn route_matches(route: &model::Route, path: &str, headers: &http::HeaderMap) ->
 // === impl PoolState ===
 
 impl PoolState {
-    /// The next backend in turn (round robin over backends with weight > 0).
-    pub fn pick_backend(&self) -> Option<&BackendState> {
-        if self.eligible.is_empty() {
+    /// The affinity hash of a request (consistent hashing), from the configured header.
+    pub fn affinity_hash(&self, headers: &http::HeaderMap) -> Option<u64> {
+        if self.model.strategy != model::Strategy::ConsistentHash {
             return None;
         }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(&self.backends[self.eligible[n % self.eligible.len()]])
+        headers
+            .get(&self.hash_header)
+            .map(|v| balance::hash_key(v.as_bytes()))
+    }
+
+    /// Chooses a backend for one attempt, never one in `exclude` (already tried).
+    pub fn pick(&self, hash: Option<u64>, exclude: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        let all_ejected = !self
+            .backends
+            .iter()
+            .any(|b| b.model.weight > 0 && b.health.is_available(now, false));
+        let role = self.active_role_at(now);
+        let mut view = View {
+            pool: self,
+            now,
+            role,
+            ignore_ejection: all_ejected,
+            role_available: false,
+        };
+        view.role_available = (0..self.backends.len())
+            .any(|i| view.in_role(i) && self.backends[i].model.weight > 0 && view.available(i));
+        self.balancer.pick_excluding(hash, &view, exclude)
+    }
+
+    /// Counts a request on backend `idx` until the guard drops (least-request balancing).
+    pub fn start_request(&self, idx: usize) -> OwnedInFlightGuard {
+        self.in_flight.start_owned(idx)
+    }
+
+    /// Feeds passive outlier detection with one request's outcome.
+    pub fn observe(&self, idx: usize, success: bool) {
+        let Some(b) = self.backends.get(idx) else {
+            return;
+        };
+        if let Some(ejection) = b.health.record_outcome(success, Instant::now()) {
+            tracing::warn!(pool = %self.label, backend = %b.model.name, duration = ?ejection.duration, level = ejection.level, "backend ejected after consecutive failures");
+            self.metrics.health.on_ejection(
+                &CheckLabel {
+                    pool: self.label.clone(),
+                    backend: b.model.name.clone(),
+                },
+                &ejection,
+            );
+        }
+    }
+
+    /// Failover mode: which role takes traffic now, logging and counting every switch.
+    pub fn active_role(&self) -> ActiveRole {
+        self.active_role_at(Instant::now())
+    }
+
+    fn active_role_at(&self, now: Instant) -> ActiveRole {
+        if self.model.mode != Mode::Failover {
+            return ActiveRole::All;
+        }
+        let up = |role: Role| {
+            self.backends.iter().any(|b| {
+                b.model.role == Some(role)
+                    && b.model.weight > 0
+                    && b.health.is_available(now, false)
+            })
+        };
+        let (primary_up, secondary_up) = (up(Role::Primary), up(Role::Secondary));
+        let (role, reason) = if self.model.evacuate_primary && secondary_up {
+            (ActiveRole::Secondary, "evacuated")
+        } else if primary_up {
+            (
+                ActiveRole::Primary,
+                if self.model.evacuate_primary {
+                    "secondary_unhealthy"
+                } else {
+                    "primary_healthy"
+                },
+            )
+        } else if secondary_up {
+            (ActiveRole::Secondary, "primary_unhealthy")
+        } else {
+            // Nothing is healthy: keep trying the primary rather than refusing everything.
+            (ActiveRole::Primary, "all_unhealthy")
+        };
+        let code = match role {
+            ActiveRole::Primary => 1,
+            _ => 2,
+        };
+        let previous = self.active_role.swap(code, Ordering::Relaxed);
+        if previous != code {
+            let to = if code == 1 { "primary" } else { "secondary" };
+            if previous != 0 {
+                self.metrics
+                    .failovers
+                    .with_label_values(&[self.label.as_str(), to])
+                    .inc();
+                tracing::warn!(pool = %self.label, to, reason, "failover: traffic moved");
+            } else {
+                tracing::info!(pool = %self.label, to, reason, "failover: initial active role");
+            }
+        }
+        role
+    }
+
+    /// The name of the backend traffic goes to in failover mode (the first available of the
+    /// active role), for status.
+    pub fn active_backend(&self) -> Option<&str> {
+        let role = match self.active_role() {
+            ActiveRole::All => return None,
+            ActiveRole::Primary => Role::Primary,
+            ActiveRole::Secondary => Role::Secondary,
+        };
+        let now = Instant::now();
+        self.backends
+            .iter()
+            .filter(|b| b.model.role == Some(role))
+            .find(|b| b.health.is_available(now, false))
+            .or_else(|| self.backends.iter().find(|b| b.model.role == Some(role)))
+            .map(|b| b.model.name.as_str())
+    }
+
+    /// Backends that may take traffic now.
+    pub fn healthy_count(&self) -> usize {
+        let now = Instant::now();
+        self.backends
+            .iter()
+            .filter(|b| b.model.weight > 0 && b.health.is_available(now, false))
+            .count()
+    }
+}
+
+/// The balancer's view of a pool at one instant.
+struct View<'a> {
+    pool: &'a PoolState,
+    now: Instant,
+    role: ActiveRole,
+    ignore_ejection: bool,
+    /// Some backend of the active role is available; if none is, the role's backends are
+    /// tried anyway rather than refusing every request.
+    role_available: bool,
+}
+
+impl Candidates for View<'_> {
+    fn len(&self) -> usize {
+        self.pool.backends.len()
+    }
+
+    fn eligible(&self, i: usize) -> bool {
+        self.in_role(i) && (!self.role_available || self.available(i))
+    }
+
+    fn in_flight(&self, i: usize) -> u64 {
+        self.pool.in_flight.get(i)
+    }
+
+    fn load(&self, i: usize) -> Option<(f64, f64)> {
+        self.pool.backends[i].health.load()
+    }
+
+    fn in_flight_summary(&self) -> Option<(u64, usize)> {
+        None
+    }
+}
+
+impl View<'_> {
+    fn in_role(&self, i: usize) -> bool {
+        let role = self.pool.backends[i].model.role;
+        match self.role {
+            ActiveRole::All => true,
+            ActiveRole::Primary => role == Some(Role::Primary),
+            ActiveRole::Secondary => role == Some(Role::Secondary),
+        }
+    }
+
+    fn available(&self, i: usize) -> bool {
+        self.pool.backends[i]
+            .health
+            .is_available(self.now, self.ignore_ejection)
     }
 }
 

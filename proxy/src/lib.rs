@@ -9,12 +9,15 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod tls;
 
 use crate::config::{SnapshotRx, SnapshotTx};
 use crate::dataplane::Dataplane;
@@ -51,6 +54,8 @@ pub struct Settings {
     pub forwarder: ForwarderSettings,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Serve the traffic port over TLS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why the proxy could not start.
@@ -139,11 +144,19 @@ pub async fn start(
         dataplane.clone(),
         settings.forwarder.clone(),
     )?);
+    let acceptor = match &settings.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            cert, key,
+        )?)),
+        None => None,
+    };
+    let is_tls = acceptor.is_some();
     let traffic_task = tokio::spawn(http::server::serve(
         traffic,
+        acceptor,
         move |req, remote| {
             let f = forwarder.clone();
-            async move { f.serve(req, remote, false).await }
+            async move { f.serve(req, remote, is_tls).await }
         },
         shutdown_rx.clone(),
         settings.drain_timeout,
@@ -155,6 +168,7 @@ pub async fn start(
     };
     let admin_task = tokio::spawn(http::server::serve(
         admin_listener,
+        None,
         move |req, _remote| {
             let a = admin.clone();
             async move { a.handle(req).await }

@@ -70,6 +70,18 @@ struct RunArgs {
     /// Upstream response-headers timeout (streams may run longer once headers arrived).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     response_timeout: Duration,
+    /// Serve the traffic port over TLS: certificate chain (PEM).
+    #[arg(long, env = "KEYWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serve the traffic port over TLS: private key (PEM).
+    #[arg(long, env = "KEYWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, besides the public roots.
+    #[arg(long, env = "KEYWAY_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// Add x-keyway-overhead-ms (time spent inside Keyway) to every response.
+    #[arg(long, env = "KEYWAY_OVERHEAD_HEADER")]
+    overhead_header: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -155,8 +167,11 @@ async fn run(args: RunArgs) -> ExitCode {
             connect_timeout: args.connect_timeout,
             response_timeout: args.response_timeout,
             expose_headers: args.expose_headers.unwrap_or(file_mode),
+            overhead_header: args.overhead_header,
+            upstream_ca: args.upstream_ca,
         },
         drain_timeout: args.drain_timeout,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

@@ -26,6 +26,19 @@ pub struct Metrics {
     pub controller_connected: IntGauge,
     /// Backends configured, by pool.
     pub backends: IntGaugeVec,
+    /// Backends that may take traffic now (healthy and not ejected), by pool.
+    pub healthy_backends: IntGaugeVec,
+    /// Time from request sent upstream to response headers received, by pool.
+    pub upstream_ttfb: HistogramVec,
+    /// Retries on another backend, by pool and reason.
+    pub retries: IntCounterVec,
+    /// Failover-mode switches of the active role, by pool and destination (`primary`,
+    /// `secondary`).
+    pub failovers: IntCounterVec,
+    /// Response bodies that ended with an error (upstream reset, idle timeout), by pool.
+    pub stream_errors: IntCounterVec,
+    /// Active health checks and passive ejections.
+    pub health: crate::health::HealthMetrics,
 }
 
 // === impl Metrics ===
@@ -93,7 +106,52 @@ impl Metrics {
                 Opts::new("keyway_proxy_backends", "Backends configured, by pool."),
                 &["pool"],
             )?,
+            healthy_backends: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_healthy_backends",
+                    "Backends that may take traffic now (healthy, not ejected), by pool.",
+                ),
+                &["pool"],
+            )?,
+            upstream_ttfb: HistogramVec::new(
+                HistogramOpts::new(
+                    "keyway_proxy_upstream_ttfb_seconds",
+                    "Request sent upstream to response headers received, by pool.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0,
+                ]),
+                &["pool"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_retries_total",
+                    "Retries on another backend, by pool and reason.",
+                ),
+                &["pool", "reason"],
+            )?,
+            failovers: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_failovers_total",
+                    "Failover-mode switches of the role taking traffic, by pool and destination.",
+                ),
+                &["pool", "to"],
+            )?,
+            stream_errors: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_stream_errors_total",
+                    "Response bodies that ended with an error (reset, idle timeout), by pool.",
+                ),
+                &["pool"],
+            )?,
+            health: crate::health::HealthMetrics::register(registry)?,
         };
+        registry.register(Box::new(m.healthy_backends.clone()))?;
+        registry.register(Box::new(m.upstream_ttfb.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.failovers.clone()))?;
+        registry.register(Box::new(m.stream_errors.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.overhead.clone()))?;

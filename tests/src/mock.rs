@@ -11,6 +11,8 @@
 //!   when the request body has `"stream": true` (see
 //!   [`MockUpstream::set_stream`]).
 //! * `GET /v1/models`: a one-entry model list (cheap health probe).
+//! * `GET /health/deep`: a deep-health JSON body, settable with
+//!   [`MockUpstream::set_deep_health`]; by default [`default_deep_health`].
 //! * `GET /healthz`: always `200 ok`, **never affected by behaviours** (and it
 //!   does not consume [`MockUpstream::fail_next`] slots), so it can be used to
 //!   wait for the mock itself to be up. It is still recorded.
@@ -151,6 +153,7 @@ struct State {
     queued: VecDeque<Behavior>,
     stream_chunks: usize,
     stream_interval: Duration,
+    deep_health: Value,
 }
 
 impl Default for State {
@@ -161,6 +164,7 @@ impl Default for State {
             queued: VecDeque::new(),
             stream_chunks: DEFAULT_STREAM_CHUNKS,
             stream_interval: Duration::ZERO,
+            deep_health: default_deep_health(),
         }
     }
 }
@@ -315,6 +319,12 @@ impl MockUpstream {
         let mut state = self.shared.lock();
         state.stream_chunks = chunks;
         state.stream_interval = interval;
+    }
+
+    /// Sets the body `GET /health/deep` answers with (any JSON value; default
+    /// [`default_deep_health`]).
+    pub fn set_deep_health(&self, body: Value) {
+        self.shared.lock().deep_health = body;
     }
 
     /// Stops accepting connections, lets in-flight responses finish (up to
@@ -498,6 +508,10 @@ fn route(
             }),
         ),
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/health/deep") => {
+            let body = shared.lock().deep_health.clone();
+            json_response(StatusCode::OK, &body)
+        }
         _ => json_response(
             StatusCode::OK,
             &json!({
@@ -696,6 +710,15 @@ fn extract_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, v)| k == "key" && !v.is_empty())
         .map(|(_, v)| v.into_owned())
+}
+
+/// The default `GET /health/deep` body: [`DEFAULT_MODEL`] healthy, capacity
+/// 100, consumption 0.
+pub fn default_deep_health() -> Value {
+    json!({"models": [{
+        "name": DEFAULT_MODEL,
+        "payload": {"healthy": true, "capacity": 100, "consumption": 0},
+    }]})
 }
 
 fn error_body(message: &str, kind: &str) -> Value {

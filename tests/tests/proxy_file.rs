@@ -185,7 +185,7 @@ async fn an_invalid_edit_keeps_the_old_config_serving_and_a_valid_one_applies() 
 async fn upstream_failures_become_clear_json_errors() {
     let a = MockUpstream::start("a").await.unwrap();
     let dead = format!("http://127.0.0.1:{}", keyway_testkit::free_port());
-    let yaml = two_backend_pool(&dead, &a.url(), KEYS, "");
+    let yaml = two_backend_pool(&dead, &a.url(), KEYS, "retry: {maxRetries: 0}");
     let p = FileProxy::start(&yaml).await;
     let mut codes = vec![];
     for _ in 0..2 {
@@ -197,7 +197,11 @@ async fn upstream_failures_become_clear_json_errors() {
         }
     }
     codes.sort();
-    assert_eq!(codes, [200, 502]);
+    assert_eq!(
+        codes,
+        [200, 502],
+        "without retries the dead backend's request fails"
+    );
 
     a.set_behavior(Behavior::Hang);
     let r = chat(&p.url(), &[]).await.unwrap();

@@ -42,11 +42,11 @@ fn routes_by_most_specific_match() {
     let r = dp.router();
     let empty = http::HeaderMap::new();
     assert_eq!(
-        r.route("/v1/messages", &empty).unwrap().model.id.name,
+        r.route("/v1/messages", &empty, None).unwrap().model.id.name,
         "anthropic"
     );
     assert_eq!(
-        r.route("/v1/chat/completions", &empty)
+        r.route("/v1/chat/completions", &empty, None)
             .unwrap()
             .model
             .id
@@ -56,7 +56,11 @@ fn routes_by_most_specific_match() {
     let mut h = http::HeaderMap::new();
     h.insert("x-provider", "anthropic".parse().unwrap());
     assert_eq!(
-        r.route("/v1/chat/completions", &h).unwrap().model.id.name,
+        r.route("/v1/chat/completions", &h, None)
+            .unwrap()
+            .model
+            .id
+            .name,
         "anthropic"
     );
 }
@@ -68,7 +72,7 @@ fn no_route_without_a_catch_all() {
     dp.apply(snapshot(only_routed));
     assert!(
         dp.router()
-            .route("/other", &http::HeaderMap::new())
+            .route("/other", &http::HeaderMap::new(), None)
             .is_none()
     );
 }
@@ -78,9 +82,16 @@ fn round_robin_skips_zero_weight_backends() {
     let dp = dataplane();
     dp.apply(snapshot(TWO_POOLS));
     let r = dp.router();
-    let pool = r.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    let pool = r
+        .route("/v1/messages", &http::HeaderMap::new(), None)
+        .unwrap();
     let picks: Vec<_> = (0..6)
-        .map(|_| pool.pick_backend().unwrap().model.name.clone())
+        .map(|_| {
+            pool.backends[pool.pick(None, &[]).unwrap()]
+                .model
+                .name
+                .clone()
+        })
         .collect();
     assert_eq!(picks, ["a", "b", "a", "b", "a", "b"]);
 }
@@ -90,11 +101,15 @@ fn counters_survive_a_swap_but_not_removal() {
     let dp = dataplane();
     dp.apply(snapshot(TWO_POOLS));
     let r = dp.router();
-    let pool = r.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    let pool = r
+        .route("/v1/messages", &http::HeaderMap::new(), None)
+        .unwrap();
     pool.backends[0].counters.record_use();
     dp.apply(snapshot(&TWO_POOLS.replace("127.0.0.1:3", "127.0.0.1:5")));
     let r2 = dp.router();
-    let pool2 = r2.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    let pool2 = r2
+        .route("/v1/messages", &http::HeaderMap::new(), None)
+        .unwrap();
     assert_eq!(
         pool2.backends[0].counters.requests.load(Ordering::Relaxed),
         1
@@ -106,7 +121,9 @@ fn counters_survive_a_swap_but_not_removal() {
     )));
     dp.apply(snapshot(TWO_POOLS));
     let r3 = dp.router();
-    let pool3 = r3.route("/v1/messages", &http::HeaderMap::new()).unwrap();
+    let pool3 = r3
+        .route("/v1/messages", &http::HeaderMap::new(), None)
+        .unwrap();
     assert_eq!(
         pool3.backends[0].counters.requests.load(Ordering::Relaxed),
         0

@@ -17,6 +17,7 @@ pub enum Rejection {
     UpstreamTimeout,
     UpstreamProtocol,
     NotReady,
+    ClientBody,
 }
 
 // === impl Rejection ===
@@ -32,12 +33,14 @@ impl Rejection {
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::UpstreamProtocol => "upstream_protocol",
             Rejection::NotReady => "not_ready",
+            Rejection::ClientBody => "client_body",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::ClientBody => StatusCode::BAD_REQUEST,
             Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::NoBackends

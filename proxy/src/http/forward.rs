@@ -1,8 +1,10 @@
 //! One request's way through the proxy: route → backend → key → rewrite → upstream → back.
 
-use super::ProxyBody;
+use super::body::{IdleTimeout, RequestBody};
 use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
+use super::{BoxError, ProxyBody};
+use crate::balance::OwnedInFlightGuard as InFlightGuard;
 use crate::dataplane::{BackendState, Dataplane, KeyPoolState, KeyState, PoolState};
 use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -21,6 +23,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_KEYWAY_BACKEND: HeaderName = HeaderName::from_static("x-keyway-backend");
 static X_KEYWAY_KEY_ID: HeaderName = HeaderName::from_static("x-keyway-key-id");
 static X_KEYWAY_POOL: HeaderName = HeaderName::from_static("x-keyway-pool");
+static X_KEYWAY_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-keyway-overhead-ms");
 
 /// Timeouts and response decoration for the traffic port.
 #[derive(Clone, Debug)]
@@ -31,13 +34,111 @@ pub struct ForwarderSettings {
     pub response_timeout: Duration,
     /// Add `x-keyway-pool`, `x-keyway-backend` and `x-keyway-key-id` to responses.
     pub expose_headers: bool,
+    /// Add `x-keyway-overhead-ms` (time spent in Keyway, upstream excluded) to responses.
+    pub overhead_header: bool,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, besides the webpki roots.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
+
+/// The pooled upstream client (HTTP/1.1 and HTTP/2 over TLS via ALPN).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// Forwards requests according to the current [`Dataplane`] router.
 pub struct Forwarder {
     dataplane: Arc<Dataplane>,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: UpstreamClient,
+    tls: rustls::ClientConfig,
     settings: ForwarderSettings,
+}
+
+fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+/// Keeps the backend's in-flight count up until the response body is finished or dropped
+/// (a client that disconnects drops it, which also cancels the upstream request).
+struct ResponseBody {
+    inner: ProxyBody,
+    _guard: InFlightGuard,
+}
+
+impl ResponseBody {
+    fn new(inner: ProxyBody, guard: InFlightGuard) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// True for HTTP/2 REFUSED_STREAM and GOAWAY: the upstream did not process the request.
+fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Formats an error with its causes (`a: b: c`), which hyper keeps in the source chain.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The JSON body's `model`, for model routes. Other fields are skipped unparsed.
+fn peek_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelOnly>(body).ok()?.model
 }
 
 /// Decrements the in-flight gauge however the request ends (including client disconnect).
@@ -53,25 +154,12 @@ impl Drop for InFlight {
 
 impl Forwarder {
     pub fn new(dataplane: Arc<Dataplane>, settings: ForwarderSettings) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let tls = crate::tls::upstream_config(settings.upstream_ca.as_deref())?;
+        let client = build_client(settings.connect_timeout, tls.clone());
         Ok(Self {
             dataplane,
             client,
+            tls,
             settings,
         })
     }
@@ -93,13 +181,26 @@ impl Forwarder {
             return self.reject(Rejection::NotReady, "no configuration loaded yet");
         }
         let (mut parts, body) = req.into_parts();
-        let Some(pool) = router.route(parts.uri.path(), &parts.headers) else {
+
+        // Read the body ahead only when a model route or a retry needs it.
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let read_ahead = router.read_ahead_bytes();
+        let mut body = match RequestBody::read(body, read_ahead, content_length).await {
+            Ok(b) => b,
+            Err(error) => {
+                tracing::debug!(%error, "client request body failed");
+                return self.reject(Rejection::ClientBody, "the request body could not be read");
+            }
+        };
+        let model = body.bytes().and_then(|b| peek_model(b));
+
+        let Some(pool) = router.route(parts.uri.path(), &parts.headers, model.as_deref()) else {
             let msg = format!("no pool routes {} {}", parts.method, parts.uri.path());
             return self.reject(Rejection::NoRoute, &msg);
-        };
-        let Some(backend) = pool.pick_backend() else {
-            let msg = format!("pool {} has no backend that takes traffic", pool.label);
-            return self.reject(Rejection::NoBackends, &msg);
         };
         let key = match &pool.keys {
             Ok(None) => None,
@@ -130,25 +231,12 @@ impl Forwarder {
             &mut parts.headers,
             parts.uri.query(),
         );
-        parts.uri = match upstream_uri(backend, parts.uri.path(), query.as_deref()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return self.reject(
-                    Rejection::UpstreamProtocol,
-                    "request path is not a valid URI",
-                );
-            }
-        };
-        parts.version = Version::HTTP_11;
-        parts.headers.insert(header::HOST, backend_host(backend));
         append_forwarded_for(&mut parts.headers, remote);
         parts.headers.insert(
             &X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-
-        backend.counters.record_use();
         if let Some((kp, k)) = key {
             k.counters.record_use();
             metrics
@@ -157,75 +245,157 @@ impl Forwarder {
                 .inc();
         }
 
-        let upstream_req = Request::from_parts(parts, body.boxed());
-        let overhead_before = started.elapsed();
-        let result = tokio::time::timeout(
-            self.settings.response_timeout,
-            self.client.request(upstream_req),
-        )
-        .await;
-        let after_upstream = Instant::now();
-
-        let mut resp = match result {
-            Ok(Ok(resp)) => resp.map(|b| b.boxed()),
-            Ok(Err(error)) => {
-                backend.counters.record_failure();
-                let kind = if error.is_connect() {
-                    Rejection::UpstreamConnect
-                } else {
-                    Rejection::UpstreamProtocol
-                };
-                tracing::warn!(pool = %pool.label, backend = %backend.model.name, %error, "upstream request failed");
-                let msg = format!(
-                    "backend {} of pool {} failed: {}",
-                    backend.model.name,
-                    pool.label,
-                    kind.as_str()
-                );
-                return self.finish(
-                    self.reject(kind, &msg),
-                    pool,
-                    backend,
-                    key,
-                    &request_id,
-                    started,
-                );
-            }
-            Err(_) => {
-                backend.counters.record_failure();
-                tracing::warn!(pool = %pool.label, backend = %backend.model.name, timeout = ?self.settings.response_timeout, "upstream timed out");
-                let msg = format!(
-                    "backend {} of pool {} sent no response headers within {:?}",
-                    backend.model.name, pool.label, self.settings.response_timeout
-                );
-                return self.finish(
-                    self.reject(Rejection::UpstreamTimeout, &msg),
-                    pool,
-                    backend,
-                    key,
-                    &request_id,
-                    started,
-                );
-            }
+        let hash = pool.affinity_hash(&parts.headers);
+        let response_timeout = pool
+            .model
+            .timeouts
+            .response_headers
+            .unwrap_or(self.settings.response_timeout);
+        let retries = if body.replayable() {
+            pool.model.retry.max_retries
+        } else {
+            0
         };
+        let mut tried: Vec<usize> = Vec::with_capacity(1 + retries as usize);
+        let mut overhead = started.elapsed();
+        loop {
+            let Some(idx) = pool.pick(hash, &tried) else {
+                if tried.is_empty() {
+                    let msg = format!("pool {} has no backend that takes traffic", pool.label);
+                    return self.reject(Rejection::NoBackends, &msg);
+                }
+                // Every backend was tried; the last failure was already answered below.
+                let msg = format!("every backend of pool {} failed", pool.label);
+                return self.reject(Rejection::UpstreamConnect, &msg);
+            };
+            tried.push(idx);
+            let backend = &pool.backends[idx];
+            let last_try = tried.len() > retries as usize;
+            let attempt_started = Instant::now();
+            let Some(upstream_body) = body.take_for_upstream() else {
+                return self.reject(Rejection::ClientBody, "the request body was already sent");
+            };
+            let mut headers = parts.headers.clone();
+            headers.insert(header::HOST, backend_host(backend));
+            let uri = match upstream_uri(backend, parts.uri.path(), query.as_deref()) {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return self.reject(
+                        Rejection::UpstreamProtocol,
+                        "request path is not a valid URI",
+                    );
+                }
+            };
+            let mut upstream_req = Request::new(upstream_body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.version_mut() = Version::HTTP_11;
+            *upstream_req.headers_mut() = headers;
+            backend.counters.record_use();
+            let guard = pool.start_request(idx);
+            let client = self.client_for(pool);
+            let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
+            let received = Instant::now();
 
-        let status = resp.status();
-        if status.is_server_error() {
-            backend.counters.record_failure();
+            let failure = match result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let retryable = matches!(status.as_u16(), 502..=504);
+                    pool.observe(idx, !status.is_server_error());
+                    if status.is_server_error() {
+                        backend.counters.record_failure();
+                    }
+                    if retryable && !last_try {
+                        metrics
+                            .retries
+                            .with_label_values(&[pool.label.as_str(), "status"])
+                            .inc();
+                        tracing::info!(pool = %pool.label, backend = %backend.model.name, %status, "retrying on another backend");
+                        continue;
+                    }
+                    if let Some((_, k)) = key
+                        && matches!(status.as_u16(), 401 | 403 | 429)
+                    {
+                        k.counters.record_failure();
+                    }
+                    let ttfb = received - attempt_started;
+                    metrics
+                        .upstream_ttfb
+                        .with_label_values(&[pool.label.as_str()])
+                        .observe(ttfb.as_secs_f64());
+                    let (mut resp_parts, resp_body) = resp.into_parts();
+                    strip_hop_by_hop(&mut resp_parts.headers);
+                    let resp_body = resp_body.map_err(BoxError::from);
+                    let resp_body = ResponseBody::new(resp_body.boxed(), guard);
+                    let resp_body = match pool.model.timeouts.idle_stream {
+                        Some(idle) => IdleTimeout::new(resp_body.boxed(), idle).boxed(),
+                        None => resp_body.boxed(),
+                    };
+                    let resp = Response::from_parts(resp_parts, resp_body);
+                    overhead += received.elapsed();
+                    return self.finish(resp, pool, backend, key, &request_id, started, overhead);
+                }
+                Ok(Err(error)) => {
+                    backend.counters.record_failure();
+                    pool.observe(idx, false);
+                    let retryable = error.is_connect() || is_refused_stream(&error);
+                    let kind = if error.is_connect() {
+                        Rejection::UpstreamConnect
+                    } else {
+                        Rejection::UpstreamProtocol
+                    };
+                    tracing::warn!(pool = %pool.label, backend = %backend.model.name, error = %ErrorChain(&error), "upstream request failed");
+                    if retryable && !last_try {
+                        metrics
+                            .retries
+                            .with_label_values(&[pool.label.as_str(), kind.as_str()])
+                            .inc();
+                        continue;
+                    }
+                    let msg = format!(
+                        "backend {} of pool {} failed: {}",
+                        backend.model.name,
+                        pool.label,
+                        kind.as_str()
+                    );
+                    (kind, msg)
+                }
+                Err(_) => {
+                    backend.counters.record_failure();
+                    pool.observe(idx, false);
+                    tracing::warn!(pool = %pool.label, backend = %backend.model.name, timeout = ?response_timeout, "upstream timed out");
+                    let msg = format!(
+                        "backend {} of pool {} sent no response headers within {:?}",
+                        backend.model.name, pool.label, response_timeout
+                    );
+                    (Rejection::UpstreamTimeout, msg)
+                }
+            };
+            drop(guard);
+            let (kind, msg) = failure;
+            return self.finish(
+                self.reject(kind, &msg),
+                pool,
+                backend,
+                key,
+                &request_id,
+                started,
+                overhead,
+            );
         }
-        if let Some((_, k)) = key
-            && matches!(status.as_u16(), 401 | 403 | 429)
-        {
-            k.counters.record_failure();
-        }
-        strip_hop_by_hop(resp.headers_mut());
-        let resp = self.finish(resp, pool, backend, key, &request_id, started);
-        metrics
-            .overhead
-            .observe((overhead_before + after_upstream.elapsed()).as_secs_f64());
-        resp
     }
 
+    /// The upstream client for a pool: the shared one, or one with the pool's connect timeout.
+    fn client_for<'a>(&'a self, pool: &'a PoolState) -> &'a UpstreamClient {
+        match pool.model.timeouts.connect {
+            Some(t) if t != self.settings.connect_timeout => pool
+                .client
+                .get_or_init(|| build_client(t, self.tls.clone())),
+            _ => &self.client,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         mut resp: Response<ProxyBody>,
@@ -234,10 +404,17 @@ impl Forwarder {
         key: Option<(&Arc<KeyPoolState>, &KeyState)>,
         request_id: &HeaderValue,
         started: Instant,
+        overhead: Duration,
     ) -> Response<ProxyBody> {
         let metrics = self.dataplane.metrics();
+        metrics.overhead.observe(overhead.as_secs_f64());
         let headers = resp.headers_mut();
         headers.insert(&X_REQUEST_ID, request_id.clone());
+        if self.settings.overhead_header
+            && let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
+        {
+            headers.insert(&X_KEYWAY_OVERHEAD_MS, v);
+        }
         if self.settings.expose_headers {
             if let Ok(v) = HeaderValue::from_str(&pool.label) {
                 headers.insert(&X_KEYWAY_POOL, v);

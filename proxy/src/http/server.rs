@@ -14,10 +14,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `handler` on `listener` until `shutdown` turns true, then waits up to `drain` for
 /// open connections to finish.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
@@ -50,13 +53,42 @@ pub async fn serve<H, F>(
                     let fut = handler(req, remote);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, %remote, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(error) = conn.await {
+                                tracing::debug!(%error, %remote, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, so a slow client
+                        // never holds up the accept loop; it is bounded in time.
+                        let acceptor = acceptor.clone();
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                            let stream = match handshake {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(%error, %remote, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut stop => break,
         }

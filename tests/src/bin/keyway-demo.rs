@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "keyway-demo", about = "Run Keyway locally against two mock LLM upstreams")]
+#[command(
+    name = "keyway-demo",
+    about = "Run Keyway locally against two mock LLM upstreams"
+)]
 struct Args {
     /// Proxy traffic listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -64,7 +67,10 @@ spec:
 async fn main() -> ExitCode {
     let args = Args::parse();
     keyway_proxy::logging::init("warn,keyway_proxy=info");
-    let (a, b) = match (MockUpstream::start("upstream-a").await, MockUpstream::start("upstream-b").await) {
+    let (a, b) = match (
+        MockUpstream::start("upstream-a").await,
+        MockUpstream::start("upstream-b").await,
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("keyway-demo: cannot start the mock upstreams: {e}");
@@ -73,7 +79,9 @@ async fn main() -> ExitCode {
     };
     let dir = std::env::temp_dir().join(format!("keyway-demo-{}", std::process::id()));
     let path = dir.join("keyway.yaml");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, manifest(&a.url(), &b.url()))) {
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, manifest(&a.url(), &b.url())))
+    {
         eprintln!("keyway-demo: cannot write {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
@@ -88,8 +96,11 @@ async fn main() -> ExitCode {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             expose_headers: true,
+            overhead_header: false,
+            upstream_ca: None,
         },
         drain_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

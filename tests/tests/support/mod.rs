@@ -58,8 +58,11 @@ pub fn settings(source: Source) -> Settings {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
             expose_headers: true,
+            overhead_header: false,
+            upstream_ca: None,
         },
         drain_timeout: Duration::from_secs(1),
+        tls: None,
     }
 }
 
