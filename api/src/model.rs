@@ -2,7 +2,7 @@
 //! the control-plane stream, compared with `Eq` to decide whether anything changed.
 
 use crate::secret::SecretValue;
-pub use crate::spec::{Mode, Role, Selection, Strategy};
+pub use crate::spec::{Mode, Protocol, Role, Selection, Strategy};
 use std::fmt;
 use std::time::Duration;
 
@@ -91,6 +91,7 @@ pub struct Backend {
     pub weight: u32,
     /// Failover mode: the primary, or a secondary. `None` in balanced mode.
     pub role: Option<Role>,
+    pub protocol: Protocol,
     pub health_check: Option<HealthCheck>,
 }
 

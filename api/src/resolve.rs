@@ -144,6 +144,7 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
             host_header: b.host_header.clone(),
             weight,
             role,
+            protocol: b.protocol.unwrap_or_default(),
             health_check,
         });
     }

@@ -113,6 +113,11 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
 
+    /// `http1` (default; `https` endpoints still negotiate HTTP/2 by ALPN) or `http2`
+    /// (HTTP/2 only; cleartext `http://` endpoints use h2c with prior knowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+
     /// This backend's health check, replacing the pool's `healthCheck`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
@@ -127,6 +132,15 @@ pub enum Mode {
     Balanced,
     /// Primary while healthy, secondaries otherwise (or when `evacuatePrimary`).
     Failover,
+}
+
+/// The HTTP version spoken to a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
 }
 
 /// A backend's role in failover mode.

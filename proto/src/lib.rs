@@ -61,6 +61,7 @@ impl From<&model::Pool> for Pool {
                     endpoint: b.endpoint.to_string(),
                     host_header: b.host_header.clone().unwrap_or_default(),
                     weight: b.weight,
+                    http2: b.protocol == model::Protocol::Http2,
                     role: match b.role {
                         None => Role::Unspecified,
                         Some(model::Role::Primary) => Role::Primary,
@@ -240,6 +241,11 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
             host_header: (!b.host_header.is_empty()).then_some(b.host_header),
             weight: b.weight,
             role,
+            protocol: if b.http2 {
+                model::Protocol::Http2
+            } else {
+                model::Protocol::Http1
+            },
             health_check,
         });
     }
@@ -398,7 +404,7 @@ spec:
   timeouts: {connect: 250ms, idleStream: 30s}
   backends:
     - {name: a, role: primary, endpoint: "http://127.0.0.1:1/x", hostHeader: api.example.com, weight: 3}
-    - {name: b, role: secondary, endpoint: "http://127.0.0.1:2", healthCheck: {url: "http://127.0.0.1:3/h"}}
+    - {name: b, role: secondary, protocol: http2, endpoint: "http://127.0.0.1:2", healthCheck: {url: "http://127.0.0.1:3/h"}}
 "#;
         let model = Manifests::parse(yaml, &|_| None)
             .unwrap()

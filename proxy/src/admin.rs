@@ -50,6 +50,14 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<ProxyBody> {
+        // Health is read where it lives; the gauge is refreshed at scrape time.
+        for p in &self.dataplane.router().pools {
+            self.dataplane
+                .metrics()
+                .healthy_backends
+                .with_label_values(&[p.label.as_str()])
+                .set(p.healthy_count() as i64);
+        }
         let encoder = TextEncoder::new();
         let mut buf = Vec::new();
         if let Err(error) = encoder.encode(&self.registry.gather(), &mut buf) {
@@ -69,16 +77,30 @@ impl Admin {
             .pools
             .iter()
             .map(|p| {
+                let now = std::time::Instant::now();
                 json!({
                     "namespace": p.model.id.namespace,
                     "name": p.model.id.name,
+                    "mode": p.model.mode,
                     "strategy": p.model.strategy,
+                    "evacuatePrimary": p.model.evacuate_primary,
+                    "activeBackend": p.active_backend(),
+                    "healthyBackends": p.healthy_count(),
                     "keyPool": p.model.key_pool,
                     "keyPoolAvailable": p.keys.is_ok(),
                     "backends": p.backends.iter().map(|b| json!({
                         "name": b.model.name,
                         "endpoint": b.model.endpoint.to_string(),
                         "weight": b.model.weight,
+                        "role": b.model.role,
+                        "healthy": b.health.is_active_healthy(),
+                        "ejected": b.health.is_ejected(now),
+                        "models": b.health.models().into_iter().map(|(name, m)| json!({
+                            "name": name,
+                            "healthy": m.healthy,
+                            "capacity": m.capacity,
+                            "consumption": m.consumption,
+                        })).collect::<Vec<_>>(),
                         "usage": usage(&b.counters),
                     })).collect::<Vec<_>>(),
                 })

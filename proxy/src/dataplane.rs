@@ -51,8 +51,6 @@ pub struct PoolState {
     active_role: AtomicU8,
     /// `Ok(None)`: no key injection; `Err(name)`: the referenced key pool is missing.
     pub keys: Result<Option<Arc<KeyPoolState>>, String>,
-    /// A client with this pool's connect timeout, built on first use.
-    pub client: OnceLock<UpstreamClient>,
     metrics: Metrics,
 }
 
@@ -60,6 +58,9 @@ pub struct BackendState {
     pub model: model::Backend,
     pub counters: Arc<Counters>,
     pub health: Arc<BackendHealth>,
+    /// A client for this backend when it needs its own (HTTP/2 only, or the pool's connect
+    /// timeout), built on first use.
+    pub client: OnceLock<UpstreamClient>,
 }
 
 /// What the failover decision sees and does.
@@ -241,6 +242,7 @@ impl Registry {
                             .or_default()
                             .clone(),
                         health: self.health_for(p, b, &label, metrics, health_client),
+                        client: OnceLock::new(),
                     })
                     .collect();
                 let hash_header = http::HeaderName::from_bytes(p.hash_header.as_bytes())
@@ -262,7 +264,6 @@ impl Registry {
                     hash_header,
                     active_role: AtomicU8::new(0),
                     keys,
-                    client: OnceLock::new(),
                     metrics: metrics.clone(),
                 })
             })
@@ -467,6 +468,25 @@ impl PoolState {
         view.role_available = (0..self.backends.len())
             .any(|i| view.in_role(i) && self.backends[i].model.weight > 0 && view.available(i));
         self.balancer.pick_excluding(hash, &view, exclude)
+    }
+
+    /// Whether a backend not in `exclude` could take a retry now.
+    pub fn can_retry(&self, exclude: &[usize]) -> bool {
+        let now = Instant::now();
+        let role = self.active_role_at(now);
+        let view = View {
+            pool: self,
+            now,
+            role,
+            ignore_ejection: false,
+            role_available: true,
+        };
+        (0..self.backends.len()).any(|i| {
+            !exclude.contains(&i)
+                && self.backends[i].model.weight > 0
+                && view.in_role(i)
+                && view.available(i)
+        })
     }
 
     /// Counts a request on backend `idx` until the guard drops (least-request balancing).

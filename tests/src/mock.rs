@@ -174,6 +174,22 @@ struct Shared {
     name_header: HeaderValue,
     next_id: AtomicU64,
     state: Mutex<State>,
+    /// Streams whose body was dropped before the last event was sent (client went away).
+    streams_cancelled: Arc<AtomicU64>,
+}
+
+/// Counts a stream as cancelled if it is dropped before its last event went out.
+struct StreamGuard {
+    cancelled: Arc<AtomicU64>,
+    completed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -226,6 +242,7 @@ impl MockUpstream {
             name_header,
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
+            streams_cancelled: Arc::new(AtomicU64::new(0)),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
@@ -310,6 +327,12 @@ impl MockUpstream {
     /// Number of `fail_next` behaviours not consumed yet.
     pub fn pending_failures(&self) -> usize {
         self.shared.lock().queued.len()
+    }
+
+    /// Streaming responses whose body was dropped before the last event went out (the
+    /// client, or a proxy in between, went away).
+    pub fn streams_cancelled(&self) -> u64 {
+        self.shared.streams_cancelled.load(Ordering::Relaxed)
     }
 
     /// Streamed chat completions send `chunks` content chunks; every SSE
@@ -558,7 +581,7 @@ fn chat_completions(shared: &Shared, body: &Bytes) -> Response<MockBody> {
             (state.stream_chunks, state.stream_interval)
         };
         let events = sse_events(&id, created, &model, chunks, include_usage, prompt_tokens);
-        return sse_response(events, interval);
+        return sse_response(events, interval, shared.streams_cancelled.clone());
     }
 
     let content = format!("hello from {}", shared.name);
@@ -640,14 +663,31 @@ fn sse_data(data: &str) -> Bytes {
 }
 
 /// Streams each event as its own body frame, `interval` apart.
-fn sse_response(events: Vec<Bytes>, interval: Duration) -> Response<MockBody> {
-    let frames =
-        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+fn sse_response(
+    events: Vec<Bytes>,
+    interval: Duration,
+    cancelled: Arc<AtomicU64>,
+) -> Response<MockBody> {
+    let last = events.len().saturating_sub(1);
+    let guard = Arc::new(Mutex::new(StreamGuard {
+        cancelled,
+        completed: events.is_empty(),
+    }));
+    let frames = futures::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| {
+        let guard = guard.clone();
+        async move {
             if i > 0 && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
+            if i == last {
+                guard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .completed = true;
+            }
             Ok::<_, Infallible>(Frame::data(event))
-        });
+        }
+    });
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(

@@ -20,6 +20,7 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
                 host_header: None,
                 weight: None,
                 role: None,
+                protocol: None,
                 health_check: None,
             })
             .collect(),

@@ -151,7 +151,13 @@ fn apply(snapshot: pb::Snapshot, tx: &SnapshotTx, dataplane: &Dataplane) -> pb::
 fn usage_report(dataplane: &Dataplane) -> pb::Report {
     let router = dataplane.router();
     let mut report = pb::Report::default();
+    let now = std::time::Instant::now();
     for pool in &router.pools {
+        report.pools.push(pb::PoolReport {
+            namespace: pool.model.id.namespace.clone(),
+            pool: pool.model.id.name.clone(),
+            active_backend: pool.active_backend().unwrap_or_default().to_string(),
+        });
         for b in &pool.backends {
             report.backends.push(pb::BackendReport {
                 namespace: pool.model.id.namespace.clone(),
@@ -159,6 +165,8 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
                 backend: b.model.name.clone(),
                 requests: b.counters.requests.load(Ordering::Relaxed),
                 failures: b.counters.failures.load(Ordering::Relaxed),
+                healthy: b.health.is_active_healthy(),
+                ejected: b.health.is_ejected(now),
             });
         }
     }

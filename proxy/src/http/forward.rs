@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use keyway_api::model::{Auth, Scheme};
+use keyway_api::model::{Auth, Protocol, Scheme};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +51,11 @@ pub struct Forwarder {
     settings: ForwarderSettings,
 }
 
-fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> UpstreamClient {
+fn build_client(
+    connect_timeout: Duration,
+    tls: rustls::ClientConfig,
+    http2_only: bool,
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -66,23 +70,18 @@ fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> Upstrea
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        .http2_only(http2_only)
         .build(https)
 }
 
-/// Keeps the backend's in-flight count up until the response body is finished or dropped
-/// (a client that disconnects drops it, which also cancels the upstream request).
+/// Keeps the in-flight counts up until the response body is finished or dropped (a client
+/// that disconnects drops it, which also cancels the upstream request), and counts bodies
+/// that end in an error.
 struct ResponseBody {
     inner: ProxyBody,
-    _guard: InFlightGuard,
-}
-
-impl ResponseBody {
-    fn new(inner: ProxyBody, guard: InFlightGuard) -> Self {
-        Self {
-            inner,
-            _guard: guard,
-        }
-    }
+    _backend: InFlightGuard,
+    _request: InFlight,
+    stream_errors: prometheus::IntCounter,
 }
 
 impl http_body::Body for ResponseBody {
@@ -93,7 +92,12 @@ impl http_body::Body for ResponseBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(error))) = &polled {
+            self.stream_errors.inc();
+            tracing::warn!(error = %ErrorChain(error.as_ref()), "response stream ended with an error");
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -155,7 +159,7 @@ impl Drop for InFlight {
 impl Forwarder {
     pub fn new(dataplane: Arc<Dataplane>, settings: ForwarderSettings) -> anyhow::Result<Self> {
         let tls = crate::tls::upstream_config(settings.upstream_ca.as_deref())?;
-        let client = build_client(settings.connect_timeout, tls.clone());
+        let client = build_client(settings.connect_timeout, tls.clone(), false);
         Ok(Self {
             dataplane,
             client,
@@ -174,7 +178,8 @@ impl Forwarder {
         let started = Instant::now();
         let metrics = self.dataplane.metrics();
         metrics.in_flight.inc();
-        let _in_flight = InFlight(metrics.in_flight.clone());
+        // Moves into the response body on success, so streams count until they end.
+        let in_flight = InFlight(metrics.in_flight.clone());
 
         let router = self.dataplane.router();
         if !self.dataplane.is_loaded() {
@@ -259,18 +264,15 @@ impl Forwarder {
         let mut tried: Vec<usize> = Vec::with_capacity(1 + retries as usize);
         let mut overhead = started.elapsed();
         loop {
+            // Retries only happen when another backend can take them (see `can_retry`), so
+            // running out of backends here means there were none to begin with.
             let Some(idx) = pool.pick(hash, &tried) else {
-                if tried.is_empty() {
-                    let msg = format!("pool {} has no backend that takes traffic", pool.label);
-                    return self.reject(Rejection::NoBackends, &msg);
-                }
-                // Every backend was tried; the last failure was already answered below.
-                let msg = format!("every backend of pool {} failed", pool.label);
-                return self.reject(Rejection::UpstreamConnect, &msg);
+                let msg = format!("pool {} has no backend that takes traffic", pool.label);
+                return self.reject(Rejection::NoBackends, &msg);
             };
             tried.push(idx);
             let backend = &pool.backends[idx];
-            let last_try = tried.len() > retries as usize;
+            let last_try = tried.len() > retries as usize || !pool.can_retry(&tried);
             let attempt_started = Instant::now();
             let Some(upstream_body) = body.take_for_upstream() else {
                 return self.reject(Rejection::ClientBody, "the request body was already sent");
@@ -293,7 +295,7 @@ impl Forwarder {
             *upstream_req.headers_mut() = headers;
             backend.counters.record_use();
             let guard = pool.start_request(idx);
-            let client = self.client_for(pool);
+            let client = self.client_for(pool, backend);
             let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
             let received = Instant::now();
 
@@ -325,13 +327,20 @@ impl Forwarder {
                         .observe(ttfb.as_secs_f64());
                     let (mut resp_parts, resp_body) = resp.into_parts();
                     strip_hop_by_hop(&mut resp_parts.headers);
-                    let resp_body = resp_body.map_err(BoxError::from);
-                    let resp_body = ResponseBody::new(resp_body.boxed(), guard);
-                    let resp_body = match pool.model.timeouts.idle_stream {
-                        Some(idle) => IdleTimeout::new(resp_body.boxed(), idle).boxed(),
-                        None => resp_body.boxed(),
+                    let upstream = resp_body.map_err(BoxError::from).boxed();
+                    let upstream = match pool.model.timeouts.idle_stream {
+                        Some(idle) => IdleTimeout::new(upstream, idle).boxed(),
+                        None => upstream,
                     };
-                    let resp = Response::from_parts(resp_parts, resp_body);
+                    let resp_body = ResponseBody {
+                        inner: upstream,
+                        _backend: guard,
+                        _request: in_flight,
+                        stream_errors: metrics
+                            .stream_errors
+                            .with_label_values(&[pool.label.as_str()]),
+                    };
+                    let resp = Response::from_parts(resp_parts, resp_body.boxed());
                     overhead += received.elapsed();
                     return self.finish(resp, pool, backend, key, &request_id, started, overhead);
                 }
@@ -385,14 +394,21 @@ impl Forwarder {
         }
     }
 
-    /// The upstream client for a pool: the shared one, or one with the pool's connect timeout.
-    fn client_for<'a>(&'a self, pool: &'a PoolState) -> &'a UpstreamClient {
-        match pool.model.timeouts.connect {
-            Some(t) if t != self.settings.connect_timeout => pool
-                .client
-                .get_or_init(|| build_client(t, self.tls.clone())),
-            _ => &self.client,
+    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only or the pool
+    /// sets its own connect timeout.
+    fn client_for<'a>(&'a self, pool: &PoolState, backend: &'a BackendState) -> &'a UpstreamClient {
+        let timeout = pool
+            .model
+            .timeouts
+            .connect
+            .unwrap_or(self.settings.connect_timeout);
+        let http2 = backend.model.protocol == Protocol::Http2;
+        if !http2 && timeout == self.settings.connect_timeout {
+            return &self.client;
         }
+        backend
+            .client
+            .get_or_init(|| build_client(timeout, self.tls.clone(), http2))
     }
 
     #[allow(clippy::too_many_arguments)]
