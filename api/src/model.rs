@@ -38,6 +38,8 @@ pub struct Pool {
     pub outlier: Outlier,
     pub retry: Retry,
     pub timeouts: Timeouts,
+    /// SSE keep-alive comment interval; `None` = off.
+    pub sse_keep_alive: Option<Duration>,
 }
 
 /// Passive outlier detection; `consecutive_failures == 0` disables it.

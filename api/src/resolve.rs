@@ -294,8 +294,16 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         }
     };
 
+    let sse_keep_alive = spec
+        .sse_keep_alive
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| invalid("spec.sseKeepAlive".into(), m))?;
+
     Ok(Pool {
         id: id.clone(),
+        sse_keep_alive,
         mode: spec.mode,
         backends,
         strategy: spec.strategy,

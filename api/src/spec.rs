@@ -74,6 +74,13 @@ pub struct LoadBalancerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsSpec>,
 
+    /// For `text/event-stream` responses: when the upstream is silent this long between
+    /// events (e.g. a reasoning model before its first token), send the client an SSE comment
+    /// line (`: keep-alive`) so idle-timeout middleboxes keep the stream open. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub sse_keep_alive: Option<String>,
+
     /// The ApiKeyPool (same namespace) whose keys are injected into each request.
     /// Without it, requests are forwarded with the client's own credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -96,6 +96,7 @@ impl From<&model::Pool> for Pool {
                 model::Mode::Failover => Mode::Failover,
             } as i32,
             evacuate_primary: p.evacuate_primary,
+            sse_keep_alive_ms: p.sse_keep_alive.map_or(0, ms),
             hash_header: p.hash_header.clone(),
             hash_load_factor_pct: p.hash_load_factor_pct,
             outlier: Some(Outlier {
@@ -302,6 +303,7 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
         hash_header: p.hash_header.to_ascii_lowercase(),
         hash_load_factor_pct: p.hash_load_factor_pct.max(100),
         evacuate_primary: p.evacuate_primary,
+        sse_keep_alive: opt(p.sse_keep_alive_ms),
         key_pool: (!p.key_pool.is_empty()).then_some(p.key_pool),
         auth,
         routes,
@@ -402,6 +404,7 @@ spec:
   outlierDetection: {consecutiveFailures: 2}
   retry: {maxRetries: 2, bufferBytes: 1024}
   timeouts: {connect: 250ms, idleStream: 30s}
+  sseKeepAlive: 15s
   backends:
     - {name: a, role: primary, endpoint: "http://127.0.0.1:1/x", hostHeader: api.example.com, weight: 3}
     - {name: b, role: secondary, protocol: http2, endpoint: "http://127.0.0.1:2", healthCheck: {url: "http://127.0.0.1:3/h"}}

@@ -611,3 +611,29 @@ async fn overhead_header_and_tls_listener() {
     assert!(overhead >= 0.0);
     assert_eq!(a.requests()[0].header("x-forwarded-proto"), Some("https"));
 }
+
+#[tokio::test]
+async fn sse_keep_alive_comments_fill_a_long_wait_for_the_first_token() {
+    let a = MockUpstream::start("a").await.unwrap();
+    // Headers and the first event come at once; then 700 ms of silence before each next one.
+    a.set_stream(2, Duration::from_millis(700));
+    let p = FileProxy::start(&pool("  sseKeepAlive: 200ms\n", &[("a", &a.url(), "")])).await;
+    let (status, chunks) = frames(&format!("{}/v1/chat/completions", p.url()), STREAM_REQ).await;
+    assert_eq!(status, 200);
+    let text: String = chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let comments = text.matches(": keep-alive\n\n").count();
+    assert!(
+        comments >= 2,
+        "keep-alive comments were sent during the silence: {text}"
+    );
+    // Every event survives intact and in order.
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data:"))
+        .collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+    assert_eq!(events.len(), 3, "2 content events + [DONE]: {text}");
+}

@@ -23,7 +23,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 fn index_for(ns: &str, endpoints: &[&str], key: &str) -> Index {
-    let pool = PoolInput {
+    index_with(ns, endpoints, key, |_| {})
+}
+
+/// Like `index_for`, with a hook to edit the pool spec (mode, evacuation, ...).
+fn index_with(
+    ns: &str,
+    endpoints: &[&str],
+    key: &str,
+    edit: impl FnOnce(&mut LoadBalancerPoolSpec),
+) -> Index {
+    let mut pool = PoolInput {
         id: ObjectId::new(ns, "llm"),
         generation: Some(1),
         spec: LoadBalancerPoolSpec {
@@ -42,6 +52,7 @@ fn index_for(ns: &str, endpoints: &[&str], key: &str) -> Index {
             ..Default::default()
         },
     };
+    edit(&mut pool.spec);
     let kp = KeyPoolInput {
         id: ObjectId::new(ns, "keys"),
         generation: Some(1),
@@ -314,4 +325,49 @@ async fn an_invalid_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
     assert_eq!(r.status, 200, "the last good snapshot keeps serving");
     assert_eq!(a.received_keys(), ["sk-one"]);
     server.abort();
+}
+
+#[tokio::test]
+async fn evacuate_primary_toggles_through_the_controller() {
+    use keyway_api::spec::{Mode, Role};
+    let primary = MockUpstream::start("primary").await.unwrap();
+    let secondary = MockUpstream::start("secondary").await.unwrap();
+    let failover = |evacuate: bool| {
+        move |spec: &mut LoadBalancerPoolSpec| {
+            spec.mode = Mode::Failover;
+            spec.evacuate_primary = evacuate;
+            spec.backends[0].role = Some(Role::Primary);
+            spec.backends[1].role = Some(Role::Secondary);
+        }
+    };
+    let urls = [primary.url(), secondary.url()];
+    let eps: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let ctl = Controller::start(
+        "127.0.0.1:0".parse().unwrap(),
+        index_with("team", &eps, "sk", failover(false)),
+    )
+    .await;
+    let proxy = proxy_for(ctl.addr, "team").await;
+    let url = format!("http://{}", proxy.addr);
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+    let served =
+        |r: keyway_testkit::client::Reply| r.header("x-mock-upstream").unwrap_or("").to_string();
+    assert_eq!(served(chat(&url, &[]).await.unwrap()), "primary");
+
+    ctl.index
+        .send_replace(Arc::new(index_with("team", &eps, "sk", failover(true))));
+    eventually(Duration::from_secs(5), "evacuated", || async {
+        served(chat(&url, &[]).await.unwrap()) == "secondary"
+    })
+    .await;
+    ctl.index
+        .send_replace(Arc::new(index_with("team", &eps, "sk", failover(false))));
+    eventually(Duration::from_secs(5), "back on the primary", || async {
+        served(chat(&url, &[]).await.unwrap()) == "primary"
+    })
+    .await;
+    ctl.stop().await;
 }

@@ -35,6 +35,7 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
         outlier_detection: None,
         retry: None,
         timeouts: None,
+        sse_keep_alive: None,
     }
 }
 

@@ -86,6 +86,79 @@ impl RequestBody {
     }
 }
 
+/// Wraps an SSE response body: while the upstream is silent for `interval` at an event
+/// boundary, emits `: keep-alive` comment lines (which SSE clients ignore) so that
+/// idle-timeout middleboxes do not cut a stream that is waiting for its first token.
+pub struct SseKeepAlive {
+    inner: ProxyBody,
+    interval: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// The bytes sent so far end at an event boundary (or nothing was sent yet), so a comment
+    /// cannot split an event.
+    at_boundary: bool,
+}
+
+const KEEP_ALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+// === impl SseKeepAlive ===
+
+impl SseKeepAlive {
+    pub fn new(inner: ProxyBody, interval: Duration) -> Self {
+        Self {
+            inner,
+            interval,
+            sleep: Box::pin(tokio::time::sleep(interval)),
+            at_boundary: true,
+        }
+    }
+}
+
+impl Body for SseKeepAlive {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                }
+                this.sleep.as_mut().reset(Instant::now() + this.interval);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    this.sleep.as_mut().reset(Instant::now() + this.interval);
+                    if this.at_boundary {
+                        // Register the reset timer with this task before returning.
+                        let _ = this.sleep.as_mut().poll(cx);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                            KEEP_ALIVE_COMMENT,
+                        )))));
+                    }
+                    let _ = this.sleep.as_mut().poll(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
 /// Wraps a response body: if no frame arrives for `timeout`, the body ends with an error,
 /// which closes the client's stream instead of leaving it hanging.
 pub struct IdleTimeout {

@@ -1,6 +1,6 @@
 //! One request's way through the proxy: route → backend → key → rewrite → upstream → back.
 
-use super::body::{IdleTimeout, RequestBody};
+use super::body::{IdleTimeout, RequestBody, SseKeepAlive};
 use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
 use super::{BoxError, ProxyBody};
@@ -331,6 +331,19 @@ impl Forwarder {
                     let upstream = match pool.model.timeouts.idle_stream {
                         Some(idle) => IdleTimeout::new(upstream, idle).boxed(),
                         None => upstream,
+                    };
+                    let is_sse = resp_parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                    let upstream = match pool.model.sse_keep_alive {
+                        Some(every) if is_sse => {
+                            // Comments change the length: the body is chunked from here on.
+                            resp_parts.headers.remove(header::CONTENT_LENGTH);
+                            SseKeepAlive::new(upstream, every).boxed()
+                        }
+                        _ => upstream,
                     };
                     let resp_body = ResponseBody {
                         inner: upstream,
