@@ -120,6 +120,8 @@ pub enum Auth {
     Header { name: String, prefix: String },
     /// `?param=key`.
     Query { param: String },
+    /// A top-level field of a JSON body.
+    BodyField { field: String },
 }
 
 /// A request belongs to a pool when every set condition of one of its routes holds.
@@ -137,15 +139,59 @@ pub struct Route {
 pub struct KeyPool {
     pub id: ObjectId,
     pub selection: Selection,
+    /// `selection: timeWindow`.
+    pub time_window: Duration,
     /// Sorted by id.
     pub keys: Vec<Key>,
+    pub default_cooldown: Duration,
+    /// Failure ratio that disables a key, in per mille (500 = 0.5).
+    pub failure_ratio_permille: u32,
+    pub min_requests: u32,
+    pub disable_backoff: Duration,
+    pub reprobe_interval: Duration,
+    pub queue_max_len: u32,
+    pub queue_max_wait: Duration,
+    pub stickiness: Option<Stickiness>,
+    pub request_stream_usage: bool,
 }
 
-/// One key: a stable id (safe to show) and its value (never shown).
+/// Client → key stickiness.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stickiness {
+    /// Lowercase header name.
+    pub header: String,
+    /// 0: requests without the header are not sticky.
+    pub prompt_prefix_bytes: u32,
+    /// In percent (125 = 1.25).
+    pub load_factor_pct: u32,
+}
+
+/// One key: a stable id (safe to show), its value (never shown) and its limits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub id: String,
     pub value: SecretValue,
+    pub limits: KeyLimits,
+}
+
+/// Per-key quotas (per proxy; the controller will divide global quotas between proxies).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyLimits {
+    pub weight: u32,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            max_concurrent: None,
+        }
+    }
 }
 
 // === impl ObjectId ===

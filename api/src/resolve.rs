@@ -3,8 +3,8 @@
 //! object and the field path, so a user can find the line to fix.
 
 use crate::model::{
-    Auth, Backend, Endpoint, HealthCheck, HealthTarget, Key, KeyPool, Mode, ObjectId, Outlier,
-    Pool, Retry, Role, Route, Scheme, Timeouts,
+    Auth, Backend, Endpoint, HealthCheck, HealthTarget, Key, KeyLimits, KeyPool, Mode, ObjectId,
+    Outlier, Pool, Retry, Role, Route, Scheme, Stickiness, Timeouts,
 };
 use crate::secret::SecretValue;
 use crate::spec::{ApiKeyPoolSpec, AuthKind, HealthCheckSpec, LoadBalancerPoolSpec};
@@ -433,6 +433,7 @@ pub fn key_pool(
         .map(|(k, v)| Key {
             id: k.clone(),
             value: SecretValue::new(v.expose().trim()),
+            limits: KeyLimits::default(),
         })
         .collect();
     if keys.is_empty() {
@@ -455,10 +456,148 @@ pub fn key_pool(
             "key value contains control characters",
         ));
     }
+    let invalid = |field: String, msg: String| {
+        ConfigError::new(format!("ApiKeyPool {id}"), field, Reason::InvalidSpec, msg)
+    };
+    let defaults = spec.defaults.clone().unwrap_or_default();
+    let base = limits(
+        defaults.weight,
+        defaults.requests_per_minute,
+        defaults.tokens_per_minute,
+        defaults.max_concurrent,
+        &KeyLimits::default(),
+    )
+    .map_err(|(f, m)| invalid(format!("spec.defaults.{f}"), m))?;
+    let mut keys = keys;
+    let mut seen = HashSet::new();
+    for k in &mut keys {
+        k.limits = base.clone();
+    }
+    for (i, o) in spec.keys.iter().enumerate() {
+        if !seen.insert(o.id.as_str()) {
+            return Err(invalid(
+                format!("spec.keys[{i}].id"),
+                format!("duplicate key id {:?}", o.id),
+            ));
+        }
+        if let Some(k) = keys.iter_mut().find(|k| k.id == o.id) {
+            k.limits = limits(
+                o.weight,
+                o.requests_per_minute,
+                o.tokens_per_minute,
+                o.max_concurrent,
+                &base,
+            )
+            .map_err(|(f, m)| invalid(format!("spec.keys[{i}].{f}"), m))?;
+        }
+    }
+    if spec.selection == crate::spec::Selection::Weighted
+        && keys.iter().all(|k| k.limits.weight == 0)
+    {
+        return Err(invalid(
+            "spec.defaults.weight".into(),
+            "with selection: weighted at least one key needs a weight above 0".into(),
+        ));
+    }
+    let cooldown = spec.cooldown.clone().unwrap_or_default();
+    let disable = spec.disable.clone().unwrap_or_default();
+    let failure_ratio = disable.failure_ratio.unwrap_or(0.5);
+    if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+        return Err(invalid(
+            "spec.disable.failureRatio".into(),
+            format!("must be in (0, 1], got {failure_ratio}"),
+        ));
+    }
+    let queue = spec.queue.clone().unwrap_or_default();
+    let stickiness = match &spec.stickiness {
+        None => None,
+        Some(st) => {
+            let header = st.header.clone().unwrap_or_else(|| "user-id".into());
+            if !is_header_name(&header) {
+                return Err(invalid(
+                    "spec.stickiness.header".into(),
+                    format!("{header:?} is not a valid header name"),
+                ));
+            }
+            let load_factor = st.load_factor.unwrap_or(1.25);
+            if !(1.0..=10.0).contains(&load_factor) {
+                return Err(invalid(
+                    "spec.stickiness.loadFactor".into(),
+                    format!("must be between 1.0 and 10.0, got {load_factor}"),
+                ));
+            }
+            Some(Stickiness {
+                header: header.to_ascii_lowercase(),
+                prompt_prefix_bytes: count(st.prompt_prefix_bytes, 0, 0..=65536)
+                    .map_err(|m| invalid("spec.stickiness.promptPrefixBytes".into(), m))?,
+                load_factor_pct: (load_factor * 100.0).round() as u32,
+            })
+        }
+    };
     Ok(KeyPool {
         id: id.clone(),
         selection: spec.selection,
+        time_window: secs(spec.time_window_seconds, 60, 1..=86400)
+            .map_err(|m| invalid("spec.timeWindowSeconds".into(), m))?,
         keys,
+        default_cooldown: secs(cooldown.default_seconds, 60, 1..=3600)
+            .map_err(|m| invalid("spec.cooldown.defaultSeconds".into(), m))?,
+        failure_ratio_permille: (failure_ratio * 1000.0).round() as u32,
+        min_requests: count(disable.min_requests, 10, 1..=i32::MAX as i64)
+            .map_err(|m| invalid("spec.disable.minRequests".into(), m))?,
+        disable_backoff: secs(disable.backoff_seconds, 60, 1..=3600)
+            .map_err(|m| invalid("spec.disable.backoffSeconds".into(), m))?,
+        reprobe_interval: secs(disable.reprobe_seconds, 300, 10..=86400)
+            .map_err(|m| invalid("spec.disable.reprobeSeconds".into(), m))?,
+        queue_max_len: count(queue.max_length, 100, 0..=100_000)
+            .map_err(|m| invalid("spec.queue.maxLength".into(), m))?,
+        queue_max_wait: Duration::from_secs(
+            count(queue.max_wait_seconds, 30, 0..=600)
+                .map_err(|m| invalid("spec.queue.maxWaitSeconds".into(), m))? as u64,
+        ),
+        stickiness,
+        request_stream_usage: spec.request_stream_usage,
+    })
+}
+
+/// Key limits from optional fields over `base`; errors name the sub-field.
+fn limits(
+    weight: Option<i32>,
+    rpm: Option<i32>,
+    tpm: Option<i64>,
+    concurrent: Option<i32>,
+    base: &KeyLimits,
+) -> Result<KeyLimits, (String, String)> {
+    let positive = |v: i64, f: &str| {
+        if v >= 1 {
+            Ok(v)
+        } else {
+            Err((f.to_string(), format!("must be at least 1, got {v}")))
+        }
+    };
+    Ok(KeyLimits {
+        weight: match weight {
+            None => base.weight,
+            Some(w) if (0..=10_000).contains(&w) => w as u32,
+            Some(w) => {
+                return Err((
+                    "weight".into(),
+                    format!("must be between 0 and 10000, got {w}"),
+                ));
+            }
+        },
+        requests_per_minute: match rpm {
+            None => base.requests_per_minute,
+            Some(v) => Some(positive(v as i64, "requestsPerMinute")? as u32),
+        },
+        tokens_per_minute: match tpm {
+            None => base.tokens_per_minute,
+            Some(v) => Some(positive(v, "tokensPerMinute")? as u64),
+        },
+        max_concurrent: match concurrent {
+            None => base.max_concurrent,
+            Some(v) => Some(positive(v as i64, "maxConcurrent")? as u32),
+        },
     })
 }
 
@@ -467,10 +606,10 @@ fn auth(spec: &LoadBalancerPoolSpec) -> Result<Auth, (String, String)> {
     let a = spec.auth.as_ref().unwrap_or(&default);
     match a.kind {
         AuthKind::Header => {
-            if a.query_param.is_some() {
+            if a.query_param.is_some() || a.field.is_some() {
                 return Err((
-                    "spec.auth.queryParam".into(),
-                    "only valid with type: query".into(),
+                    "spec.auth.type".into(),
+                    "queryParam needs type: query, field needs type: bodyField".into(),
                 ));
             }
             let name = a.header.as_deref().unwrap_or("Authorization");
@@ -494,8 +633,29 @@ fn auth(spec: &LoadBalancerPoolSpec) -> Result<Auth, (String, String)> {
             }
             Ok(Auth::Header { name, prefix })
         }
+        AuthKind::BodyField => {
+            if a.header.is_some() || a.prefix.is_some() || a.query_param.is_some() {
+                return Err((
+                    "spec.auth.field".into(),
+                    "with type: bodyField only `field` is used".into(),
+                ));
+            }
+            match a.field.as_deref() {
+                Some(f) if !f.is_empty() && !f.chars().any(char::is_control) => {
+                    Ok(Auth::BodyField { field: f.into() })
+                }
+                Some(f) => Err((
+                    "spec.auth.field".into(),
+                    format!("{f:?} is not a valid field name"),
+                )),
+                None => Err((
+                    "spec.auth.field".into(),
+                    "required with type: bodyField".into(),
+                )),
+            }
+        }
         AuthKind::Query => {
-            if a.header.is_some() || a.prefix.is_some() {
+            if a.header.is_some() || a.prefix.is_some() || a.field.is_some() {
                 return Err((
                     "spec.auth.header".into(),
                     "header and prefix are only valid with type: header".into(),

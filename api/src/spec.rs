@@ -276,7 +276,7 @@ pub enum Strategy {
 }
 
 /// A reference to an object in the same namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalObjectRef {
     /// The object's name.
@@ -305,6 +305,10 @@ pub struct AuthSpec {
     /// Query parameter name for `type: query`, e.g. `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_param: Option<String>,
+
+    /// Top-level JSON body field for `type: bodyField`, e.g. `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// Kinds of key injection.
@@ -316,6 +320,8 @@ pub enum AuthKind {
     Header,
     /// A query parameter, e.g. `?key=<key>`.
     Query,
+    /// A top-level field of a JSON request body, e.g. `{"api_key": "<key>"}`.
+    BodyField,
 }
 
 /// Conditions a request must meet to belong to the pool.
@@ -369,7 +375,7 @@ pub struct LoadBalancerPoolStatus {
 
 /// A pool of API keys, read from a Secret: each data entry is one key, the entry's name is
 /// the key's id (ids appear in status, metrics and logs; values never do).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[cfg_attr(feature = "crd", derive(kube::CustomResource))]
 #[cfg_attr(
     feature = "crd",
@@ -394,9 +400,152 @@ pub struct ApiKeyPoolSpec {
     /// The Secret (same namespace) holding the keys.
     pub secret_ref: LocalObjectRef,
 
-    /// How a key is chosen for each request.
+    /// How a key is chosen for each request (among the eligible ones: active and within quota).
     #[serde(default)]
     pub selection: Selection,
+
+    /// `selection: timeWindow`: prefer keys not used in this many seconds. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub time_window_seconds: Option<i32>,
+
+    /// Limits for every key (each key's entry in `keys` overrides them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<KeyLimitsSpec>,
+
+    /// Per-key overrides, by key id (the Secret entry name). Ids not in the Secret are ignored,
+    /// so a Secret can be rotated before or after this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyOverrideSpec>,
+
+    /// What happens when the upstream answers 429 for a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<CooldownSpec>,
+
+    /// When a key is taken out of rotation (401/403, or too many failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable: Option<DisableSpec>,
+
+    /// Requests wait here, first come first served, when no key is eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
+
+    /// Keep requests of one client on one key (provider prompt caches stay warm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<StickinessSpec>,
+
+    /// For OpenAI-style streaming requests that did not ask for usage, ask the upstream for it
+    /// (`stream_options.include_usage`) so tokens can be counted, and remove the extra usage
+    /// chunk from the client's stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_stream_usage: bool,
+}
+
+/// Quotas of a key. Requests and tokens are counted per proxy over a sliding minute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyLimitsSpec {
+    /// Relative share for `selection: weighted`. Default 1; 0 takes no traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<i32>,
+}
+
+/// Limits of one key, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyOverrideSpec {
+    /// The key id: the Secret entry name.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<i32>,
+}
+
+/// 429 handling.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CooldownSpec {
+    /// Cooldown when the upstream's 429 says nothing (no Retry-After or reset headers).
+    /// Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub default_seconds: Option<i32>,
+}
+
+/// Disabling keys.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisableSpec {
+    /// Disable a key whose failure ratio exceeds this (0, 1]. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub failure_ratio: Option<f64>,
+    /// ... over at least this many requests. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_requests: Option<i32>,
+    /// How long a key disabled for failures stays out (doubling on repeat, up to an hour).
+    /// Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub backoff_seconds: Option<i32>,
+    /// How often a key disabled by 401/403 is re-probed (a free `GET` with the key).
+    /// Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub reprobe_seconds: Option<i32>,
+}
+
+/// The wait queue for when no key is eligible.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Requests that may wait at once; more get 429 at once. 0 disables waiting. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_length: Option<i32>,
+    /// Longest wait before a 429. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 600))]
+    pub max_wait_seconds: Option<i32>,
+}
+
+/// Client stickiness to keys.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StickinessSpec {
+    /// The client identity header, e.g. `user-id`. Default `user-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Without the header, hash this many leading bytes of the request body (the prompt)
+    /// instead. 0 (default): requests without the header are not sticky.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65536))]
+    pub prompt_prefix_bytes: Option<i32>,
+    /// A key carrying more than this factor of the average load passes new requests of its
+    /// clients to their next key. Default 1.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub load_factor: Option<f64>,
 }
 
 /// How a key is chosen.
@@ -406,6 +555,12 @@ pub enum Selection {
     /// Each key in turn.
     #[default]
     RoundRobin,
+    /// In proportion to each key's `weight`.
+    Weighted,
+    /// The key with the fewest requests in the current minute.
+    LeastUsed,
+    /// Prefer keys not used in the last `timeWindowSeconds`.
+    TimeWindow,
 }
 
 /// What the controller observed about an ApiKeyPool.

@@ -123,6 +123,9 @@ impl From<&model::Pool> for Pool {
                     model::Auth::Query { param } => auth::Kind::Query(QueryAuth {
                         param: param.clone(),
                     }),
+                    model::Auth::BodyField { field } => auth::Kind::BodyField(BodyFieldAuth {
+                        field: field.clone(),
+                    }),
                 }),
             }),
             routes: p
@@ -151,16 +154,37 @@ impl From<&model::KeyPool> for KeyPool {
             namespace: k.id.namespace.clone(),
             name: k.id.name.clone(),
             selection: match k.selection {
-                model::Selection::RoundRobin => Selection::RoundRobin as i32,
-            },
+                model::Selection::RoundRobin => Selection::RoundRobin,
+                model::Selection::Weighted => Selection::Weighted,
+                model::Selection::LeastUsed => Selection::LeastUsed,
+                model::Selection::TimeWindow => Selection::TimeWindow,
+            } as i32,
             keys: k
                 .keys
                 .iter()
                 .map(|key| Key {
                     id: key.id.clone(),
                     value: key.value.expose().to_string(),
+                    weight: key.limits.weight,
+                    requests_per_minute: key.limits.requests_per_minute.unwrap_or(0),
+                    tokens_per_minute: key.limits.tokens_per_minute.unwrap_or(0),
+                    max_concurrent: key.limits.max_concurrent.unwrap_or(0),
                 })
                 .collect(),
+            time_window_ms: ms(k.time_window),
+            default_cooldown_ms: ms(k.default_cooldown),
+            failure_ratio_permille: k.failure_ratio_permille,
+            min_requests: k.min_requests,
+            disable_backoff_ms: ms(k.disable_backoff),
+            reprobe_interval_ms: ms(k.reprobe_interval),
+            queue_max_len: k.queue_max_len,
+            queue_max_wait_ms: ms(k.queue_max_wait),
+            stickiness: k.stickiness.as_ref().map(|s| Stickiness {
+                header: s.header.clone(),
+                prompt_prefix_bytes: s.prompt_prefix_bytes,
+                load_factor_pct: s.load_factor_pct,
+            }),
+            request_stream_usage: k.request_stream_usage,
         }
     }
 }
@@ -256,6 +280,12 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
             prefix: h.prefix,
         },
         Some(auth::Kind::Query(q)) => model::Auth::Query { param: q.param },
+        Some(auth::Kind::BodyField(b)) if !b.field.is_empty() => {
+            model::Auth::BodyField { field: b.field }
+        }
+        Some(auth::Kind::BodyField(_)) => {
+            return Err(("auth.bodyField.field".into(), "required".into()));
+        }
         None => return Err(("auth".into(), "required".into())),
     };
     let routes = p
@@ -351,6 +381,9 @@ fn key_pool(k: KeyPool) -> FieldResult<model::KeyPool> {
     }
     let selection = match Selection::try_from(k.selection) {
         Ok(Selection::RoundRobin) | Ok(Selection::Unspecified) => model::Selection::RoundRobin,
+        Ok(Selection::Weighted) => model::Selection::Weighted,
+        Ok(Selection::LeastUsed) => model::Selection::LeastUsed,
+        Ok(Selection::TimeWindow) => model::Selection::TimeWindow,
         Err(_) => return Err(("selection".into(), format!("unknown value {}", k.selection))),
     };
     let mut keys = Vec::with_capacity(k.keys.len());
@@ -358,16 +391,44 @@ fn key_pool(k: KeyPool) -> FieldResult<model::KeyPool> {
         if key.id.is_empty() || key.value.is_empty() {
             return Err((format!("keys[{i}]"), "id and value are required".into()));
         }
+        let nonzero32 = |v: u32| (v > 0).then_some(v);
         keys.push(model::Key {
             id: key.id,
             value: SecretValue::new(key.value),
+            limits: model::KeyLimits {
+                weight: key.weight,
+                requests_per_minute: nonzero32(key.requests_per_minute),
+                tokens_per_minute: (key.tokens_per_minute > 0).then_some(key.tokens_per_minute),
+                max_concurrent: nonzero32(key.max_concurrent),
+            },
         });
     }
     keys.sort_by(|a, b| a.id.cmp(&b.id));
+    let positive = |v: u64, f: &str| {
+        if v == 0 {
+            Err((f.to_string(), "must be above zero".to_string()))
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
     Ok(model::KeyPool {
         id: ObjectId::new(k.namespace, k.name),
         selection,
+        time_window: positive(k.time_window_ms, "timeWindowMs")?,
         keys,
+        default_cooldown: positive(k.default_cooldown_ms, "defaultCooldownMs")?,
+        failure_ratio_permille: k.failure_ratio_permille.clamp(1, 1000),
+        min_requests: k.min_requests.max(1),
+        disable_backoff: positive(k.disable_backoff_ms, "disableBackoffMs")?,
+        reprobe_interval: positive(k.reprobe_interval_ms, "reprobeIntervalMs")?,
+        queue_max_len: k.queue_max_len,
+        queue_max_wait: Duration::from_millis(k.queue_max_wait_ms),
+        stickiness: k.stickiness.map(|s| model::Stickiness {
+            header: s.header.to_ascii_lowercase(),
+            prompt_prefix_bytes: s.prompt_prefix_bytes,
+            load_factor_pct: s.load_factor_pct.max(100),
+        }),
+        request_stream_usage: k.request_stream_usage,
     })
 }
 
@@ -387,7 +448,16 @@ stringData: {k1: v1, k2: v2}
 apiVersion: keyway.dev/v1alpha1
 kind: ApiKeyPool
 metadata: {name: keys, namespace: team}
-spec: {secretRef: {name: s}}
+spec:
+  secretRef: {name: s}
+  selection: weighted
+  defaults: {weight: 2, requestsPerMinute: 60}
+  keys: [{id: k2, weight: 5, tokensPerMinute: 1000, maxConcurrent: 3}]
+  cooldown: {defaultSeconds: 9}
+  disable: {failureRatio: 0.25, minRequests: 4, reprobeSeconds: 60}
+  queue: {maxLength: 7, maxWaitSeconds: 3}
+  stickiness: {header: X-User, promptPrefixBytes: 256}
+  requestStreamUsage: true
 ---
 apiVersion: keyway.dev/v1alpha1
 kind: LoadBalancerPool
@@ -452,6 +522,7 @@ spec:
         let k = Key {
             id: "a".into(),
             value: "sk-secret".into(),
+            ..Default::default()
         };
         assert!(!format!("{k:?}").contains("sk-secret"));
     }

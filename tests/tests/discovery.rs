@@ -58,7 +58,7 @@ fn index_with(
         generation: Some(1),
         spec: ApiKeyPoolSpec {
             secret_ref: LocalObjectRef { name: "s".into() },
-            selection: Default::default(),
+            ..Default::default()
         },
     };
     let mut secrets = BTreeMap::new();

@@ -115,6 +115,7 @@ fn key_pool_reports_missing_and_empty_secrets() {
     let spec = ApiKeyPoolSpec {
         secret_ref: LocalObjectRef { name: "s".into() },
         selection: Selection::RoundRobin,
+        ..Default::default()
     };
     let err = key_pool(&id(), &spec, None).unwrap_err();
     assert_eq!(err.reason, Reason::SecretNotFound);
@@ -228,4 +229,52 @@ fn retry_and_timeouts() {
     assert_eq!(p.timeouts.connect, Some(Duration::from_millis(250)));
     assert_eq!(p.timeouts.response_headers, Some(Duration::from_secs(120)));
     assert_eq!(p.retry, Retry::default());
+}
+
+#[test]
+fn key_limits_merge_defaults_and_overrides() {
+    use crate::spec::{KeyLimitsSpec, KeyOverrideSpec};
+    let spec = ApiKeyPoolSpec {
+        secret_ref: LocalObjectRef { name: "s".into() },
+        defaults: Some(KeyLimitsSpec {
+            requests_per_minute: Some(10),
+            ..Default::default()
+        }),
+        keys: vec![
+            KeyOverrideSpec {
+                id: "b".into(),
+                weight: Some(3),
+                max_concurrent: Some(2),
+                ..Default::default()
+            },
+            KeyOverrideSpec {
+                id: "gone".into(),
+                weight: Some(9),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut entries = BTreeMap::new();
+    entries.insert("a".to_string(), SecretValue::new("va"));
+    entries.insert("b".to_string(), SecretValue::new("vb"));
+    let kp = key_pool(&id(), &spec, Some(&entries)).unwrap();
+    assert_eq!(kp.keys[0].limits.requests_per_minute, Some(10));
+    assert_eq!(kp.keys[0].limits.weight, 1);
+    assert_eq!(
+        kp.keys[1].limits.requests_per_minute,
+        Some(10),
+        "inherits the default"
+    );
+    assert_eq!(kp.keys[1].limits.weight, 3);
+    assert_eq!(kp.keys[1].limits.max_concurrent, Some(2));
+    assert_eq!(kp.queue_max_len, 100);
+    assert_eq!(kp.default_cooldown, Duration::from_secs(60));
+
+    let mut bad = spec.clone();
+    bad.keys[0].requests_per_minute = Some(0);
+    assert_eq!(
+        key_pool(&id(), &bad, Some(&entries)).unwrap_err().field,
+        "spec.keys[0].requestsPerMinute"
+    );
 }

@@ -25,7 +25,7 @@ fn key_pool(ns: &str, name: &str, secret: &str) -> KeyPoolInput {
             secret_ref: LocalObjectRef {
                 name: secret.into(),
             },
-            selection: Default::default(),
+            ..Default::default()
         },
     }
 }

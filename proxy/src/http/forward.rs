@@ -517,6 +517,8 @@ fn inject_key(
             out.append_pair(param, key.value.expose());
             Some(out.finish())
         }
+        // The body is rewritten by the caller, which owns it.
+        Auth::BodyField { .. } => query.map(str::to_string),
     }
 }
 
