@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
         status = "LoadBalancerPoolStatus",
         printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
         printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+        printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeBackend"}"#,
+        printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthyBackends"}"#,
         printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.totalBackends"}"#,
         printcolumn = r#"{"name":"Proxies","type":"integer","jsonPath":".status.connectedProxies"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -365,6 +367,16 @@ pub struct LoadBalancerPoolStatus {
     /// Number of backends in the spec.
     #[serde(default)]
     pub total_backends: i32,
+    /// Backends that every reporting proxy sees healthy.
+    #[serde(default)]
+    pub healthy_backends: i32,
+    /// Failover mode: the backend the proxies send traffic to (the most common answer when
+    /// proxies disagree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_backend: Option<String>,
+    /// Per backend, as the connected proxies see it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendStatus>,
     /// `Ready`: the pool resolved (key pool and Secret found, spec valid) and is served.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -389,6 +401,7 @@ pub struct LoadBalancerPoolStatus {
         namespaced,
         status = "ApiKeyPoolStatus",
         printcolumn = r#"{"name":"Selection","type":"string","jsonPath":".spec.selection"}"#,
+        printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeKeys"}"#,
         printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.totalKeys"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
         printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -573,10 +586,57 @@ pub struct ApiKeyPoolStatus {
     /// Keys found in the Secret.
     #[serde(default)]
     pub total_keys: i32,
+    /// Keys no reporting proxy has cooling, exhausted or disabled.
+    #[serde(default)]
+    pub active_keys: i32,
+    /// Per key id (never values): state and usage summed over the connected proxies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
     /// `Ready`: the Secret exists and holds at least one key.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One backend as the proxies see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    pub name: String,
+    /// `healthy/reporting` proxies, e.g. `3/3`.
+    pub healthy: String,
+    /// Requests sent to it (sum over proxies since they started).
+    #[serde(default)]
+    pub requests: i64,
+    #[serde(default)]
+    pub failures: i64,
+}
+
+/// One key (by id) as the proxies see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub id: String,
+    /// The worst state any proxy reports: `disabled` > `exhausted` > `cooling` > `active`.
+    pub state: String,
+    /// Why, when not active (e.g. `upstream answered 401: likely revoked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it is expected back (RFC 3339), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Proxies reporting this state, e.g. `1/3`.
+    #[serde(default)]
+    pub proxies: String,
+    #[serde(default)]
+    pub requests: i64,
+    #[serde(default)]
+    pub failures: i64,
+    #[serde(default)]
+    pub tokens: i64,
+    /// Last use by any proxy (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
 }
 
 // === Shared status types ===

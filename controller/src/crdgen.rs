@@ -60,7 +60,8 @@ mod tests {
         assert_eq!(
             cols,
             [
-                "Mode", "Strategy", "Backends", "Proxies", "Ready", "Reason", "Age"
+                "Mode", "Strategy", "Active", "Healthy", "Backends", "Proxies", "Ready", "Reason",
+                "Age"
             ]
         );
         let akp = ApiKeyPool::crd();

@@ -159,9 +159,9 @@ fn handle_reply(hello: &pb::Hello, session: &Session, metrics: &Metrics, msg: pb
             tracing::warn!(proxy_id = %hello.proxy_id, version = n.version, error = %n.error, "proxy rejected a snapshot");
             session.nacked(n.error);
         }
-        Some(pb::proxy_message::Message::Report(_)) => {
-            // Usage reports are folded into status by a later iteration; counted for now.
+        Some(pb::proxy_message::Message::Report(report)) => {
             metrics.reports.inc();
+            session.reported(report);
         }
         Some(pb::proxy_message::Message::Hello(_)) | None => {
             tracing::debug!(proxy_id = %hello.proxy_id, "ignoring unexpected message");

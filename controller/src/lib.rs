@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod aggregate;
 pub mod crdgen;
 pub mod grpc;
 pub mod index;

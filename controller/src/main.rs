@@ -24,6 +24,9 @@ struct Cli {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "KEYWAY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Least seconds between two status writes that only change usage counters.
+    #[arg(long, default_value_t = 10)]
+    status_counter_interval_seconds: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +68,9 @@ fn main() -> ExitCode {
             grpc_listen: cli.grpc_listen,
             admin_listen: cli.admin_listen,
             namespace: cli.watch_namespace,
+            status_counter_interval: std::time::Duration::from_secs(
+                cli.status_counter_interval_seconds,
+            ),
         };
         match keyway_controller::runtime::run(
             settings,

@@ -18,6 +18,8 @@ pub struct ProxyState {
     pub acked_version: u64,
     /// The last NACK's message, cleared by the next ACK.
     pub last_nack: Option<String>,
+    /// The latest usage and health report (counters are totals since the proxy started).
+    pub report: Option<keyway_proto::Report>,
 }
 
 /// The registry of connected proxies. Every change bumps a watch so the status writer wakes.
@@ -112,6 +114,14 @@ impl Session {
             if let Some(p) = m.get_mut(&self.id) {
                 p.acked_version = version;
                 p.last_nack = None;
+            }
+        });
+    }
+
+    pub fn reported(&self, report: keyway_proto::Report) {
+        self.proxies.update(|m| {
+            if let Some(p) = m.get_mut(&self.id) {
+                p.report = Some(report);
             }
         });
     }

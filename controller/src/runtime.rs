@@ -22,6 +22,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Watch one namespace instead of the whole cluster.
     pub namespace: Option<String>,
+    /// Least time between two status writes that only change usage counters.
+    pub status_counter_interval: std::time::Duration,
 }
 
 /// Runs until `shutdown` completes (then drains) or a critical task fails.
@@ -58,6 +60,7 @@ pub async fn run(
         index_rx.clone(),
         proxies.clone(),
         metrics.clone(),
+        settings.status_counter_interval,
     ));
 
     let admin_listener = TcpListener::bind(settings.admin_listen)

@@ -2,6 +2,7 @@
 //! writes it with server-side apply only when it changed. The controller's own writes wake its
 //! watches, but an unchanged status is never written again, so there is no write loop.
 
+use crate::aggregate::{self, KeyPoolView, PoolView};
 use crate::index::{Index, Resolution};
 use crate::metrics::Metrics;
 use crate::proxies::Proxies;
@@ -16,23 +17,27 @@ use kube::{Api, Client};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The SSA field manager of every status write.
 pub const FIELD_MANAGER: &str = "keyway-controller";
 
 /// Writes status for every pool until the index channel closes.
+///
+/// Counters (requests, tokens, last use) change with every report; a status whose only change
+/// is its counters is written at most once per `counter_interval` per object.
 pub async fn run(
     client: Client,
     stores: Stores,
     mut index: watch::Receiver<Arc<Index>>,
     proxies: Proxies,
     metrics: Metrics,
+    counter_interval: Duration,
 ) {
     let mut proxies_changed = proxies.subscribe();
-    let mut written_pools: HashMap<ObjectId, LoadBalancerPoolStatus> = HashMap::new();
-    let mut written_key_pools: HashMap<ObjectId, ApiKeyPoolStatus> = HashMap::new();
+    let mut pools: Written<LoadBalancerPoolStatus> = HashMap::new();
+    let mut key_pools: Written<ApiKeyPoolStatus> = HashMap::new();
     loop {
         tokio::select! {
             r = index.changed() => if r.is_err() { return },
@@ -42,43 +47,122 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
         let idx = index.borrow_and_update().clone();
         proxies_changed.borrow_and_update();
+        let views = aggregate::build(&proxies.list(), unix_ms_rfc3339);
 
-        written_pools.retain(|id, _| idx.pools.contains_key(id));
+        pools.retain(|id, _| idx.pools.contains_key(id));
         for (id, res) in &idx.pools {
             let current = stores
                 .pools
                 .get(&ObjectRef::new(&id.name).within(&id.namespace))
                 .and_then(|p| p.status.clone());
-            let previous = written_pools.get(id).or(current.as_ref());
-            let desired = pool_status(res, proxies.serving(id), previous);
-            if written_pools.get(id) == Some(&desired) || current.as_ref() == Some(&desired) {
-                written_pools.insert(id.clone(), desired);
-                continue;
-            }
+            let previous = pools.get(id).map(|(s, _)| s).or(current.as_ref());
+            let desired = pool_status(res, proxies.serving(id), views.pools.get(id), previous);
             let api: Api<LoadBalancerPool> = Api::namespaced(client.clone(), &id.namespace);
-            if patch(&api, "LoadBalancerPool", id, &desired, &metrics).await {
-                written_pools.insert(id.clone(), desired);
-            }
+            write_if_changed(
+                &api,
+                "LoadBalancerPool",
+                id,
+                desired,
+                current,
+                &mut pools,
+                counter_interval,
+                &metrics,
+            )
+            .await;
         }
 
-        written_key_pools.retain(|id, _| idx.key_pools.contains_key(id));
+        key_pools.retain(|id, _| idx.key_pools.contains_key(id));
         for (id, res) in &idx.key_pools {
             let current = stores
                 .key_pools
                 .get(&ObjectRef::new(&id.name).within(&id.namespace))
                 .and_then(|p| p.status.clone());
-            let previous = written_key_pools.get(id).or(current.as_ref());
-            let desired = key_pool_status(res, previous);
-            if written_key_pools.get(id) == Some(&desired) || current.as_ref() == Some(&desired) {
-                written_key_pools.insert(id.clone(), desired);
-                continue;
-            }
+            let previous = key_pools.get(id).map(|(s, _)| s).or(current.as_ref());
+            let desired = key_pool_status(res, views.key_pools.get(id), previous);
             let api: Api<ApiKeyPool> = Api::namespaced(client.clone(), &id.namespace);
-            if patch(&api, "ApiKeyPool", id, &desired, &metrics).await {
-                written_key_pools.insert(id.clone(), desired);
-            }
+            write_if_changed(
+                &api,
+                "ApiKeyPool",
+                id,
+                desired,
+                current,
+                &mut key_pools,
+                counter_interval,
+                &metrics,
+            )
+            .await;
         }
     }
+}
+
+/// The last status written per object, and when.
+type Written<S> = HashMap<ObjectId, (S, Instant)>;
+
+/// Status types whose usage counters can be masked, to tell a real change from a counter tick.
+pub trait Counters: Clone + PartialEq {
+    fn without_counters(&self) -> Self;
+}
+
+impl Counters for LoadBalancerPoolStatus {
+    fn without_counters(&self) -> Self {
+        let mut s = self.clone();
+        for b in &mut s.backends {
+            b.requests = 0;
+            b.failures = 0;
+        }
+        s
+    }
+}
+
+impl Counters for ApiKeyPoolStatus {
+    fn without_counters(&self) -> Self {
+        let mut s = self.clone();
+        for k in &mut s.keys {
+            k.requests = 0;
+            k.failures = 0;
+            k.tokens = 0;
+            k.last_used = None;
+        }
+        s
+    }
+}
+
+/// Patches the status unless it is unchanged, or only its counters changed and they were
+/// written less than `counter_interval` ago.
+#[allow(clippy::too_many_arguments)]
+async fn write_if_changed<K, S>(
+    api: &Api<K>,
+    kind: &'static str,
+    id: &ObjectId,
+    desired: S,
+    current: Option<S>,
+    written: &mut Written<S>,
+    counter_interval: Duration,
+    metrics: &Metrics,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Counters + serde::Serialize,
+{
+    let last = written.get(id);
+    if last.map(|(s, _)| s) == Some(&desired) || current.as_ref() == Some(&desired) {
+        let at = last.map_or_else(Instant::now, |(_, at)| *at);
+        written.insert(id.clone(), (desired, at));
+        return;
+    }
+    if let Some((s, at)) = last
+        && s.without_counters() == desired.without_counters()
+        && at.elapsed() < counter_interval
+    {
+        return;
+    }
+    if patch(api, kind, id, &desired, metrics).await {
+        written.insert(id.clone(), (desired, Instant::now()));
+    }
+}
+
+fn unix_ms_rfc3339(ms: u64) -> Option<String> {
+    let t = k8s_openapi::jiff::Timestamp::from_millisecond(ms as i64).ok()?;
+    Some(t.round(k8s_openapi::jiff::Unit::Second).ok()?.to_string())
 }
 
 async fn patch<K, S>(
@@ -125,6 +209,7 @@ where
 pub fn pool_status(
     res: &Resolution,
     connected: usize,
+    view: Option<&PoolView>,
     previous: Option<&LoadBalancerPoolStatus>,
 ) -> LoadBalancerPoolStatus {
     let (status, reason, message) = match &res.result {
@@ -144,10 +229,14 @@ pub fn pool_status(
         Ok(n) => *n as i32,
         Err(_) => previous.map_or(0, |p| p.total_backends),
     };
+    let view = view.cloned().unwrap_or_default();
     LoadBalancerPoolStatus {
         observed_generation: res.generation,
         connected_proxies: connected as i32,
         total_backends,
+        healthy_backends: view.healthy,
+        active_backend: view.active,
+        backends: view.backends,
         conditions: vec![ready(
             status,
             reason,
@@ -159,7 +248,11 @@ pub fn pool_status(
 }
 
 /// The status an `ApiKeyPool` should have.
-pub fn key_pool_status(res: &Resolution, previous: Option<&ApiKeyPoolStatus>) -> ApiKeyPoolStatus {
+pub fn key_pool_status(
+    res: &Resolution,
+    view: Option<&KeyPoolView>,
+    previous: Option<&ApiKeyPoolStatus>,
+) -> ApiKeyPoolStatus {
     let (status, reason, message, total) = match &res.result {
         Ok(n) => (
             "True",
@@ -169,9 +262,17 @@ pub fn key_pool_status(res: &Resolution, previous: Option<&ApiKeyPoolStatus>) ->
         ),
         Err(e) => ("False", e.reason.as_str().to_string(), e.to_string(), 0),
     };
+    let view = view.cloned().unwrap_or_default();
     ApiKeyPoolStatus {
         observed_generation: res.generation,
         total_keys: total,
+        // Before any proxy reports, every loaded key counts as active.
+        active_keys: if view.keys.is_empty() {
+            total
+        } else {
+            view.active
+        },
+        keys: view.keys,
         conditions: vec![ready(
             status,
             reason,
@@ -225,9 +326,9 @@ mod tests {
             result: Ok(2),
             serving_last_good: false,
         };
-        let mut first = pool_status(&ok, 1, None);
+        let mut first = pool_status(&ok, 1, None, None);
         first.conditions[0].last_transition_time = Some("2026-01-01T00:00:00Z".into());
-        let again = pool_status(&ok, 3, Some(&first));
+        let again = pool_status(&ok, 3, None, Some(&first));
         assert_eq!(
             again.conditions[0].last_transition_time,
             first.conditions[0].last_transition_time
@@ -239,7 +340,7 @@ mod tests {
             result: Err(ConfigError::new("o", "spec.x", Reason::InvalidSpec, "nope")),
             serving_last_good: true,
         };
-        let failed = pool_status(&bad, 3, Some(&again));
+        let failed = pool_status(&bad, 3, None, Some(&again));
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "InvalidSpec");
         assert!(failed.conditions[0].message.contains("last valid version"));

@@ -61,6 +61,9 @@ struct RunArgs {
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
+    /// Controller mode: how often usage and health are reported to the controller.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    report_interval: Duration,
     /// File mode: how often to check the file for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     reload_interval: Duration,
@@ -148,7 +151,7 @@ async fn run(args: RunArgs) -> ExitCode {
             proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
             namespace: args.namespace,
             pools: args.pools,
-            report_interval: Duration::from_secs(5),
+            report_interval: args.report_interval,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
         }),

@@ -178,6 +178,9 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
                 key_id: k.id.clone(),
                 requests: k.counters.requests.load(Ordering::Relaxed),
                 failures: k.counters.failures.load(Ordering::Relaxed),
+                state: "active".into(),
+                last_used_unix_ms: k.counters.last_used_ms.load(Ordering::Relaxed),
+                ..Default::default()
             });
         }
     }
