@@ -50,13 +50,28 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<ProxyBody> {
-        // Health is read where it lives; the gauge is refreshed at scrape time.
-        for p in &self.dataplane.router().pools {
-            self.dataplane
-                .metrics()
+        // Health and key state are read where they live; the gauges are refreshed at scrape
+        // time.
+        let router = self.dataplane.router();
+        let metrics = self.dataplane.metrics();
+        for p in &router.pools {
+            metrics
                 .healthy_backends
                 .with_label_values(&[p.label.as_str()])
                 .set(p.healthy_count() as i64);
+        }
+        metrics.key_state.reset();
+        for kp in &router.key_pools {
+            metrics
+                .key_queue
+                .with_label_values(&[kp.label.as_str()])
+                .set(kp.engine.queue_len() as i64);
+            for k in kp.keys() {
+                metrics
+                    .key_state
+                    .with_label_values(&[kp.label.as_str(), k.id.as_str(), k.state])
+                    .set(1);
+            }
         }
         let encoder = TextEncoder::new();
         let mut buf = Vec::new();
@@ -113,12 +128,9 @@ impl Admin {
                 json!({
                     "namespace": kp.id.namespace,
                     "name": kp.id.name,
-                    "selection": kp.selection,
-                    "keys": kp.keys.iter().map(|k| json!({
-                        "id": k.id,
-                        "state": "active",
-                        "usage": usage(&k.counters),
-                    })).collect::<Vec<_>>(),
+                    "selection": kp.model.selection,
+                    "queueLength": kp.engine.queue_len(),
+                    "keys": kp.keys(),
                 })
             })
             .collect();

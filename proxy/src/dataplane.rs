@@ -5,12 +5,12 @@
 use crate::balance::{self, Balancer, Candidates, InFlight, OwnedInFlightGuard};
 use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
 use crate::http::UpstreamClient;
+use crate::keys;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use keyway_api::model::{self, Mode, ObjectId, Role};
-use keyway_api::secret::SecretValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
@@ -72,19 +72,13 @@ pub enum ActiveRole {
     Secondary,
 }
 
-/// Keys of one `ApiKeyPool`.
+/// Keys of one `ApiKeyPool`: its settings and the selection engine (shared across snapshots,
+/// so key state and usage survive config changes and rotations).
 pub struct KeyPoolState {
     pub id: ObjectId,
     pub label: String,
-    pub selection: model::Selection,
-    pub keys: Vec<KeyState>,
-    cursor: AtomicUsize,
-}
-
-pub struct KeyState {
-    pub id: String,
-    pub value: SecretValue,
-    pub counters: Arc<Counters>,
+    pub model: model::KeyPool,
+    pub engine: Arc<keys::KeyPool>,
 }
 
 /// Monotonic usage counters.
@@ -99,7 +93,7 @@ pub struct Counters {
 #[derive(Default)]
 struct Registry {
     backends: HashMap<(ObjectId, String), Arc<Counters>>,
-    keys: HashMap<(ObjectId, String), Arc<Counters>>,
+    key_engines: HashMap<ObjectId, Arc<keys::KeyPool>>,
     health: HashMap<(ObjectId, String), HealthEntry>,
 }
 
@@ -193,35 +187,29 @@ impl Registry {
                 .iter()
                 .any(|p| &p.id == pool && p.backends.iter().any(|b| &b.name == backend))
         });
-        self.keys.retain(|(kp, key), _| {
-            snapshot
-                .key_pools
-                .iter()
-                .any(|k| &k.id == kp && k.keys.iter().any(|x| &x.id == key))
-        });
-
+        self.key_engines
+            .retain(|id, _| snapshot.key_pools.iter().any(|k| &k.id == id));
         let key_pools: Vec<Arc<KeyPoolState>> = snapshot
             .key_pools
             .iter()
             .map(|kp| {
+                let (settings, configs) = engine_config(kp);
+                let engine = match self.key_engines.get(&kp.id) {
+                    Some(e) => {
+                        e.update(settings, configs);
+                        e.clone()
+                    }
+                    None => {
+                        let e = Arc::new(keys::KeyPool::new(settings, configs));
+                        self.key_engines.insert(kp.id.clone(), e.clone());
+                        e
+                    }
+                };
                 Arc::new(KeyPoolState {
                     id: kp.id.clone(),
                     label: kp.id.to_string(),
-                    selection: kp.selection,
-                    keys: kp
-                        .keys
-                        .iter()
-                        .map(|k| KeyState {
-                            id: k.id.clone(),
-                            value: k.value.clone(),
-                            counters: self
-                                .keys
-                                .entry((kp.id.clone(), k.id.clone()))
-                                .or_default()
-                                .clone(),
-                        })
-                        .collect(),
-                    cursor: AtomicUsize::new(0),
+                    model: kp.clone(),
+                    engine,
                 })
             })
             .collect();
@@ -276,7 +264,8 @@ impl Registry {
         let retry_buffer = snapshot
             .pools
             .iter()
-            .filter(|p| p.retry.max_retries > 0)
+            // Key refusals (429) are replayed with the next key even without backend retries.
+            .filter(|p| p.retry.max_retries > 0 || p.key_pool.is_some())
             .map(|p| p.retry.buffer_bytes as usize)
             .max()
             .unwrap_or(0);
@@ -642,17 +631,129 @@ impl View<'_> {
     }
 }
 
+/// One key as status, reports and metrics show it: id, never value.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub id: String,
+    /// `active`, `cooling`, `exhausted` or `disabled`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When a cooling, exhausted or disabled key is expected back (unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_unix_ms: Option<u64>,
+    pub requests: u64,
+    pub failures: u64,
+    pub rate_limited: u64,
+    pub tokens: u64,
+    pub requests_this_minute: u64,
+    pub tokens_this_minute: u64,
+    pub in_flight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_left_this_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_left_this_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_unix_ms: Option<u64>,
+}
+
 // === impl KeyPoolState ===
 
 impl KeyPoolState {
-    /// The next key in turn.
-    pub fn pick(&self) -> Option<&KeyState> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(&self.keys[n % self.keys.len()])
+    /// Every key's state and usage.
+    pub fn keys(&self) -> Vec<KeyView> {
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        self.engine
+            .snapshot()
+            .into_iter()
+            .map(|k| {
+                let (state, reason, until) = match &k.state {
+                    keys::KeyState::Active => ("active", None, None),
+                    keys::KeyState::Probation => (
+                        "active",
+                        Some("on probation after being disabled".to_string()),
+                        None,
+                    ),
+                    keys::KeyState::Cooling { until } => (
+                        "cooling",
+                        Some("rate limited upstream (429)".to_string()),
+                        Some(ms(*until)),
+                    ),
+                    keys::KeyState::Exhausted { until } => (
+                        "exhausted",
+                        Some("quota spent".to_string()),
+                        Some(ms(*until)),
+                    ),
+                    keys::KeyState::Disabled { reason, until } => {
+                        ("disabled", Some(reason.clone()), until.map(ms))
+                    }
+                };
+                KeyView {
+                    state,
+                    reason,
+                    until_unix_ms: until,
+                    requests: k.requests,
+                    failures: k.failures,
+                    rate_limited: k.rate_limited,
+                    tokens: k.tokens,
+                    requests_this_minute: k.requests_in_window,
+                    tokens_this_minute: k.tokens_in_window,
+                    in_flight: k.in_flight,
+                    requests_left_this_minute: k
+                        .limits
+                        .requests_per_minute
+                        .map(|l| u64::from(l).saturating_sub(k.requests_in_window)),
+                    tokens_left_this_minute: k
+                        .limits
+                        .tokens_per_minute
+                        .map(|l| l.saturating_sub(k.tokens_in_window)),
+                    last_used_unix_ms: k.last_used.map(ms),
+                    id: k.id,
+                }
+            })
+            .collect()
     }
+}
+
+/// The engine's view of a resolved key pool.
+fn engine_config(kp: &model::KeyPool) -> (keys::PoolSettings, Vec<keys::KeyConfig>) {
+    let settings = keys::PoolSettings {
+        selection: match kp.selection {
+            model::Selection::RoundRobin => keys::Selection::RoundRobin,
+            model::Selection::Weighted => keys::Selection::Weighted,
+            model::Selection::LeastUsed => keys::Selection::LeastUsed,
+            model::Selection::TimeWindow => keys::Selection::TimeWindow {
+                window: kp.time_window,
+            },
+        },
+        default_cooldown: kp.default_cooldown,
+        failure_ratio: f64::from(kp.failure_ratio_permille) / 1000.0,
+        min_requests: kp.min_requests,
+        disable_backoff: kp.disable_backoff,
+        auth_reprobe_interval: kp.reprobe_interval,
+        queue_max_len: kp.queue_max_len as usize,
+        queue_max_wait: kp.queue_max_wait,
+        stickiness: kp.stickiness.as_ref().map(|s| keys::Stickiness {
+            load_factor: f64::from(s.load_factor_pct) / 100.0,
+        }),
+    };
+    let configs = kp
+        .keys
+        .iter()
+        .map(|k| {
+            keys::KeyConfig::new(k.id.clone(), k.value.clone()).with_limits(keys::KeyLimits {
+                weight: k.limits.weight,
+                requests_per_minute: k.limits.requests_per_minute,
+                tokens_per_minute: k.limits.tokens_per_minute,
+                max_concurrent: k.limits.max_concurrent,
+            })
+        })
+        .collect();
+    (settings, configs)
 }
 
 // === impl Counters ===

@@ -15,9 +15,12 @@ pub mod dataplane;
 pub mod discovery;
 pub mod health;
 pub mod http;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod reprobe;
 pub mod tls;
+pub mod usage;
 
 use crate::config::{SnapshotRx, SnapshotTx};
 use crate::dataplane::Dataplane;
@@ -124,6 +127,7 @@ pub async fn start(
         }
     };
     background.push(tokio::spawn(apply_snapshots(rx, dataplane.clone())));
+    background.push(tokio::spawn(reprobe::run(dataplane.clone())));
     // Apply the first snapshot before serving, so file mode is ready immediately.
     if let Some(s) = tx.borrow().clone() {
         dataplane.apply(s);

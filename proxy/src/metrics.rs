@@ -39,6 +39,16 @@ pub struct Metrics {
     pub stream_errors: IntCounterVec,
     /// Active health checks and passive ejections.
     pub health: crate::health::HealthMetrics,
+    /// Tokens reported by upstreams, by key pool and key id.
+    pub key_tokens: IntCounterVec,
+    /// Time requests waited for an eligible key, by key pool.
+    pub key_wait: HistogramVec,
+    /// Requests answered 429 because no key could take them, by key pool and reason.
+    pub key_unavailable: IntCounterVec,
+    /// Keys by state (refreshed at scrape time), by key pool, key id and state.
+    pub key_state: IntGaugeVec,
+    /// Requests waiting for a key now (refreshed at scrape time), by key pool.
+    pub key_queue: IntGaugeVec,
 }
 
 // === impl Metrics ===
@@ -146,7 +156,50 @@ impl Metrics {
                 &["pool"],
             )?,
             health: crate::health::HealthMetrics::register(registry)?,
+            key_tokens: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_key_tokens_total",
+                    "Tokens reported by upstreams, by key pool and key id.",
+                ),
+                &["key_pool", "key_id"],
+            )?,
+            key_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "keyway_proxy_key_wait_seconds",
+                    "Time requests waited for an eligible key, by key pool.",
+                )
+                .buckets(vec![
+                    0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+                &["key_pool"],
+            )?,
+            key_unavailable: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_key_unavailable_total",
+                    "Requests answered 429 because no key could take them, by key pool and reason.",
+                ),
+                &["key_pool", "reason"],
+            )?,
+            key_state: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_key_state",
+                    "1 for each key's current state, by key pool, key id and state.",
+                ),
+                &["key_pool", "key_id", "state"],
+            )?,
+            key_queue: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_key_queue_length",
+                    "Requests waiting for a key now, by key pool.",
+                ),
+                &["key_pool"],
+            )?,
         };
+        registry.register(Box::new(m.key_tokens.clone()))?;
+        registry.register(Box::new(m.key_wait.clone()))?;
+        registry.register(Box::new(m.key_unavailable.clone()))?;
+        registry.register(Box::new(m.key_state.clone()))?;
+        registry.register(Box::new(m.key_queue.clone()))?;
         registry.register(Box::new(m.healthy_backends.clone()))?;
         registry.register(Box::new(m.upstream_ttfb.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;

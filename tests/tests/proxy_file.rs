@@ -229,7 +229,8 @@ async fn admin_endpoints_show_ids_and_usage_never_key_values() {
     let status = get(&format!("{}/status", p.admin())).await.unwrap();
     let j = status.json();
     assert_eq!(j["keyPools"][0]["keys"][0]["id"], "key-a");
-    assert_eq!(j["keyPools"][0]["keys"][0]["usage"]["requests"], 2);
+    assert_eq!(j["keyPools"][0]["keys"][0]["requests"], 2);
+    assert_eq!(j["keyPools"][0]["keys"][0]["state"], "active");
     assert_eq!(j["pools"][0]["backends"][1]["usage"]["requests"], 2);
     let metrics = get(&format!("{}/metrics", p.admin())).await.unwrap().text();
     assert!(

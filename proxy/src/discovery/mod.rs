@@ -171,16 +171,18 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
         }
     }
     for kp in &router.key_pools {
-        for k in &kp.keys {
+        for k in kp.keys() {
             report.keys.push(pb::KeyReport {
                 namespace: kp.id.namespace.clone(),
                 key_pool: kp.id.name.clone(),
-                key_id: k.id.clone(),
-                requests: k.counters.requests.load(Ordering::Relaxed),
-                failures: k.counters.failures.load(Ordering::Relaxed),
-                state: "active".into(),
-                last_used_unix_ms: k.counters.last_used_ms.load(Ordering::Relaxed),
-                ..Default::default()
+                key_id: k.id,
+                requests: k.requests,
+                failures: k.failures,
+                state: k.state.to_string(),
+                reason: k.reason.unwrap_or_default(),
+                until_unix_ms: k.until_unix_ms.unwrap_or(0),
+                tokens: k.tokens,
+                last_used_unix_ms: k.last_used_unix_ms.unwrap_or(0),
             });
         }
     }

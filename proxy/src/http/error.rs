@@ -12,12 +12,14 @@ pub enum Rejection {
     NoRoute,
     NoBackends,
     KeyPoolUnavailable,
-    NoKeys,
     UpstreamConnect,
     UpstreamTimeout,
     UpstreamProtocol,
     NotReady,
     ClientBody,
+    BodyTooLarge,
+    KeysUnavailable,
+    UpstreamStatus,
 }
 
 // === impl Rejection ===
@@ -28,12 +30,14 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::NoBackends => "no_backends",
             Rejection::KeyPoolUnavailable => "key_pool_unavailable",
-            Rejection::NoKeys => "no_keys",
             Rejection::UpstreamConnect => "upstream_connect",
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::UpstreamProtocol => "upstream_protocol",
             Rejection::NotReady => "not_ready",
             Rejection::ClientBody => "client_body",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::KeysUnavailable => "keys_unavailable",
+            Rejection::UpstreamStatus => "status",
         }
     }
 
@@ -41,12 +45,15 @@ impl Rejection {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::ClientBody => StatusCode::BAD_REQUEST,
-            Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::KeysUnavailable => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::UpstreamConnect
+            | Rejection::UpstreamProtocol
+            | Rejection::UpstreamStatus => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::NoBackends
-            | Rejection::KeyPoolUnavailable
-            | Rejection::NoKeys
-            | Rejection::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::NoBackends | Rejection::KeyPoolUnavailable | Rejection::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -1,21 +1,32 @@
-//! One request's way through the proxy: route → backend → key → rewrite → upstream → back.
+//! One request's way through the proxy: route → key → backend → rewrite → upstream → back.
+//!
+//! The attempt loop lives in [`Forwarder::serve`]. Two kinds of retry share it:
+//! - a **key refusal** (429, a quota error, 401/403) settles that key's lease and replays the
+//!   request with the next eligible key, before anything reaches the client;
+//! - a **backend failure** (connect error, 502/503/504, refused HTTP/2 stream) replays it on
+//!   another backend with the same key, up to `spec.retry.maxRetries`.
+//!
+//! Both need a replayable (buffered) body; a request whose body streamed through is sent once.
 
+use super::auth;
 use super::body::{IdleTimeout, RequestBody, SseKeepAlive};
+use super::client::{self, ErrorChain, UpstreamClient};
 use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
+use super::response::{RequestGauge, ResponseBody, UsageTap};
 use super::{BoxError, ProxyBody};
-use crate::balance::OwnedInFlightGuard as InFlightGuard;
-use crate::dataplane::{BackendState, Dataplane, KeyPoolState, KeyState, PoolState};
-use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, header};
-use http_body_util::BodyExt;
+use crate::balance;
+use crate::dataplane::{BackendState, Dataplane, KeyPoolState, PoolState};
+use crate::keys::{KeyId, Lease, Unavailable};
+use crate::usage;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keyway_api::model::{Auth, Protocol, Scheme};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -24,6 +35,13 @@ static X_KEYWAY_BACKEND: HeaderName = HeaderName::from_static("x-keyway-backend"
 static X_KEYWAY_KEY_ID: HeaderName = HeaderName::from_static("x-keyway-key-id");
 static X_KEYWAY_POOL: HeaderName = HeaderName::from_static("x-keyway-pool");
 static X_KEYWAY_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-keyway-overhead-ms");
+
+/// Upstream error bodies up to this size are read to recognise quota errors.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Below this share of a key's remaining requests or tokens, other keys are preferred.
+const NEARLY_SPENT: f64 = 0.05;
+/// A request never makes more upstream attempts than this, whatever the config.
+const MAX_ATTEMPTS: usize = 16;
 
 /// Timeouts and response decoration for the traffic port.
 #[derive(Clone, Debug)]
@@ -40,9 +58,6 @@ pub struct ForwarderSettings {
     pub upstream_ca: Option<std::path::PathBuf>,
 }
 
-/// The pooled upstream client (HTTP/1.1 and HTTP/2 over TLS via ALPN).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
 /// Forwards requests according to the current [`Dataplane`] router.
 pub struct Forwarder {
     dataplane: Arc<Dataplane>,
@@ -51,107 +66,23 @@ pub struct Forwarder {
     settings: ForwarderSettings,
 }
 
-fn build_client(
-    connect_timeout: Duration,
-    tls: rustls::ClientConfig,
-    http2_only: bool,
-) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2_only)
-        .build(https)
+/// What one upstream attempt came to.
+enum Outcome {
+    /// Send this response to the client.
+    Respond(Response<ProxyBody>),
+    /// The key was refused; try the next key (same backend allowed).
+    NextKey(Response<ProxyBody>),
+    /// The backend failed; try another backend (same key).
+    NextBackend(Rejection),
 }
 
-/// Keeps the in-flight counts up until the response body is finished or dropped (a client
-/// that disconnects drops it, which also cancels the upstream request), and counts bodies
-/// that end in an error.
-struct ResponseBody {
-    inner: ProxyBody,
-    _backend: InFlightGuard,
-    _request: InFlight,
-    stream_errors: prometheus::IntCounter,
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(error))) = &polled {
-            self.stream_errors.inc();
-            tracing::warn!(error = %ErrorChain(error.as_ref()), "response stream ended with an error");
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// True for HTTP/2 REFUSED_STREAM and GOAWAY: the upstream did not process the request.
-fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Formats an error with its causes (`a: b: c`), which hyper keeps in the source chain.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
-/// The JSON body's `model`, for model routes. Other fields are skipped unparsed.
-fn peek_model(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct ModelOnly {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<ModelOnly>(body).ok()?.model
-}
-
-/// Decrements the in-flight gauge however the request ends (including client disconnect).
-struct InFlight(prometheus::IntGauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// The request as it is sent upstream, rebuilt for every attempt.
+struct Prepared {
+    method: http::Method,
+    path: String,
+    query: Option<String>,
+    headers: http::HeaderMap,
+    body: RequestBody,
 }
 
 // === impl Forwarder ===
@@ -159,7 +90,7 @@ impl Drop for InFlight {
 impl Forwarder {
     pub fn new(dataplane: Arc<Dataplane>, settings: ForwarderSettings) -> anyhow::Result<Self> {
         let tls = crate::tls::upstream_config(settings.upstream_ca.as_deref())?;
-        let client = build_client(settings.connect_timeout, tls.clone(), false);
+        let client = client::build(settings.connect_timeout, tls.clone(), false);
         Ok(Self {
             dataplane,
             client,
@@ -179,7 +110,7 @@ impl Forwarder {
         let metrics = self.dataplane.metrics();
         metrics.in_flight.inc();
         // Moves into the response body on success, so streams count until they end.
-        let in_flight = InFlight(metrics.in_flight.clone());
+        let gauge = RequestGauge(metrics.in_flight.clone());
 
         let router = self.dataplane.router();
         if !self.dataplane.is_loaded() {
@@ -187,14 +118,13 @@ impl Forwarder {
         }
         let (mut parts, body) = req.into_parts();
 
-        // Read the body ahead only when a model route or a retry needs it.
+        // Read the body ahead only when a model route, key injection or a retry needs it.
         let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let read_ahead = router.read_ahead_bytes();
-        let mut body = match RequestBody::read(body, read_ahead, content_length).await {
+        let body = match RequestBody::read(body, router.read_ahead_bytes(), content_length).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::debug!(%error, "client request body failed");
@@ -207,15 +137,8 @@ impl Forwarder {
             let msg = format!("no pool routes {} {}", parts.method, parts.uri.path());
             return self.reject(Rejection::NoRoute, &msg);
         };
-        let key = match &pool.keys {
-            Ok(None) => None,
-            Ok(Some(kp)) => match kp.pick() {
-                Some(k) => Some((kp, k)),
-                None => {
-                    let msg = format!("ApiKeyPool {} has no usable key", kp.label);
-                    return self.reject(Rejection::NoKeys, &msg);
-                }
-            },
+        let key_pool = match &pool.keys {
+            Ok(kp) => kp.as_ref(),
             Err(name) => {
                 let msg = format!(
                     "ApiKeyPool {name} referenced by pool {} is not available; see its status",
@@ -230,157 +153,144 @@ impl Forwarder {
             None => new_request_id(),
         };
         strip_hop_by_hop(&mut parts.headers);
-        let query = inject_key(
-            pool,
-            key.map(|(_, k)| k),
-            &mut parts.headers,
-            parts.uri.query(),
-        );
         append_forwarded_for(&mut parts.headers, remote);
         parts.headers.insert(
             &X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-        if let Some((kp, k)) = key {
-            k.counters.record_use();
-            metrics
-                .key_requests
-                .with_label_values(&[kp.label.as_str(), k.id.as_str()])
-                .inc();
+
+        let mut prepared = Prepared {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            body,
+        };
+        let mut strip_usage = false;
+        let mut key_affinity = None;
+        if let Some(kp) = key_pool {
+            auth::strip_client_credential(&pool.model.auth, &mut prepared.headers);
+            if matches!(pool.model.auth, Auth::BodyField { .. }) && !prepared.body.replayable() {
+                let msg = format!(
+                    "pool {} injects the key into the JSON body, which must be at most {} bytes",
+                    pool.label,
+                    router.read_ahead_bytes()
+                );
+                return self.reject(Rejection::BodyTooLarge, &msg);
+            }
+            if kp.model.request_stream_usage
+                && let Some(rewritten) = prepared
+                    .body
+                    .bytes()
+                    .and_then(|b| usage::add_include_usage(b))
+            {
+                prepared.body = RequestBody::Buffered(Bytes::from(rewritten));
+                prepared.headers.remove(header::CONTENT_LENGTH);
+                strip_usage = true;
+            }
+            key_affinity = key_affinity_hash(kp, &prepared);
         }
 
-        let hash = pool.affinity_hash(&parts.headers);
-        let response_timeout = pool
-            .model
-            .timeouts
-            .response_headers
-            .unwrap_or(self.settings.response_timeout);
-        let retries = if body.replayable() {
-            pool.model.retry.max_retries
+        let hash = pool.affinity_hash(&prepared.headers);
+        let max_backend_retries = if prepared.body.replayable() {
+            pool.model.retry.max_retries as usize
         } else {
             0
         };
-        let mut tried: Vec<usize> = Vec::with_capacity(1 + retries as usize);
-        let mut overhead = started.elapsed();
-        loop {
-            // Retries only happen when another backend can take them (see `can_retry`), so
-            // running out of backends here means there were none to begin with.
-            let Some(idx) = pool.pick(hash, &tried) else {
+        let mut failed_backends: Vec<usize> = Vec::new();
+        let mut refused_keys: Vec<KeyId> = Vec::new();
+        let mut lease: Option<Lease> = None;
+        // Time spent waiting on upstreams; everything else is Keyway's overhead.
+        let mut upstream_time = Duration::ZERO;
+
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(kp) = key_pool
+                && lease.is_none()
+            {
+                let waited = Instant::now();
+                let acquired = kp.engine.acquire(key_affinity, &refused_keys).await;
+                let wait = waited.elapsed();
+                metrics
+                    .key_wait
+                    .with_label_values(&[kp.label.as_str()])
+                    .observe(wait.as_secs_f64());
+                match acquired {
+                    Ok(l) => {
+                        metrics
+                            .key_requests
+                            .with_label_values(&[kp.label.as_str(), l.id()])
+                            .inc();
+                        lease = Some(l);
+                    }
+                    Err(unavailable) => {
+                        return self.keys_unavailable(kp, &unavailable, &refused_keys, &request_id);
+                    }
+                }
+            }
+            let Some(idx) = pool.pick(hash, &failed_backends) else {
                 let msg = format!("pool {} has no backend that takes traffic", pool.label);
                 return self.reject(Rejection::NoBackends, &msg);
             };
-            tried.push(idx);
             let backend = &pool.backends[idx];
-            let last_try = tried.len() > retries as usize || !pool.can_retry(&tried);
+            let mut tried = failed_backends.clone();
+            tried.push(idx);
+            let last_backend_try =
+                failed_backends.len() >= max_backend_retries || !pool.can_retry(&tried);
+            let key_id = lease.as_ref().map(|l| l.id().to_string());
+
             let attempt_started = Instant::now();
-            let Some(upstream_body) = body.take_for_upstream() else {
-                return self.reject(Rejection::ClientBody, "the request body was already sent");
-            };
-            let mut headers = parts.headers.clone();
-            headers.insert(header::HOST, backend_host(backend));
-            let uri = match upstream_uri(backend, parts.uri.path(), query.as_deref()) {
-                Ok(uri) => uri,
-                Err(_) => {
-                    return self.reject(
-                        Rejection::UpstreamProtocol,
-                        "request path is not a valid URI",
-                    );
-                }
-            };
-            let mut upstream_req = Request::new(upstream_body);
-            *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = Version::HTTP_11;
-            *upstream_req.headers_mut() = headers;
+            let upstream_req =
+                match self.build_request(pool, backend, &mut prepared, lease.as_ref()) {
+                    Ok(r) => r,
+                    Err(rejection) => return rejection,
+                };
             backend.counters.record_use();
             let guard = pool.start_request(idx);
-            let client = self.client_for(pool, backend);
-            let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
+            let response_timeout = pool
+                .model
+                .timeouts
+                .response_headers
+                .unwrap_or(self.settings.response_timeout);
+            let result = tokio::time::timeout(
+                response_timeout,
+                self.client_for(pool, backend).request(upstream_req),
+            )
+            .await;
             let received = Instant::now();
+            upstream_time += received - attempt_started;
 
-            let failure = match result {
+            let outcome = match result {
                 Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let retryable = matches!(status.as_u16(), 502..=504);
-                    pool.observe(idx, !status.is_server_error());
-                    if status.is_server_error() {
-                        backend.counters.record_failure();
-                    }
-                    if retryable && !last_try {
-                        metrics
-                            .retries
-                            .with_label_values(&[pool.label.as_str(), "status"])
-                            .inc();
-                        tracing::info!(pool = %pool.label, backend = %backend.model.name, %status, "retrying on another backend");
-                        continue;
-                    }
-                    if let Some((_, k)) = key
-                        && matches!(status.as_u16(), 401 | 403 | 429)
-                    {
-                        k.counters.record_failure();
-                    }
-                    let ttfb = received - attempt_started;
                     metrics
                         .upstream_ttfb
                         .with_label_values(&[pool.label.as_str()])
-                        .observe(ttfb.as_secs_f64());
-                    let (mut resp_parts, resp_body) = resp.into_parts();
-                    strip_hop_by_hop(&mut resp_parts.headers);
-                    let upstream = resp_body.map_err(BoxError::from).boxed();
-                    let upstream = match pool.model.timeouts.idle_stream {
-                        Some(idle) => IdleTimeout::new(upstream, idle).boxed(),
-                        None => upstream,
-                    };
-                    let is_sse = resp_parts
-                        .headers
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("text/event-stream"));
-                    let upstream = match pool.model.sse_keep_alive {
-                        Some(every) if is_sse => {
-                            // Comments change the length: the body is chunked from here on.
-                            resp_parts.headers.remove(header::CONTENT_LENGTH);
-                            SseKeepAlive::new(upstream, every).boxed()
-                        }
-                        _ => upstream,
-                    };
-                    let resp_body = ResponseBody {
-                        inner: upstream,
-                        _backend: guard,
-                        _request: in_flight,
-                        stream_errors: metrics
-                            .stream_errors
-                            .with_label_values(&[pool.label.as_str()]),
-                    };
-                    let resp = Response::from_parts(resp_parts, resp_body.boxed());
-                    overhead += received.elapsed();
-                    return self.finish(resp, pool, backend, key, &request_id, started, overhead);
+                        .observe((received - attempt_started).as_secs_f64());
+                    self.classify(pool, idx, resp, &mut lease, key_pool, last_backend_try)
+                        .await
                 }
                 Ok(Err(error)) => {
                     backend.counters.record_failure();
                     pool.observe(idx, false);
-                    let retryable = error.is_connect() || is_refused_stream(&error);
                     let kind = if error.is_connect() {
                         Rejection::UpstreamConnect
                     } else {
                         Rejection::UpstreamProtocol
                     };
                     tracing::warn!(pool = %pool.label, backend = %backend.model.name, error = %ErrorChain(&error), "upstream request failed");
-                    if retryable && !last_try {
-                        metrics
-                            .retries
-                            .with_label_values(&[pool.label.as_str(), kind.as_str()])
-                            .inc();
-                        continue;
-                    }
                     let msg = format!(
                         "backend {} of pool {} failed: {}",
                         backend.model.name,
                         pool.label,
                         kind.as_str()
                     );
-                    (kind, msg)
+                    if (error.is_connect() || client::is_refused_stream(&error))
+                        && !last_backend_try
+                    {
+                        Outcome::NextBackend(kind)
+                    } else {
+                        Outcome::Respond(self.reject(kind, &msg))
+                    }
                 }
                 Err(_) => {
                     backend.counters.record_failure();
@@ -390,21 +300,232 @@ impl Forwarder {
                         "backend {} of pool {} sent no response headers within {:?}",
                         backend.model.name, pool.label, response_timeout
                     );
-                    (Rejection::UpstreamTimeout, msg)
+                    Outcome::Respond(self.reject(Rejection::UpstreamTimeout, &msg))
                 }
             };
-            drop(guard);
-            let (kind, msg) = failure;
-            return self.finish(
-                self.reject(kind, &msg),
-                pool,
-                backend,
-                key,
-                &request_id,
-                started,
-                overhead,
-            );
+
+            match outcome {
+                Outcome::NextBackend(kind) => {
+                    metrics
+                        .retries
+                        .with_label_values(&[pool.label.as_str(), kind.as_str()])
+                        .inc();
+                    failed_backends.push(idx);
+                }
+                Outcome::NextKey(resp) => {
+                    if !prepared.body.replayable() {
+                        let overhead = started.elapsed().saturating_sub(upstream_time);
+                        return self.finish(
+                            resp,
+                            pool,
+                            backend,
+                            key_id.as_deref(),
+                            &request_id,
+                            started,
+                            overhead,
+                        );
+                    }
+                    if let Some(id) = key_id {
+                        refused_keys.push(id);
+                    }
+                    metrics
+                        .retries
+                        .with_label_values(&[pool.label.as_str(), "key_refused"])
+                        .inc();
+                }
+                Outcome::Respond(resp) => {
+                    let (mut resp_parts, resp_body) = resp.into_parts();
+                    strip_hop_by_hop(&mut resp_parts.headers);
+                    let is_sse = resp_parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                    let mut upstream = resp_body;
+                    if let Some(idle) = pool.model.timeouts.idle_stream {
+                        upstream = IdleTimeout::new(upstream, idle).boxed();
+                    }
+                    if let Some(every) = pool.model.sse_keep_alive
+                        && is_sse
+                    {
+                        // Comments change the length: the body is chunked from here on.
+                        resp_parts.headers.remove(header::CONTENT_LENGTH);
+                        upstream = SseKeepAlive::new(upstream, every).boxed();
+                    }
+                    let tap = match (lease.take(), key_pool) {
+                        (Some(l), Some(kp)) => {
+                            let strip = strip_usage && is_sse;
+                            if strip {
+                                resp_parts.headers.remove(header::CONTENT_LENGTH);
+                            }
+                            let tokens = metrics
+                                .key_tokens
+                                .with_label_values(&[kp.label.as_str(), l.id()]);
+                            Some(UsageTap::new(l, is_sse, strip, tokens))
+                        }
+                        _ => None,
+                    };
+                    let body = ResponseBody::new(
+                        upstream,
+                        guard,
+                        gauge,
+                        metrics
+                            .stream_errors
+                            .with_label_values(&[pool.label.as_str()]),
+                        tap,
+                    );
+                    let resp = Response::from_parts(resp_parts, body.boxed());
+                    let overhead = started.elapsed().saturating_sub(upstream_time);
+                    return self.finish(
+                        resp,
+                        pool,
+                        backend,
+                        key_id.as_deref(),
+                        &request_id,
+                        started,
+                        overhead,
+                    );
+                }
+            }
         }
+        self.reject(
+            Rejection::UpstreamConnect,
+            "too many upstream attempts for one request",
+        )
+    }
+
+    /// Builds one attempt's request: the key injected, the Host of the backend.
+    #[allow(clippy::result_large_err)]
+    fn build_request(
+        &self,
+        pool: &PoolState,
+        backend: &BackendState,
+        prepared: &mut Prepared,
+        lease: Option<&Lease>,
+    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+        let mut headers = prepared.headers.clone();
+        let mut query = prepared.query.clone();
+        let body = match lease {
+            Some(l) => {
+                query = auth::inject(&pool.model.auth, l.value(), &mut headers, query.as_deref());
+                match (&pool.model.auth, prepared.body.bytes()) {
+                    (Auth::BodyField { .. }, Some(bytes)) => {
+                        match auth::inject_body(&pool.model.auth, l.value(), bytes) {
+                            Some(b) => {
+                                headers.remove(header::CONTENT_LENGTH);
+                                Some(Full::new(b).map_err(|never| match never {}).boxed())
+                            }
+                            None => {
+                                return Err(self.reject(
+                                    Rejection::ClientBody,
+                                    "the pool injects the key into a JSON body field; the request body is not a JSON object",
+                                ));
+                            }
+                        }
+                    }
+                    _ => prepared.body.take_for_upstream(),
+                }
+            }
+            None => prepared.body.take_for_upstream(),
+        };
+        let Some(body) = body else {
+            return Err(self.reject(Rejection::ClientBody, "the request body was already sent"));
+        };
+        headers.insert(header::HOST, backend_host(backend));
+        let uri = upstream_uri(backend, &prepared.path, query.as_deref()).map_err(|_| {
+            self.reject(
+                Rejection::UpstreamProtocol,
+                "request path is not a valid URI",
+            )
+        })?;
+        let mut req = Request::new(body);
+        *req.method_mut() = prepared.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// Decides what an upstream response means for the key and the backend.
+    async fn classify(
+        &self,
+        pool: &PoolState,
+        idx: usize,
+        resp: Response<Incoming>,
+        lease: &mut Option<Lease>,
+        key_pool: Option<&Arc<KeyPoolState>>,
+        last_backend_try: bool,
+    ) -> Outcome {
+        let backend = &pool.backends[idx];
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        // Key problems (401/403/429, quota errors) are the key pool's business and never
+        // count against the backend.
+        let quota_candidate = lease.is_some() && status.is_client_error();
+        let (body, quota_error): (ProxyBody, bool) =
+            if quota_candidate && small_body(&parts.headers) {
+                match http_body_util::Limited::new(body, MAX_ERROR_BODY)
+                    .collect()
+                    .await
+                {
+                    Ok(collected) => {
+                        let bytes = collected.to_bytes();
+                        let quota = usage::quota_error_in_body(status.as_u16(), &bytes);
+                        (
+                            Full::new(bytes).map_err(|never| match never {}).boxed(),
+                            quota,
+                        )
+                    }
+                    Err(error) => {
+                        // The error body broke off; answer with what we know.
+                        tracing::debug!(error = %error, "upstream error body failed");
+                        (
+                            http_body_util::Empty::new()
+                                .map_err(|never| match never {})
+                                .boxed(),
+                            false,
+                        )
+                    }
+                }
+            } else {
+                (body.map_err(BoxError::from).boxed(), false)
+            };
+        let resp = Response::from_parts(parts, body);
+
+        if let Some(l) = lease.take_if(|_| status == StatusCode::TOO_MANY_REQUESTS || quota_error) {
+            let cooldown = usage::cooldown_from_headers(resp.headers(), SystemTime::now());
+            tracing::info!(pool = %pool.label, key_id = %l.id(), cooldown = ?cooldown, "key rate limited; trying the next key");
+            l.rate_limited(cooldown);
+            return Outcome::NextKey(resp);
+        }
+        if let Some(l) = lease.take_if(|_| matches!(status.as_u16(), 401 | 403)) {
+            tracing::warn!(pool = %pool.label, key_id = %l.id(), %status, "key refused by the upstream; disabling it");
+            l.auth_failed(status.as_u16());
+            return Outcome::NextKey(resp);
+        }
+
+        pool.observe(idx, !status.is_server_error());
+        if status.is_server_error() {
+            backend.counters.record_failure();
+            if matches!(status.as_u16(), 502..=504) && !last_backend_try {
+                tracing::info!(pool = %pool.label, backend = %backend.model.name, %status, "retrying on another backend");
+                return Outcome::NextBackend(Rejection::UpstreamStatus);
+            }
+            if let Some(l) = lease.take_if(|_| !matches!(status.as_u16(), 502..=504)) {
+                l.failed();
+            }
+        }
+        if let Some(l) = lease.as_ref() {
+            let remaining = usage::remaining_from_headers(resp.headers());
+            if remaining.nearly_spent(NEARLY_SPENT) {
+                let reset = usage::cooldown_from_headers(resp.headers(), SystemTime::now());
+                l.pacing(true, reset);
+            }
+        }
+        if key_pool.is_none() {
+            *lease = None;
+        }
+        Outcome::Respond(resp)
     }
 
     /// The shared upstream client, or the backend's own when it speaks HTTP/2 only or the pool
@@ -421,7 +542,37 @@ impl Forwarder {
         }
         backend
             .client
-            .get_or_init(|| build_client(timeout, self.tls.clone(), http2))
+            .get_or_init(|| client::build(timeout, self.tls.clone(), http2))
+    }
+
+    /// No key can take the request: 429 with `Retry-After` at the earliest refill, naming the
+    /// pool and the reason (never the keys' values).
+    fn keys_unavailable(
+        &self,
+        kp: &KeyPoolState,
+        unavailable: &Unavailable,
+        refused: &[KeyId],
+        request_id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let retry_after = unavailable.retry_after_or_default();
+        let mut msg = format!("ApiKeyPool {}: {unavailable}", kp.label);
+        if !refused.is_empty() {
+            msg.push_str(&format!(
+                "; {} key(s) were refused upstream for this request",
+                refused.len()
+            ));
+        }
+        self.dataplane
+            .metrics()
+            .key_unavailable
+            .with_label_values(&[kp.label.as_str(), unavailable_label(unavailable)])
+            .inc();
+        let mut resp = self.reject(Rejection::KeysUnavailable, &msg);
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        resp
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -430,7 +581,37 @@ impl Forwarder {
         mut resp: Response<ProxyBody>,
         pool: &PoolState,
         backend: &BackendState,
-        key: Option<(&Arc<KeyPoolState>, &KeyState)>,
+        key_id: Option<&str>,
+        request_id: &HeaderValue,
+        started: Instant,
+        overhead: Duration,
+    ) -> Response<ProxyBody> {
+        let metrics = self.dataplane.metrics();
+        if self.settings.expose_headers {
+            let headers = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&backend.model.name) {
+                headers.insert(&X_KEYWAY_BACKEND, v);
+            }
+            if let Some(Ok(v)) = key_id.map(HeaderValue::from_str) {
+                headers.insert(&X_KEYWAY_KEY_ID, v);
+            }
+        }
+        metrics
+            .requests
+            .with_label_values(&[
+                pool.label.as_str(),
+                backend.model.name.as_str(),
+                resp.status().as_str(),
+            ])
+            .inc();
+        self.finish_plain(resp, pool, request_id, started, overhead)
+    }
+
+    /// Response decoration that does not depend on a backend.
+    fn finish_plain(
+        &self,
+        mut resp: Response<ProxyBody>,
+        pool: &PoolState,
         request_id: &HeaderValue,
         started: Instant,
         overhead: Duration,
@@ -444,25 +625,11 @@ impl Forwarder {
         {
             headers.insert(&X_KEYWAY_OVERHEAD_MS, v);
         }
-        if self.settings.expose_headers {
-            if let Ok(v) = HeaderValue::from_str(&pool.label) {
-                headers.insert(&X_KEYWAY_POOL, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&backend.model.name) {
-                headers.insert(&X_KEYWAY_BACKEND, v);
-            }
-            if let Some(Ok(v)) = key.map(|(_, k)| HeaderValue::from_str(&k.id)) {
-                headers.insert(&X_KEYWAY_KEY_ID, v);
-            }
+        if self.settings.expose_headers
+            && let Ok(v) = HeaderValue::from_str(&pool.label)
+        {
+            headers.insert(&X_KEYWAY_POOL, v);
         }
-        metrics
-            .requests
-            .with_label_values(&[
-                pool.label.as_str(),
-                backend.model.name.as_str(),
-                resp.status().as_str(),
-            ])
-            .inc();
         metrics
             .request_duration
             .with_label_values(&[pool.label.as_str()])
@@ -480,46 +647,49 @@ impl Forwarder {
     }
 }
 
-/// Removes the client's own credential from where the pool injects keys, then injects the
-/// chosen key. Returns the (possibly rewritten) query string.
-fn inject_key(
-    pool: &PoolState,
-    key: Option<&KeyState>,
-    headers: &mut http::HeaderMap,
-    query: Option<&str>,
-) -> Option<String> {
-    let Some(key) = key else {
-        return query.map(str::to_string);
-    };
-    match &pool.model.auth {
-        Auth::Header { name, prefix } => {
-            let mut value = String::with_capacity(prefix.len() + key.value.expose().len());
-            value.push_str(prefix);
-            value.push_str(key.value.expose());
-            // Validated at config time: no control characters. Marked sensitive so that
-            // HPACK never indexes it and Debug output hides it.
-            if let (Ok(name), Ok(mut v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                v.set_sensitive(true);
-                headers.insert(name, v);
-            }
-            query.map(str::to_string)
-        }
-        Auth::Query { param } => {
-            let mut out = url::form_urlencoded::Serializer::new(String::new());
-            for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-                if k != param.as_str() {
-                    out.append_pair(&k, &v);
-                }
-            }
-            out.append_pair(param, key.value.expose());
-            Some(out.finish())
-        }
-        // The body is rewritten by the caller, which owns it.
-        Auth::BodyField { .. } => query.map(str::to_string),
+fn unavailable_label(u: &Unavailable) -> &'static str {
+    use crate::keys::UnavailableReason as R;
+    match u.reason {
+        R::NoKeys => "no_keys",
+        R::Cooling => "cooling",
+        R::Exhausted => "exhausted",
+        R::Disabled => "disabled",
+        R::AtCapacity => "at_capacity",
+        R::QueueFull => "queue_full",
+        R::QueueTimeout => "queue_timeout",
     }
+}
+
+/// The stickiness hash for key selection: the configured header, else the prompt prefix.
+fn key_affinity_hash(kp: &KeyPoolState, prepared: &Prepared) -> Option<u64> {
+    let st = kp.model.stickiness.as_ref()?;
+    if let Some(v) = prepared.headers.get(st.header.as_str()) {
+        return Some(balance::hash_key(v.as_bytes()));
+    }
+    let n = st.prompt_prefix_bytes as usize;
+    if n == 0 {
+        return None;
+    }
+    let body = prepared.body.bytes()?;
+    Some(balance::hash_key(&body[..body.len().min(n)]))
+}
+
+/// Whether the response declares a body small enough to read for a quota error.
+fn small_body(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_none_or(|n| n <= MAX_ERROR_BODY)
+}
+
+/// The JSON body's `model`, for model routes. Other fields are skipped unparsed.
+fn peek_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelOnly>(body).ok()?.model
 }
 
 fn upstream_uri(

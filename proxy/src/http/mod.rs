@@ -1,12 +1,16 @@
 //! The traffic port: accept connections, route each request to a pool, forward it.
 
+pub(crate) mod auth;
 pub mod body;
+mod client;
 mod error;
 mod forward;
 mod headers;
+mod response;
 pub mod server;
 
-pub use forward::{Forwarder, ForwarderSettings, UpstreamClient};
+pub use client::UpstreamClient;
+pub use forward::{Forwarder, ForwarderSettings};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

@@ -1,0 +1,95 @@
+//! Keys disabled by 401/403 are re-probed on their pool's interval with a free request (a
+//! `GET` of the pool's health path, `/v1/models` by default, with that key), and re-enabled
+//! when it passes. A probe never costs tokens.
+
+use crate::dataplane::{Dataplane, PoolState};
+use crate::health::{self, HealthClient};
+use crate::http::auth;
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::Empty;
+use keyway_api::model::{Auth, HealthTarget};
+use keyway_api::secret::SecretValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the pools are asked which keys are due; each pool's own interval decides.
+const TICK: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs forever.
+pub async fn run(dataplane: Arc<Dataplane>) {
+    let client = match health::build_client() {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the key probe client; disabled keys will not be re-probed");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let router = dataplane.router();
+        for kp in &router.key_pools {
+            let due = kp.engine.reprobe_due();
+            if due.is_empty() {
+                continue;
+            }
+            let pool = router
+                .pools
+                .iter()
+                .find(|p| matches!(&p.keys, Ok(Some(k)) if Arc::ptr_eq(k, kp)));
+            for (id, value) in due {
+                let ok = match pool {
+                    Some(p) => probe(&client, p, &value).await,
+                    None => false,
+                };
+                tracing::info!(key_pool = %kp.label, key_id = %id, ok, "re-probed a disabled key");
+                kp.engine.probe_result(&id, ok);
+            }
+        }
+    }
+}
+
+/// One probe: `true` when the upstream accepts the key.
+async fn probe(client: &HealthClient, pool: &PoolState, key: &SecretValue) -> bool {
+    let Some(backend) = pool.backends.iter().find(|b| b.model.weight > 0) else {
+        return false;
+    };
+    if matches!(pool.model.auth, Auth::BodyField { .. }) {
+        // A free GET cannot carry a body key: let the next real request be the trial.
+        return true;
+    }
+    let path = match backend.model.health_check.as_ref().map(|h| &h.target) {
+        Some(HealthTarget::Path(p)) => p.clone(),
+        _ => "/v1/models".to_string(),
+    };
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path, None),
+    };
+    let mut headers = HeaderMap::new();
+    let query = auth::inject(&pool.model.auth, key, &mut headers, query.as_deref());
+    let mut url = format!("{}{path}", backend.model.endpoint);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(&q);
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    if let Some(h) = &backend.model.host_header
+        && let Ok(v) = http::HeaderValue::from_str(h)
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success(),
+        _ => false,
+    }
+}
