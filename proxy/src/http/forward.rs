@@ -209,7 +209,9 @@ impl Forwarder {
                 && lease.is_none()
             {
                 let waited = Instant::now();
-                let acquired = kp.engine.acquire(key_affinity, &refused_keys).await;
+                // Refused keys are not excluded: the engine already holds them out (cooling
+                // or disabled), and once a cooldown ends the waiting request may use them.
+                let acquired = kp.engine.acquire(key_affinity, &[]).await;
                 let wait = waited.elapsed();
                 metrics
                     .key_wait
@@ -493,7 +495,9 @@ impl Forwarder {
         let resp = Response::from_parts(parts, body);
 
         if let Some(l) = lease.take_if(|_| status == StatusCode::TOO_MANY_REQUESTS || quota_error) {
-            let cooldown = usage::cooldown_from_headers(resp.headers(), SystemTime::now());
+            // At least a second: a `Retry-After: 0` must not make one request spin on one key.
+            let cooldown = usage::cooldown_from_headers(resp.headers(), SystemTime::now())
+                .map(|d| d.max(Duration::from_secs(1)));
             tracing::info!(pool = %pool.label, key_id = %l.id(), cooldown = ?cooldown, "key rate limited; trying the next key");
             l.rate_limited(cooldown);
             return Outcome::NextKey(resp);

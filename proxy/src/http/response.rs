@@ -147,6 +147,18 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper stops polling once a Content-Length body is complete, so the end of the
+        // stream is not always observed: settle the lease with what was seen.
+        if !self.ended
+            && let Some(tap) = self.tap.as_mut()
+        {
+            tap.finish();
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
