@@ -232,6 +232,15 @@ impl Controller {
     /// all namespaces would also write the status of other tests' pools, so tests should pass
     /// their own namespace.
     pub async fn start(cluster: &Cluster, watch_namespace: Option<&str>) -> Controller {
+        Self::start_with(cluster, watch_namespace, &[]).await
+    }
+
+    /// Like [`Controller::start`], with `extra_args` appended to the command line.
+    pub async fn start_with(
+        cluster: &Cluster,
+        watch_namespace: Option<&str>,
+        extra_args: &[&str],
+    ) -> Controller {
         let binary = paths::workspace_binary("keyway-controller");
         let kubeconfig = cluster.kubeconfig().to_string_lossy().into_owned();
         let (process, (grpc_url, admin_url)) = start_ready("keyway-controller", || {
@@ -246,6 +255,7 @@ impl Controller {
             if let Some(ns) = watch_namespace {
                 args.extend(["--watch-namespace".to_owned(), ns.to_owned()]);
             }
+            args.extend(extra_args.iter().map(|s| (*s).to_owned()));
             let process = Process::spawn(
                 "controller",
                 &binary,

@@ -9,5 +9,6 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod key_status;
 mod missing_secret;
 mod walking_skeleton;
