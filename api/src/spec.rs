@@ -36,9 +36,37 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.mode) || self.mode != 'failover' || (self.backends.filter(b, has(b.role) && b.role == 'primary').size() == 1 && self.backends.exists(b, has(b.role) && b.role == 'secondary'))",
+        "message": "mode: failover needs exactly one backend with role: primary and at least one with role: secondary",
+        "fieldPath": ".backends"
+    },
+    {
+        "rule": "self.backends.exists(b, !has(b.weight) || b.weight > 0)",
+        "message": "at least one backend needs a weight above 0",
+        "fieldPath": ".backends"
+    },
+    {
+        "rule": "!has(self.evacuatePrimary) || !self.evacuatePrimary || (has(self.mode) && self.mode == 'failover')",
+        "message": "evacuatePrimary is only valid with mode: failover",
+        "fieldPath": ".evacuatePrimary"
+    },
+    {
+        "rule": "!has(self.auth) || !has(self.auth.type) || self.auth.type != 'query' || has(self.auth.queryParam)",
+        "message": "auth.type: query needs auth.queryParam",
+        "fieldPath": ".auth"
+    },
+    {
+        "rule": "!has(self.auth) || !has(self.auth.type) || self.auth.type != 'bodyField' || has(self.auth.field)",
+        "message": "auth.type: bodyField needs auth.field",
+        "fieldPath": ".auth"
+    }
+]))]
 pub struct LoadBalancerPoolSpec {
-    /// The upstream endpoints. At least one.
-    #[schemars(length(min = 1))]
+    /// The upstream endpoints: at least one, names unique.
+    #[schemars(length(min = 1, max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub backends: Vec<BackendSpec>,
 
     /// `balanced` (every healthy backend takes traffic) or `failover` (the `primary` backend
@@ -107,6 +135,10 @@ pub struct BackendSpec {
     pub name: String,
 
     /// Base URL, `http://` or `https://`. A path here is prefixed to every request path.
+    #[schemars(
+        length(max = 2048),
+        regex(pattern = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
+    )]
     pub endpoint: String,
 
     /// The Host header (and TLS server name) sent upstream. Default: the endpoint's host.
@@ -429,6 +461,8 @@ pub struct ApiKeyPoolSpec {
     /// Per-key overrides, by key id (the Secret entry name). Ids not in the Secret are ignored,
     /// so a Secret can be rotated before or after this list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub keys: Vec<KeyOverrideSpec>,
 
     /// What happens when the upstream answers 429 for a key.

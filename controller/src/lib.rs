@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod crdgen;
+pub mod events;
 pub mod grpc;
 pub mod index;
 pub mod metrics;

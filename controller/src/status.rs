@@ -3,6 +3,7 @@
 //! watches, but an unchanged status is never written again, so there is no write loop.
 
 use crate::aggregate::{self, KeyPoolView, PoolView};
+use crate::events::{self, Events};
 use crate::index::{Index, Resolution};
 use crate::metrics::Metrics;
 use crate::proxies::Proxies;
@@ -15,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -36,6 +37,9 @@ pub async fn run(
     counter_interval: Duration,
 ) {
     let mut proxies_changed = proxies.subscribe();
+    let events = Events::new(client.clone());
+    // NACKs already turned into events, by (proxy, error).
+    let mut nacks_seen: HashSet<(String, String)> = HashSet::new();
     let mut pools: Written<LoadBalancerPoolStatus> = HashMap::new();
     let mut key_pools: Written<ApiKeyPoolStatus> = HashMap::new();
     loop {
@@ -47,18 +51,42 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
         let idx = index.borrow_and_update().clone();
         proxies_changed.borrow_and_update();
-        let views = aggregate::build(&proxies.list(), unix_ms_rfc3339);
+        let connected = proxies.list();
+        let views = aggregate::build(&connected, unix_ms_rfc3339);
+        nacks_seen.retain(|(id, err)| {
+            connected
+                .iter()
+                .any(|p| &p.proxy_id == id && p.last_nack.as_ref() == Some(err))
+        });
+        for p in &connected {
+            let Some(err) = &p.last_nack else { continue };
+            if !nacks_seen.insert((p.proxy_id.clone(), err.clone())) {
+                continue;
+            }
+            for id in &p.served {
+                let uid = stores
+                    .pools
+                    .get(&ObjectRef::new(&id.name).within(&id.namespace))
+                    .and_then(|o| o.metadata.uid.clone());
+                let notice = events::config_rejected(&p.proxy_id, err);
+                events
+                    .publish("LoadBalancerPool", id, uid, vec![notice])
+                    .await;
+            }
+        }
 
         pools.retain(|id, _| idx.pools.contains_key(id));
         for (id, res) in &idx.pools {
-            let current = stores
+            let object = stores
                 .pools
-                .get(&ObjectRef::new(&id.name).within(&id.namespace))
-                .and_then(|p| p.status.clone());
+                .get(&ObjectRef::new(&id.name).within(&id.namespace));
+            let uid = object.as_ref().and_then(|o| o.metadata.uid.clone());
+            let current = object.and_then(|p| p.status.clone());
             let previous = pools.get(id).map(|(s, _)| s).or(current.as_ref());
             let desired = pool_status(res, proxies.serving(id), views.pools.get(id), previous);
+            let notices = events::pool_transitions(previous, &desired);
             let api: Api<LoadBalancerPool> = Api::namespaced(client.clone(), &id.namespace);
-            write_if_changed(
+            let written = write_if_changed(
                 &api,
                 "LoadBalancerPool",
                 id,
@@ -69,18 +97,23 @@ pub async fn run(
                 &metrics,
             )
             .await;
+            if written {
+                events.publish("LoadBalancerPool", id, uid, notices).await;
+            }
         }
 
         key_pools.retain(|id, _| idx.key_pools.contains_key(id));
         for (id, res) in &idx.key_pools {
-            let current = stores
+            let object = stores
                 .key_pools
-                .get(&ObjectRef::new(&id.name).within(&id.namespace))
-                .and_then(|p| p.status.clone());
+                .get(&ObjectRef::new(&id.name).within(&id.namespace));
+            let uid = object.as_ref().and_then(|o| o.metadata.uid.clone());
+            let current = object.and_then(|p| p.status.clone());
             let previous = key_pools.get(id).map(|(s, _)| s).or(current.as_ref());
             let desired = key_pool_status(res, views.key_pools.get(id), previous);
+            let notices = events::key_pool_transitions(previous, &desired);
             let api: Api<ApiKeyPool> = Api::namespaced(client.clone(), &id.namespace);
-            write_if_changed(
+            let written = write_if_changed(
                 &api,
                 "ApiKeyPool",
                 id,
@@ -91,6 +124,9 @@ pub async fn run(
                 &metrics,
             )
             .await;
+            if written {
+                events.publish("ApiKeyPool", id, uid, notices).await;
+            }
         }
     }
 }
@@ -128,7 +164,7 @@ impl Counters for ApiKeyPoolStatus {
 }
 
 /// Patches the status unless it is unchanged, or only its counters changed and they were
-/// written less than `counter_interval` ago.
+/// written less than `counter_interval` ago. True when a new status was written.
 #[allow(clippy::too_many_arguments)]
 async fn write_if_changed<K, S>(
     api: &Api<K>,
@@ -139,7 +175,8 @@ async fn write_if_changed<K, S>(
     written: &mut Written<S>,
     counter_interval: Duration,
     metrics: &Metrics,
-) where
+) -> bool
+where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Counters + serde::Serialize,
 {
@@ -147,17 +184,19 @@ async fn write_if_changed<K, S>(
     if last.map(|(s, _)| s) == Some(&desired) || current.as_ref() == Some(&desired) {
         let at = last.map_or_else(Instant::now, |(_, at)| *at);
         written.insert(id.clone(), (desired, at));
-        return;
+        return false;
     }
     if let Some((s, at)) = last
         && s.without_counters() == desired.without_counters()
         && at.elapsed() < counter_interval
     {
-        return;
+        return false;
     }
     if patch(api, kind, id, &desired, metrics).await {
         written.insert(id.clone(), (desired, Instant::now()));
+        return true;
     }
+    false
 }
 
 fn unix_ms_rfc3339(ms: u64) -> Option<String> {

@@ -11,4 +11,5 @@
 
 mod key_status;
 mod missing_secret;
+mod validation;
 mod walking_skeleton;

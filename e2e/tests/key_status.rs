@@ -130,6 +130,34 @@ spec:
     .await;
     t.phase("LoadBalancerPool status");
 
+    // The transition is also an Event on the ApiKeyPool, naming the key id and the reason.
+    let events_ns = ns.name().to_string();
+    wait_for(Duration::from_secs(15), "KeyDisabled event", || async {
+        let out = cluster
+            .kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &events_ns,
+                "-o",
+                "custom-columns=REASON:.reason,OBJ:.involvedObject.name,NOTE:.message",
+            ])
+            .await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().any(|l| {
+            l.contains("KeyDisabled")
+                && l.contains("keys")
+                && l.contains(refused)
+                && l.contains("401")
+        }) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    t.phase("event");
+
     // Key values never reach the status, the proxy's logs or the controller's.
     let akp = cluster
         .kubectl_ok(&["get", "akp", "keys", "-n", ns.name(), "-o", "yaml"])
