@@ -19,8 +19,8 @@ async fn invalid_pools_are_rejected_naming_the_field() {
     let ns = cluster.namespace("validation").await;
 
     // A valid pool is accepted (so the rejections below are about what they change).
-    ns.apply(&pool("ok", &format!("  mode: failover\n  evacuatePrimary: true\n  backends:\n    - {{name: p, role: primary, endpoint: \"http://p\"}}\n    - {{name: s, role: secondary, endpoint: \"http://s\"}}")))
-        .await;
+    let valid = "  mode: failover\n  evacuatePrimary: true\n  backends:\n    - {name: p, role: primary, endpoint: \"http://p\"}\n    - {name: s, role: secondary, endpoint: \"http://s\"}";
+    ns.apply(&pool("ok", valid)).await;
 
     let cases: &[(&str, String, &[&str])] = &[
         (
