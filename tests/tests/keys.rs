@@ -450,3 +450,32 @@ async fn no_key_value_appears_in_logs_status_metrics_or_headers() {
         "the client's credential is not echoed"
     );
 }
+
+#[tokio::test]
+async fn a_disabled_key_is_reprobed_for_free_and_re_enabled() {
+    let up = MockUpstream::start("a").await.unwrap();
+    let p = FileProxy::start(&config(&up.url(), "  disable: {reprobeSeconds: 10}\n", "")).await;
+    up.fail_next(1, Behavior::status(401));
+    assert_eq!(chat(&p.url(), &[]).await.unwrap().status, 200);
+    let refused_value = up.received_keys()[0].clone();
+    let refused = if refused_value == KEY_A {
+        "key-a"
+    } else {
+        "key-b"
+    };
+    assert_eq!(key_state(&p, refused).await["state"], "disabled");
+
+    eventually(
+        Duration::from_secs(20),
+        "key re-enabled after a passing probe",
+        || async { key_state(&p, refused).await["state"] == "active" },
+    )
+    .await;
+    let probe = up
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/models")
+        .expect("the key was re-probed");
+    assert_eq!(probe.method, http::Method::GET, "probes never cost tokens");
+    assert_eq!(probe.key.as_deref(), Some(refused_value.as_str()));
+}
