@@ -4,6 +4,7 @@
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::proxies::{Proxies, Session};
+use crate::quota;
 use keyway_api::model::ObjectId;
 use keyway_proto as pb;
 use std::collections::BTreeSet;
@@ -69,9 +70,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             ));
         }
         let (tx, rx) = mpsc::channel(4);
-        let session = self
-            .proxies
-            .register(hello.proxy_id.clone(), hello.namespace.clone());
+        let session = self.proxies.register(
+            hello.proxy_id.clone(),
+            hello.namespace.clone(),
+            hello.pools.clone(),
+        );
         tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, pools = ?hello.pools, "proxy connected");
         self.metrics.connected_proxies.inc();
         tokio::spawn(run_session(
@@ -100,6 +103,7 @@ async fn run_session(
 ) {
     let mut version = 0u64;
     let mut last_sent = None;
+    let mut membership = session.proxies().subscribe_membership();
     index.mark_changed();
     let draining = async move {
         let _ = drain.wait_for(|d| *d).await.map(|_| ());
@@ -107,32 +111,14 @@ async fn run_session(
     tokio::pin!(draining);
     loop {
         tokio::select! {
-            changed = index.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let snapshot = index.borrow_and_update().snapshot_for(&hello.namespace, &hello.pools);
-                if last_sent.as_ref() == Some(&snapshot) {
-                    continue;
-                }
-                version += 1;
-                let msg = pb::ControllerMessage {
-                    message: Some(pb::controller_message::Message::Snapshot(
-                        pb::Snapshot::from_model(version, &snapshot),
-                    )),
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    break;
-                }
-                metrics.snapshots_sent.inc();
-                let served: BTreeSet<ObjectId> = snapshot.pools.iter().map(|p| p.id.clone()).collect();
-                session.sent(version, served);
-                tracing::debug!(proxy_id = %hello.proxy_id, version, pools = snapshot.pools.len(), "sent snapshot");
-                last_sent = Some(snapshot);
-            }
+            changed = index.changed() => if changed.is_err() { break },
+            changed = membership.changed() => if changed.is_err() { break },
             msg = inbound.message() => {
                 match msg {
-                    Ok(Some(m)) => handle_reply(&hello, &session, &metrics, m),
+                    Ok(Some(m)) => {
+                        handle_reply(&hello, &session, &metrics, m);
+                        continue;
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(proxy_id = %hello.proxy_id, %status, "proxy stream error");
@@ -143,6 +129,43 @@ async fn run_session(
             _ = &mut draining => break,
             _ = tx.closed() => break,
         }
+        membership.borrow_and_update();
+        let snapshot = {
+            let idx = index.borrow_and_update().clone();
+            let mut snapshot = idx.snapshot_for(&hello.namespace, &hello.pools);
+            let peers = session.proxies().list();
+            let peers: Vec<quota::Peer<'_>> = peers
+                .iter()
+                .map(|p| quota::Peer {
+                    id: &p.proxy_id,
+                    namespace: &p.namespace,
+                    pools: &p.pools,
+                })
+                .collect();
+            let namespace_pools = idx
+                .namespaces
+                .get(&hello.namespace)
+                .map_or(&[][..], |n| n.pools.as_slice());
+            quota::share(&mut snapshot, namespace_pools, &hello.proxy_id, &peers);
+            snapshot
+        };
+        if last_sent.as_ref() == Some(&snapshot) {
+            continue;
+        }
+        version += 1;
+        let msg = pb::ControllerMessage {
+            message: Some(pb::controller_message::Message::Snapshot(
+                pb::Snapshot::from_model(version, &snapshot),
+            )),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            break;
+        }
+        metrics.snapshots_sent.inc();
+        let served: BTreeSet<ObjectId> = snapshot.pools.iter().map(|p| p.id.clone()).collect();
+        session.sent(version, served);
+        tracing::debug!(proxy_id = %hello.proxy_id, version, pools = snapshot.pools.len(), "sent snapshot");
+        last_sent = Some(snapshot);
     }
     metrics.connected_proxies.dec();
     tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, "proxy disconnected");

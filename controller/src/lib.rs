@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod index;
 pub mod metrics;
 pub mod proxies;
+pub mod quota;
 pub mod runtime;
 pub mod status;
 pub mod watch;

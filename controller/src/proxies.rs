@@ -12,6 +12,8 @@ use tokio::sync::watch;
 pub struct ProxyState {
     pub proxy_id: String,
     pub namespace: String,
+    /// The pools it asked for; empty means all of its namespace.
+    pub pools: Vec<String>,
     /// Pools in the last snapshot sent.
     pub served: BTreeSet<ObjectId>,
     pub sent_version: u64,
@@ -28,6 +30,8 @@ pub struct Proxies {
     inner: Arc<Mutex<HashMap<u64, ProxyState>>>,
     next_session: Arc<AtomicU64>,
     changed: watch::Sender<u64>,
+    /// Bumped only when a proxy connects or disconnects (quota shares depend on it).
+    membership: watch::Sender<u64>,
 }
 
 /// Deregisters its proxy when the discovery session ends, however it ends.
@@ -44,12 +48,13 @@ impl Default for Proxies {
             inner: Default::default(),
             next_session: Arc::new(AtomicU64::new(1)),
             changed: watch::channel(0).0,
+            membership: watch::channel(0).0,
         }
     }
 }
 
 impl Proxies {
-    pub fn register(&self, proxy_id: String, namespace: String) -> Session {
+    pub fn register(&self, proxy_id: String, namespace: String, pools: Vec<String>) -> Session {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.update(|m| {
             m.insert(
@@ -57,10 +62,12 @@ impl Proxies {
                 ProxyState {
                     proxy_id,
                     namespace,
+                    pools,
                     ..Default::default()
                 },
             );
         });
+        self.membership.send_modify(|n| *n = n.wrapping_add(1));
         Session {
             id,
             proxies: self.clone(),
@@ -69,6 +76,11 @@ impl Proxies {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Wakes on connects and disconnects only.
+    pub fn subscribe_membership(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
     }
 
     pub fn list(&self) -> Vec<ProxyState> {
@@ -141,5 +153,15 @@ impl Drop for Session {
         self.proxies.update(|m| {
             m.remove(&id);
         });
+        self.proxies
+            .membership
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl Session {
+    /// The registry this session belongs to.
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
     }
 }

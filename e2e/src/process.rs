@@ -241,11 +241,36 @@ impl Controller {
         watch_namespace: Option<&str>,
         extra_args: &[&str],
     ) -> Controller {
+        Self::launch(cluster, watch_namespace, None, extra_args).await
+    }
+
+    /// Starts a controller on the same addresses as `previous` (which must be dead), so that
+    /// proxies configured with its URL reconnect to it.
+    pub async fn restart(
+        cluster: &Cluster,
+        watch_namespace: Option<&str>,
+        previous: &Controller,
+    ) -> Controller {
+        let strip = |u: &str| u.trim_start_matches("http://").to_owned();
+        let addrs = (strip(&previous.grpc_url), strip(&previous.admin_url));
+        Self::launch(cluster, watch_namespace, Some(addrs), &[]).await
+    }
+
+    async fn launch(
+        cluster: &Cluster,
+        watch_namespace: Option<&str>,
+        fixed: Option<(String, String)>,
+        extra_args: &[&str],
+    ) -> Controller {
         let binary = paths::workspace_binary("keyway-controller");
         let kubeconfig = cluster.kubeconfig().to_string_lossy().into_owned();
         let (process, (grpc_url, admin_url)) = start_ready("keyway-controller", || {
-            let grpc = format!("127.0.0.1:{}", crate::free_port());
-            let admin = format!("127.0.0.1:{}", crate::free_port());
+            let (grpc, admin) = fixed.clone().unwrap_or_else(|| {
+                (
+                    format!("127.0.0.1:{}", crate::free_port()),
+                    format!("127.0.0.1:{}", crate::free_port()),
+                )
+            });
             let mut args = vec![
                 "--grpc-listen".to_owned(),
                 grpc.clone(),

@@ -1,0 +1,183 @@
+//! Quota sharing: a key's `requestsPerMinute` and `tokensPerMinute` are global, so each proxy
+//! serving the key's pool gets an even share, and N replicas together stay within the quota.
+//! Shares are whole numbers that add up exactly to the quota (the remainder goes to the first
+//! proxies by id); a proxy whose share of a key is zero does not get that key at all.
+
+use keyway_api::model::{self, ObjectId};
+
+/// A connected proxy as the split sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    /// The pools it asked for; empty means every pool of its namespace.
+    pub pools: &'a [String],
+}
+
+/// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s share.
+/// `namespace_pools` are every pool of the namespace, to know which peers serve which key pool.
+pub fn share(
+    snapshot: &mut model::Snapshot,
+    namespace_pools: &[model::Pool],
+    me: &str,
+    peers: &[Peer<'_>],
+) {
+    for kp in &mut snapshot.key_pools {
+        let (rank, n) = position(&kp.id, namespace_pools, me, peers);
+        if n <= 1 {
+            continue;
+        }
+        kp.keys.retain_mut(|k| {
+            let rpm = k
+                .limits
+                .requests_per_minute
+                .map(|g| split(u64::from(g), rank, n));
+            let tpm = k.limits.tokens_per_minute.map(|g| split(g, rank, n));
+            if rpm == Some(0) || tpm == Some(0) {
+                return false;
+            }
+            k.limits.requests_per_minute = rpm.map(|v| v as u32);
+            k.limits.tokens_per_minute = tpm;
+            true
+        });
+    }
+}
+
+/// `me`'s rank among the peers that receive key pool `kp`, and how many there are.
+fn position(
+    kp: &ObjectId,
+    namespace_pools: &[model::Pool],
+    me: &str,
+    peers: &[Peer<'_>],
+) -> (usize, usize) {
+    let uses_kp = |p: &model::Pool| p.key_pool.as_deref() == Some(kp.name.as_str());
+    let mut serving: Vec<&str> = peers
+        .iter()
+        .filter(|peer| peer.namespace == kp.namespace)
+        .filter(|peer| {
+            namespace_pools
+                .iter()
+                .filter(|p| uses_kp(p))
+                .any(|p| peer.pools.is_empty() || peer.pools.contains(&p.id.name))
+        })
+        .map(|peer| peer.id)
+        .collect();
+    if !serving.contains(&me) {
+        serving.push(me);
+    }
+    serving.sort_unstable();
+    serving.dedup();
+    let rank = serving.iter().position(|id| *id == me).unwrap_or(0);
+    (rank, serving.len())
+}
+
+/// Share number `rank` of `n` of `total`: the shares add up to `total` exactly.
+fn split(total: u64, rank: usize, n: usize) -> u64 {
+    let n = n as u64;
+    total / n + u64::from((rank as u64) < total % n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyway_api::manifest::Manifests;
+
+    fn snapshot() -> model::Snapshot {
+        let yaml = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: s, namespace: t}
+stringData: {k1: v1, k2: v2}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {name: keys, namespace: t}
+spec:
+  secretRef: {name: s}
+  defaults: {requestsPerMinute: 7, tokensPerMinute: 1000}
+  keys: [{id: k2, requestsPerMinute: 2}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: p, namespace: t}
+spec:
+  apiKeyPoolRef: {name: keys}
+  backends: [{name: a, endpoint: "http://a"}]
+"#;
+        Manifests::parse(yaml, &|_| None)
+            .unwrap()
+            .resolve()
+            .unwrap()
+    }
+
+    fn peers<'a>(ids: &'a [&'a str], empty: &'a [String]) -> Vec<Peer<'a>> {
+        ids.iter()
+            .map(|id| Peer {
+                id,
+                namespace: "t",
+                pools: empty,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shares_add_up_to_the_quota() {
+        let none: Vec<String> = vec![];
+        let ids = ["p-a", "p-b", "p-c"];
+        let base = snapshot();
+        let mut rpm_k1 = 0;
+        let mut tpm_k1 = 0;
+        let mut k2_holders = 0;
+        for me in ids {
+            let mut s = base.clone();
+            share(&mut s, &base.pools, me, &peers(&ids, &none));
+            let keys = &s.key_pools[0].keys;
+            rpm_k1 += keys[0].limits.requests_per_minute.unwrap();
+            tpm_k1 += keys[0].limits.tokens_per_minute.unwrap();
+            k2_holders += keys.iter().filter(|k| k.id == "k2").count();
+        }
+        assert_eq!(rpm_k1, 7);
+        assert_eq!(tpm_k1, 1000);
+        assert_eq!(
+            k2_holders, 2,
+            "2 rpm over 3 proxies: one proxy gets none of k2"
+        );
+    }
+
+    #[test]
+    fn a_single_proxy_keeps_the_whole_quota_and_other_namespaces_do_not_count() {
+        let none: Vec<String> = vec![];
+        let base = snapshot();
+        let mut s = base.clone();
+        let mut ps = peers(&["me"], &none);
+        ps.push(Peer {
+            id: "elsewhere",
+            namespace: "other",
+            pools: &none,
+        });
+        share(&mut s, &base.pools, "me", &ps);
+        assert_eq!(s, base);
+    }
+
+    #[test]
+    fn peers_that_asked_for_other_pools_do_not_count() {
+        let none: Vec<String> = vec![];
+        let other = vec!["unrelated".to_string()];
+        let base = snapshot();
+        let mut s = base.clone();
+        let ps = vec![
+            Peer {
+                id: "me",
+                namespace: "t",
+                pools: &none,
+            },
+            Peer {
+                id: "x",
+                namespace: "t",
+                pools: &other,
+            },
+        ];
+        share(&mut s, &base.pools, "me", &ps);
+        assert_eq!(s, base);
+    }
+}

@@ -1,0 +1,220 @@
+//! Control-plane behaviour against the real API server: quota shared between proxies,
+//! change propagation from `kubectl patch` to the proxies (measured), static stability when
+//! the controller dies under load, and pool deletion reaching the proxies.
+
+use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, wait_for};
+use std::time::{Duration, Instant};
+
+fn manifests(upstream: &str, akp_extra: &str, lbp_extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: keys
+stringData:
+  key-a: "sk-e2e-cp-aaaa"
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata:
+  name: keys
+spec:
+  secretRef:
+    name: keys
+{akp_extra}---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata:
+  name: llm
+spec:
+  apiKeyPoolRef:
+    name: keys
+{lbp_extra}  backends:
+    - name: primary
+      role: primary
+      endpoint: "{upstream}"
+    - name: secondary
+      role: secondary
+      endpoint: "{upstream}/secondary"
+"#
+    )
+}
+
+async fn status(http: &HttpClient, proxy: &Proxy) -> serde_json::Value {
+    http.get(&format!("{}/status", proxy.admin_url))
+        .await
+        .expect("GET /status")
+        .json()
+        .expect("status JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_proxies_share_a_keys_quota() {
+    let cluster = cluster().await;
+    let ns = cluster.namespace("quota-share").await;
+    let upstream = MockUpstream::start("a").await.expect("mock");
+    ns.apply(&manifests(
+        &upstream.url(),
+        "  defaults:\n    requestsPerMinute: 6\n  queue:\n    maxLength: 0\n",
+        "  mode: failover\n",
+    ))
+    .await;
+    let controller = Controller::start(cluster, Some(ns.name())).await;
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(Proxy::start(&controller, ns.name(), &[]).await);
+    }
+    let http = HttpClient::new();
+    // Each proxy has converged on its share (6 / 3 = 2 per minute).
+    for p in &proxies {
+        wait_for(
+            Duration::from_secs(10),
+            "proxy got its quota share",
+            || async {
+                let s = status(&http, p).await;
+                let left = &s["keyPools"][0]["keys"][0]["requestsLeftThisMinute"];
+                if left == 2 {
+                    Ok(())
+                } else {
+                    Err(s.to_string())
+                }
+            },
+        )
+        .await;
+    }
+    let mut answered = 0;
+    for p in &proxies {
+        for _ in 0..4 {
+            let r = http
+                .post_json(
+                    &format!("{}/v1/chat/completions", p.url),
+                    &chat_request("m", "hi"),
+                )
+                .await
+                .expect("request");
+            if r.status == 200 {
+                answered += 1;
+            } else {
+                assert_eq!(r.status, 429, "{}", r.text());
+            }
+        }
+    }
+    assert_eq!(
+        answered, 6,
+        "3 proxies together stay within the key's 6 requests per minute"
+    );
+    assert_eq!(upstream.request_count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuation_propagates_quickly_and_survives_a_controller_crash() {
+    let mut t = Timings::new("control_plane");
+    let cluster = cluster().await;
+    let ns = cluster.namespace("propagation").await;
+    let upstream = MockUpstream::start("a").await.expect("mock");
+    ns.apply(&manifests(&upstream.url(), "", "  mode: failover\n"))
+        .await;
+    let mut controller = Controller::start(cluster, Some(ns.name())).await;
+    let proxy = Proxy::start(&controller, ns.name(), &[]).await;
+    let http = HttpClient::new();
+    t.phase("ready");
+
+    // Toggle evacuatePrimary repeatedly; time from `kubectl patch` returning to the proxy
+    // serving the new value.
+    let mut samples = Vec::new();
+    for i in 0..10 {
+        let evacuate = i % 2 == 0;
+        let patch = format!(r#"{{"spec":{{"evacuatePrimary":{evacuate}}}}}"#);
+        let started = Instant::now();
+        ns.kubectl_ok(&["patch", "lbp", "llm", "--type=merge", "-p", &patch])
+            .await;
+        let patched = Instant::now();
+        wait_for(
+            Duration::from_secs(10),
+            "proxy applied the toggle",
+            || async {
+                let s = status(&http, &proxy).await;
+                if s["pools"][0]["evacuatePrimary"] == evacuate {
+                    Ok(())
+                } else {
+                    Err(s.to_string())
+                }
+            },
+        )
+        .await;
+        samples.push((patched.elapsed(), patched - started));
+    }
+    let mut latencies: Vec<Duration> = samples.iter().map(|(l, _)| *l).collect();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() - 1];
+    eprintln!(
+        "[e2e measurement] evacuatePrimary propagation (patch accepted -> proxy serving), {} toggles: p50 {:?}, max {:?}",
+        latencies.len(),
+        p50,
+        p99
+    );
+    t.phase("propagation");
+
+    // Under load, kill -9 the controller: the proxy keeps serving its last snapshot.
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let load = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let http = HttpClient::new();
+            let (mut sent, mut ok) = (0, 0);
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                sent += 1;
+                if let Ok(r) = http.post_json(&url, &chat_request("m", "hi")).await
+                    && r.status == 200
+                {
+                    ok += 1;
+                }
+            }
+            (sent, ok)
+        })
+    };
+    let before = upstream.request_count();
+    wait_for(Duration::from_secs(5), "load is flowing", || async {
+        if upstream.request_count() > before + 5 {
+            Ok(())
+        } else {
+            Err("waiting".to_string())
+        }
+    })
+    .await;
+    controller.process.kill().await;
+    let (sent, ok) = load.await.expect("load task");
+    assert!(sent > 10, "load ran ({sent} requests)");
+    assert_eq!(
+        ok, sent,
+        "zero failed requests while the controller was down"
+    );
+    t.phase("controller killed under load");
+
+    // A change made while the controller is down reaches the proxy once it is back.
+    ns.kubectl_ok(&["delete", "lbp", "llm"]).await;
+    let _controller = Controller::restart(cluster, Some(ns.name()), &controller).await;
+    wait_for(
+        Duration::from_secs(15),
+        "deleted pool removed from the proxy after resync",
+        || async {
+            let s = status(&http, &proxy).await;
+            if s["pools"].as_array().is_some_and(|p| p.is_empty()) {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
+    let r = http
+        .post_json(&url, &chat_request("m", "hi"))
+        .await
+        .expect("request");
+    assert_eq!(r.status, 404, "the deleted pool no longer routes");
+    t.phase("resync and deletion");
+    t.total();
+}
