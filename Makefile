@@ -43,3 +43,14 @@ generate:
 ## Run Keyway locally against two mock upstreams.
 demo:
 	cargo run -q -p keyway-testkit --bin keyway-demo --locked
+
+## Benchmarks (docs/performance.md): Keyway vs direct, nginx, haproxy, LiteLLM side by side,
+## SSE timing, micro-benchmarks, control plane; ~15 min, writes bench/results/<date>.md.
+## (Phony: a directory named bench/ exists.)
+.PHONY: bench bench-smoke
+bench:
+	bench/run.sh
+
+## The benchmark harness end to end in ~30 s (debug build, short loads); fails on any error.
+bench-smoke:
+	bench/run.sh --smoke

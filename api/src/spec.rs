@@ -124,6 +124,21 @@ pub struct LoadBalancerPoolSpec {
     /// claims. A request matches a route when all of the route's conditions hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteSpec>,
+
+    /// Namespaces whose proxies may also serve this pool, and so receive the keys of its
+    /// ApiKeyPool. By default only proxies of the pool's own namespace receive it; a proxy of a
+    /// namespace listed here gets it when it asks for this namespace (`keyway-proxy
+    /// --extra-namespaces`). Names only: there is no wildcard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 100),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_proxy_namespaces: Vec<String>,
 }
 
 /// One upstream endpoint.

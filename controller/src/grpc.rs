@@ -1,18 +1,28 @@
 //! The discovery service: one bidirectional stream per proxy. Knows nothing of Kubernetes: it
-//! reads a `watch::Receiver<Arc<Index>>`, so tests feed it directly.
+//! reads a `watch::Receiver<Arc<Index>>`, so tests feed it directly, and asks an
+//! [`Authenticate`] who the caller is.
 
+use crate::auth::{self, Authenticate, Identity};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::proxies::{Proxies, Session};
 use crate::quota;
-use keyway_api::model::ObjectId;
+use anyhow::Context;
+use keyway_api::model::{self, ObjectId};
 use keyway_proto as pb;
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+/// How long a connected caller may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most extra namespaces one Hello may ask for.
+const MAX_EXTRA_NAMESPACES: usize = 100;
 
 /// Serves snapshots from the index to connected proxies.
 #[derive(Clone)]
@@ -22,6 +32,8 @@ pub struct DiscoveryService {
     metrics: Metrics,
     /// Closes every stream when the controller shuts down.
     drain: watch::Receiver<bool>,
+    /// Who a caller is; [`auth::NoAuth`] unless [`DiscoveryService::with_authenticator`].
+    auth: Arc<dyn Authenticate>,
 }
 
 type SnapshotStream =
@@ -41,7 +53,14 @@ impl DiscoveryService {
             proxies,
             metrics,
             drain,
+            auth: Arc::new(auth::NoAuth),
         }
+    }
+
+    /// Authenticates every stream with `auth` (the controller passes its `--proxy-auth`).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticate>) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn into_server(self) -> pb::discovery_server::DiscoveryServer<Self> {
@@ -57,25 +76,37 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let remote = request.remote_addr();
+        // Authenticate before reading anything else: an unknown caller gets nothing, not even
+        // a session waiting for its Hello.
+        let identity = match auth::bearer(request.metadata()) {
+            Ok(token) => self.auth.authenticate(token.as_deref()).await,
+            Err(status) => Err(status),
+        }
+        .inspect_err(|status| {
+            tracing::info!(?remote, code = ?status.code(), reason = status.message(), "refused a discovery stream");
+        })?;
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))??;
+        let hello = match first {
             Some(pb::ProxyMessage {
                 message: Some(pb::proxy_message::Message::Hello(h)),
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if hello.namespace.is_empty() || hello.proxy_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "Hello.namespace and Hello.proxy_id are required",
-            ));
-        }
+        let hello = check_hello(hello, &identity).inspect_err(|status| {
+            tracing::info!(?remote, user = %identity.user, code = ?status.code(), reason = status.message(), "refused a discovery stream");
+        })?;
         let (tx, rx) = mpsc::channel(4);
         let session = self.proxies.register(
             hello.proxy_id.clone(),
             hello.namespace.clone(),
+            hello.namespaces.clone(),
             hello.pools.clone(),
         );
-        tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, pools = ?hello.pools, "proxy connected");
+        tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, extra_namespaces = ?hello.namespaces, pools = ?hello.pools, user = %identity.user, "proxy connected");
         self.metrics.connected_proxies.inc();
         tokio::spawn(run_session(
             hello,
@@ -116,7 +147,7 @@ async fn run_session(
             msg = inbound.message() => {
                 match msg {
                     Ok(Some(m)) => {
-                        handle_reply(&hello, &session, &metrics, m);
+                        handle_reply(&hello, &session, &metrics, last_sent.as_ref(), m);
                         continue;
                     }
                     Ok(None) => break,
@@ -132,21 +163,19 @@ async fn run_session(
         membership.borrow_and_update();
         let snapshot = {
             let idx = index.borrow_and_update().clone();
-            let mut snapshot = idx.snapshot_for(&hello.namespace, &hello.pools);
+            let mut snapshot =
+                idx.snapshot_for_proxy(&hello.namespace, &hello.namespaces, &hello.pools);
             let peers = session.proxies().list();
             let peers: Vec<quota::Peer<'_>> = peers
                 .iter()
                 .map(|p| quota::Peer {
                     id: &p.proxy_id,
                     namespace: &p.namespace,
+                    namespaces: &p.namespaces,
                     pools: &p.pools,
                 })
                 .collect();
-            let namespace_pools = idx
-                .namespaces
-                .get(&hello.namespace)
-                .map_or(&[][..], |n| n.pools.as_slice());
-            quota::share(&mut snapshot, namespace_pools, &hello.proxy_id, &peers);
+            quota::share(&mut snapshot, &idx, &hello.proxy_id, &peers);
             snapshot
         };
         if last_sent.as_ref() == Some(&snapshot) {
@@ -171,7 +200,13 @@ async fn run_session(
     tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, "proxy disconnected");
 }
 
-fn handle_reply(hello: &pb::Hello, session: &Session, metrics: &Metrics, msg: pb::ProxyMessage) {
+fn handle_reply(
+    hello: &pb::Hello,
+    session: &Session,
+    metrics: &Metrics,
+    last_sent: Option<&model::Snapshot>,
+    msg: pb::ProxyMessage,
+) {
     match msg.message {
         Some(pb::proxy_message::Message::Ack(a)) => {
             metrics.snapshot_replies.with_label_values(&["ack"]).inc();
@@ -184,10 +219,101 @@ fn handle_reply(hello: &pb::Hello, session: &Session, metrics: &Metrics, msg: pb
         }
         Some(pb::proxy_message::Message::Report(report)) => {
             metrics.reports.inc();
-            session.reported(report);
+            session.reported(entitled_report(report, last_sent));
         }
         Some(pb::proxy_message::Message::Hello(_)) | None => {
             tracing::debug!(proxy_id = %hello.proxy_id, "ignoring unexpected message");
         }
     }
 }
+
+/// Checks a Hello against the caller's identity: an authenticated proxy speaks only for the
+/// namespace of its ServiceAccount. Tidies the extra namespaces it asks for.
+pub fn check_hello(mut hello: pb::Hello, identity: &Identity) -> Result<pb::Hello, Status> {
+    if hello.namespace.is_empty() || hello.proxy_id.is_empty() {
+        return Err(Status::invalid_argument(
+            "Hello.namespace and Hello.proxy_id are required",
+        ));
+    }
+    if let Some(ns) = &identity.namespace
+        && *ns != hello.namespace
+    {
+        return Err(Status::permission_denied(format!(
+            "Hello.namespace is {:?} but the proxy authenticated as {} of namespace {ns:?}: \
+             a proxy is served the namespace of its ServiceAccount (set --namespace or \
+             POD_NAMESPACE to it; other namespaces' pools need a grant and --extra-namespaces)",
+            hello.namespace, identity.user
+        )));
+    }
+    let own = hello.namespace.clone();
+    hello.namespaces.retain(|ns| !ns.is_empty() && *ns != own);
+    hello.namespaces.sort();
+    hello.namespaces.dedup();
+    if hello.namespaces.len() > MAX_EXTRA_NAMESPACES {
+        return Err(Status::invalid_argument(format!(
+            "Hello.namespaces asks for more than {MAX_EXTRA_NAMESPACES} namespaces"
+        )));
+    }
+    Ok(hello)
+}
+
+/// Keeps only what a report says about pools and key pools this proxy was sent: a proxy
+/// cannot write the status of objects it is not entitled to.
+pub fn entitled_report(mut report: pb::Report, sent: Option<&model::Snapshot>) -> pb::Report {
+    let pools: BTreeSet<(&str, &str)> = sent
+        .iter()
+        .flat_map(|s| &s.pools)
+        .map(|p| (p.id.namespace.as_str(), p.id.name.as_str()))
+        .collect();
+    let key_pools: BTreeSet<(&str, &str)> = sent
+        .iter()
+        .flat_map(|s| &s.key_pools)
+        .map(|k| (k.id.namespace.as_str(), k.id.name.as_str()))
+        .collect();
+    report
+        .backends
+        .retain(|b| pools.contains(&(b.namespace.as_str(), b.pool.as_str())));
+    report
+        .pools
+        .retain(|p| pools.contains(&(p.namespace.as_str(), p.pool.as_str())));
+    report
+        .keys
+        .retain(|k| key_pools.contains(&(k.namespace.as_str(), k.key_pool.as_str())));
+    report
+}
+
+/// The TLS settings of the discovery listener from PEM files, read at start-up so a bad file
+/// stops the controller with a clear message.
+pub fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("reading the gRPC TLS certificate {}", cert.display()))?;
+    let key_pem = std::fs::read(key)
+        .with_context(|| format!("reading the gRPC TLS key {}", key.display()))?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem))
+        // A client that stalls its handshake does not hold a connection for long.
+        .timeout(Duration::from_secs(10)))
+}
+
+/// A gRPC server builder: TLS when `tls` is given; plaintext otherwise, with a warning, since
+/// the stream carries key values.
+pub fn server_builder(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls)
+            .context("the gRPC TLS certificate or key is invalid (PEM expected)"),
+        None => {
+            tracing::warn!(
+                "the gRPC listener is plaintext: API key values travel in clear to the proxies; \
+                 give --grpc-tls-cert and --grpc-tls-key"
+            );
+            Ok(builder)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

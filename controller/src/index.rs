@@ -5,7 +5,7 @@ use keyway_api::model::{self, ObjectId};
 use keyway_api::resolve::{self, ConfigError, Reason};
 use keyway_api::secret::SecretValue;
 use keyway_api::spec::{ApiKeyPoolSpec, LoadBalancerPoolSpec};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One watched `LoadBalancerPool`, as the index needs it.
 #[derive(Clone, Debug)]
@@ -32,6 +32,9 @@ pub struct Index {
     pub pools: BTreeMap<ObjectId, Resolution>,
     /// Per `ApiKeyPool`: its generation and the key count or the problem.
     pub key_pools: BTreeMap<ObjectId, Resolution>,
+    /// Per served `LoadBalancerPool`: the other namespaces whose proxies may receive it
+    /// (`spec.allowedProxyNamespaces`). Empty for most pools.
+    pub grants: BTreeMap<ObjectId, BTreeSet<String>>,
 }
 
 /// How one object resolved.
@@ -103,6 +106,18 @@ pub fn build(
             },
         };
         if let Some(pool) = served {
+            // The grant is read from the current spec even when an invalid edit leaves the
+            // last good version serving: granting or revoking access always takes effect.
+            let granted: BTreeSet<String> = p
+                .spec
+                .allowed_proxy_namespaces
+                .iter()
+                .filter(|ns| **ns != p.id.namespace)
+                .cloned()
+                .collect();
+            if !granted.is_empty() {
+                index.grants.insert(p.id.clone(), granted);
+            }
             index
                 .namespaces
                 .entry(p.id.namespace.clone())
@@ -154,33 +169,77 @@ fn key_pool_problem(id: &ObjectId, pool: &model::Pool, index: &Index) -> Option<
 impl Index {
     /// What a proxy in `namespace` asking for `pools` (empty: all) should be sent.
     pub fn snapshot_for(&self, namespace: &str, pools: &[String]) -> model::Snapshot {
-        let Some(ns) = self.namespaces.get(namespace) else {
-            return model::Snapshot::default();
-        };
-        if pools.is_empty() {
-            return ns.clone();
-        }
-        let selected: Vec<model::Pool> = ns
-            .pools
-            .iter()
-            .filter(|p| pools.contains(&p.id.name))
-            .cloned()
+        self.snapshot_for_proxy(namespace, &[], pools)
+    }
+
+    /// What a proxy in `namespace` should be sent when it asks for `pools` (empty: all; each
+    /// `name` or `namespace/name`) of its own namespace and of `extra_namespaces`.
+    ///
+    /// Its own namespace's pools are always its to take. A pool of another namespace is sent
+    /// only if that pool grants `namespace` (`spec.allowedProxyNamespaces`), and a key pool of
+    /// another namespace only along with a granted pool that uses it: asking for a namespace
+    /// is never enough to receive its keys.
+    pub fn snapshot_for_proxy(
+        &self,
+        namespace: &str,
+        extra_namespaces: &[String],
+        pools: &[String],
+    ) -> model::Snapshot {
+        let mut out = model::Snapshot::default();
+        let asked: BTreeSet<&str> = std::iter::once(namespace)
+            .chain(extra_namespaces.iter().map(String::as_str))
             .collect();
-        // Only the key pools the selected pools use travel to the proxy.
-        let key_pools = ns
-            .key_pools
-            .iter()
-            .filter(|k| {
+        for ns_name in asked {
+            let Some(ns) = self.namespaces.get(ns_name) else {
+                continue;
+            };
+            if ns_name == namespace && pools.is_empty() {
+                out.pools.extend(ns.pools.iter().cloned());
+                out.key_pools.extend(ns.key_pools.iter().cloned());
+                continue;
+            }
+            let selected: Vec<&model::Pool> = ns
+                .pools
+                .iter()
+                .filter(|p| self.selects(p, namespace, extra_namespaces, pools))
+                .collect();
+            // Only the key pools the selected pools use travel to the proxy.
+            let key_pools = ns.key_pools.iter().filter(|k| {
                 selected
                     .iter()
                     .any(|p| p.key_pool.as_ref() == Some(&k.id.name))
-            })
-            .cloned()
-            .collect();
-        model::Snapshot {
-            pools: selected,
-            key_pools,
+            });
+            out.key_pools.extend(key_pools.cloned());
+            out.pools.extend(selected.into_iter().cloned());
         }
+        out.normalized()
+    }
+
+    /// Whether `pool` goes to a proxy of `namespace` that asks for `extra_namespaces` and
+    /// `pools` (see [`Index::snapshot_for_proxy`]).
+    pub fn selects(
+        &self,
+        pool: &model::Pool,
+        namespace: &str,
+        extra_namespaces: &[String],
+        pools: &[String],
+    ) -> bool {
+        let home = pool.id.namespace.as_str();
+        let entitled = home == namespace
+            || (extra_namespaces.iter().any(|n| n == home)
+                && self
+                    .grants
+                    .get(&pool.id)
+                    .is_some_and(|g| g.contains(namespace)));
+        entitled && (pools.is_empty() || pools.iter().any(|want| names(want, &pool.id)))
+    }
+}
+
+/// Whether a proxy's pool filter entry (`name` or `namespace/name`) names `id`.
+fn names(want: &str, id: &ObjectId) -> bool {
+    match want.split_once('/') {
+        Some((ns, name)) => ns == id.namespace && name == id.name,
+        None => want == id.name,
     }
 }
 

@@ -2,18 +2,21 @@
 //!
 //! - [`watch`]: Kubernetes in (reflectors) and the indexer task.
 //! - [`index`]: pure resolution of pools, key pools and Secrets into per-namespace snapshots.
-//! - [`grpc`]: the discovery stream that pushes snapshots to proxies.
+//! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
 //! - [`status`]: where status is written.
+//! - [`leader`]: leader election on a Lease; only the holder writes status and events.
 //! - [`runtime`]: wiring and task supervision.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
 pub mod aggregate;
+pub mod auth;
 pub mod crdgen;
 pub mod events;
 pub mod grpc;
 pub mod index;
+pub mod leader;
 pub mod metrics;
 pub mod proxies;
 pub mod quota;

@@ -1,7 +1,9 @@
 //! `keyway-controller`: run the control plane, or print the CRDs.
 
 use clap::{Parser, Subcommand};
-use keyway_controller::runtime::Settings;
+use keyway_controller::auth::ProxyAuth;
+use keyway_controller::leader::{self, LeaseSettings};
+use keyway_controller::runtime::{GrpcSecurity, Settings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,12 +23,46 @@ struct Cli {
     /// Admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "KEYWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9902")]
     admin_listen: SocketAddr,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "KEYWAY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated or repeated; default: all namespaces).
+    #[arg(long, env = "KEYWAY_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
     /// Least seconds between two status writes that only change usage counters.
     #[arg(long, default_value_t = 10)]
     status_counter_interval_seconds: u64,
+    /// Elect a leader among replicas with a Lease: every replica serves proxies, only the
+    /// leader writes status and events. `--leader-election=false` for a single replica.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "keyway-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the first --watch-namespace, else
+    /// `default`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// How long a leader's claim holds without renewal; it renews every third of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_seconds: u64,
+    /// Serve the gRPC listener over TLS: certificate chain (PEM). Without it the stream, and
+    /// the key values it carries, are plaintext.
+    #[arg(long, env = "KEYWAY_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// Serve the gRPC listener over TLS: private key (PEM).
+    #[arg(long, env = "KEYWAY_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// How proxies authenticate: `tokenreview` (their ServiceAccount token, checked with a
+    /// TokenReview; a proxy is served its ServiceAccount's namespace) or `none` (development).
+    #[arg(long, env = "KEYWAY_PROXY_AUTH", value_enum, default_value_t = ProxyAuthArg::Tokenreview)]
+    proxy_auth: ProxyAuthArg,
+    /// The audience proxy tokens must carry (default: the API server's).
+    #[arg(long, env = "KEYWAY_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ProxyAuthArg {
+    Tokenreview,
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,10 +103,33 @@ fn main() -> ExitCode {
         let settings = Settings {
             grpc_listen: cli.grpc_listen,
             admin_listen: cli.admin_listen,
-            namespace: cli.watch_namespace,
             status_counter_interval: std::time::Duration::from_secs(
                 cli.status_counter_interval_seconds,
             ),
+            leader_election: cli.leader_election.then(|| LeaseSettings {
+                name: cli.lease_name.clone(),
+                namespace: leader::lease_namespace(
+                    cli.lease_namespace.as_deref(),
+                    std::env::var("POD_NAMESPACE").ok().as_deref(),
+                    cli.watch_namespace.first().map(String::as_str),
+                ),
+                identity: leader::identity(
+                    std::env::var("POD_NAME").ok().as_deref(),
+                    leader::hostname().as_deref(),
+                    rand::random(),
+                ),
+                duration: std::time::Duration::from_secs(cli.lease_duration_seconds),
+            }),
+            namespaces: cli.watch_namespace,
+            grpc_security: GrpcSecurity {
+                tls: cli.grpc_tls_cert.zip(cli.grpc_tls_key),
+                proxy_auth: match cli.proxy_auth {
+                    ProxyAuthArg::Tokenreview => ProxyAuth::TokenReview {
+                        audience: cli.token_audience,
+                    },
+                    ProxyAuthArg::None => ProxyAuth::None,
+                },
+            },
         };
         match keyway_controller::runtime::run(
             settings,

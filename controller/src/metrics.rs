@@ -16,6 +16,10 @@ pub struct Metrics {
     pub status_patches: IntCounterVec,
     /// Reports received from proxies.
     pub reports: IntCounter,
+    /// 1 while this replica holds the leader Lease (writes status and events).
+    pub leader: IntGauge,
+    /// Times this replica became or stopped being the leader.
+    pub leader_transitions: IntCounter,
 }
 
 impl Metrics {
@@ -51,6 +55,14 @@ impl Metrics {
                 "keyway_controller_proxy_reports_total",
                 "Usage reports received from proxies.",
             )?,
+            leader: IntGauge::new(
+                "keyway_controller_leader",
+                "1 while this replica holds the leader Lease and writes status and events.",
+            )?,
+            leader_transitions: IntCounter::new(
+                "keyway_controller_leader_transitions_total",
+                "Times this replica became or stopped being the leader.",
+            )?,
         };
         registry.register(Box::new(m.connected_proxies.clone()))?;
         registry.register(Box::new(m.snapshots_sent.clone()))?;
@@ -58,6 +70,8 @@ impl Metrics {
         registry.register(Box::new(m.index_rebuilds.clone()))?;
         registry.register(Box::new(m.status_patches.clone()))?;
         registry.register(Box::new(m.reports.clone()))?;
+        registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.leader_transitions.clone()))?;
         Ok(m)
     }
 }

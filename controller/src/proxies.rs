@@ -12,6 +12,8 @@ use tokio::sync::watch;
 pub struct ProxyState {
     pub proxy_id: String,
     pub namespace: String,
+    /// Other namespaces it asked for (it is sent their pools that grant its namespace).
+    pub namespaces: Vec<String>,
     /// The pools it asked for; empty means all of its namespace.
     pub pools: Vec<String>,
     /// Pools in the last snapshot sent.
@@ -54,7 +56,13 @@ impl Default for Proxies {
 }
 
 impl Proxies {
-    pub fn register(&self, proxy_id: String, namespace: String, pools: Vec<String>) -> Session {
+    pub fn register(
+        &self,
+        proxy_id: String,
+        namespace: String,
+        namespaces: Vec<String>,
+        pools: Vec<String>,
+    ) -> Session {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.update(|m| {
             m.insert(
@@ -62,6 +70,7 @@ impl Proxies {
                 ProxyState {
                     proxy_id,
                     namespace,
+                    namespaces,
                     pools,
                     ..Default::default()
                 },

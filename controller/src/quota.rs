@@ -3,6 +3,7 @@
 //! Shares are whole numbers that add up exactly to the quota (the remainder goes to the first
 //! proxies by id); a proxy whose share of a key is zero does not get that key at all.
 
+use crate::index::Index;
 use keyway_api::model::{self, ObjectId};
 
 /// A connected proxy as the split sees it.
@@ -10,20 +11,17 @@ use keyway_api::model::{self, ObjectId};
 pub struct Peer<'a> {
     pub id: &'a str,
     pub namespace: &'a str,
+    /// Other namespaces it asked for (it gets their pools that grant its namespace).
+    pub namespaces: &'a [String],
     /// The pools it asked for; empty means every pool of its namespace.
     pub pools: &'a [String],
 }
 
 /// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s share.
-/// `namespace_pools` are every pool of the namespace, to know which peers serve which key pool.
-pub fn share(
-    snapshot: &mut model::Snapshot,
-    namespace_pools: &[model::Pool],
-    me: &str,
-    peers: &[Peer<'_>],
-) {
+/// `index` tells which peers are sent which pools, and so which key pools.
+pub fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[Peer<'_>]) {
     for kp in &mut snapshot.key_pools {
-        let (rank, n) = position(&kp.id, namespace_pools, me, peers);
+        let (rank, n) = position(&kp.id, index, me, peers);
         if n <= 1 {
             continue;
         }
@@ -44,21 +42,21 @@ pub fn share(
 }
 
 /// `me`'s rank among the peers that receive key pool `kp`, and how many there are.
-fn position(
-    kp: &ObjectId,
-    namespace_pools: &[model::Pool],
-    me: &str,
-    peers: &[Peer<'_>],
-) -> (usize, usize) {
-    let uses_kp = |p: &model::Pool| p.key_pool.as_deref() == Some(kp.name.as_str());
+fn position(kp: &ObjectId, index: &Index, me: &str, peers: &[Peer<'_>]) -> (usize, usize) {
+    // A key pool is used by pools of its own namespace only.
+    let users: Vec<&model::Pool> = index
+        .namespaces
+        .get(&kp.namespace)
+        .map_or(&[][..], |n| n.pools.as_slice())
+        .iter()
+        .filter(|p| p.key_pool.as_deref() == Some(kp.name.as_str()))
+        .collect();
     let mut serving: Vec<&str> = peers
         .iter()
-        .filter(|peer| peer.namespace == kp.namespace)
         .filter(|peer| {
-            namespace_pools
+            users
                 .iter()
-                .filter(|p| uses_kp(p))
-                .any(|p| peer.pools.is_empty() || peer.pools.contains(&p.id.name))
+                .any(|p| index.selects(p, peer.namespace, peer.namespaces, peer.pools))
         })
         .map(|peer| peer.id)
         .collect();
@@ -115,9 +113,16 @@ spec:
             .map(|id| Peer {
                 id,
                 namespace: "t",
+                namespaces: empty,
                 pools: empty,
             })
             .collect()
+    }
+
+    fn index(snapshot: &model::Snapshot) -> Index {
+        let mut idx = Index::default();
+        idx.namespaces.insert("t".into(), snapshot.clone());
+        idx
     }
 
     #[test]
@@ -130,7 +135,7 @@ spec:
         let mut k2_holders = 0;
         for me in ids {
             let mut s = base.clone();
-            share(&mut s, &base.pools, me, &peers(&ids, &none));
+            share(&mut s, &index(&base), me, &peers(&ids, &none));
             let keys = &s.key_pools[0].keys;
             rpm_k1 += keys[0].limits.requests_per_minute.unwrap();
             tpm_k1 += keys[0].limits.tokens_per_minute.unwrap();
@@ -153,9 +158,10 @@ spec:
         ps.push(Peer {
             id: "elsewhere",
             namespace: "other",
+            namespaces: &none,
             pools: &none,
         });
-        share(&mut s, &base.pools, "me", &ps);
+        share(&mut s, &index(&base), "me", &ps);
         assert_eq!(s, base);
     }
 
@@ -169,15 +175,53 @@ spec:
             Peer {
                 id: "me",
                 namespace: "t",
+                namespaces: &none,
                 pools: &none,
             },
             Peer {
                 id: "x",
                 namespace: "t",
+                namespaces: &none,
                 pools: &other,
             },
         ];
-        share(&mut s, &base.pools, "me", &ps);
+        share(&mut s, &index(&base), "me", &ps);
         assert_eq!(s, base);
+    }
+
+    #[test]
+    fn granted_peers_of_other_namespaces_take_a_share() {
+        let none: Vec<String> = vec![];
+        let t = vec!["t".to_string()];
+        let base = snapshot();
+        let mut idx = index(&base);
+        let ps = vec![
+            Peer {
+                id: "me",
+                namespace: "t",
+                namespaces: &none,
+                pools: &none,
+            },
+            Peer {
+                id: "guest",
+                namespace: "u",
+                namespaces: &t,
+                pools: &none,
+            },
+        ];
+        // Asking for namespace t is not enough: t/p does not grant u.
+        let mut s = base.clone();
+        share(&mut s, &idx, "me", &ps);
+        assert_eq!(s, base);
+        // Once granted, the guest is sent t/keys too, so the quota is split in two.
+        idx.grants
+            .insert(ObjectId::new("t", "p"), ["u".to_string()].into());
+        let mut s = base.clone();
+        share(&mut s, &idx, "me", &ps);
+        let mut g = base.clone();
+        share(&mut g, &idx, "guest", &ps);
+        // 7 rpm: the remainder goes to the first id ("guest").
+        assert_eq!(g.key_pools[0].keys[0].limits.requests_per_minute, Some(4));
+        assert_eq!(s.key_pools[0].keys[0].limits.requests_per_minute, Some(3));
     }
 }

@@ -20,10 +20,23 @@ use tokio::sync::{Notify, watch};
 pub struct Settings {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// Watch one namespace instead of the whole cluster.
-    pub namespace: Option<String>,
+    /// Watch these namespaces instead of the whole cluster (empty: all).
+    pub namespaces: Vec<String>,
     /// Least time between two status writes that only change usage counters.
     pub status_counter_interval: std::time::Duration,
+    /// TLS and authentication of the discovery stream.
+    pub grpc_security: GrpcSecurity,
+    /// Leader election: only the Lease holder writes status and events. `None`: this replica
+    /// always writes (a single replica).
+    pub leader_election: Option<crate::leader::LeaseSettings>,
+}
+
+/// How the discovery stream is secured (`--grpc-tls-*`, `--proxy-auth`, `--token-audience`).
+#[derive(Clone, Debug)]
+pub struct GrpcSecurity {
+    /// Certificate chain and private key (PEM files); `None`: plaintext.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub proxy_auth: crate::auth::ProxyAuth,
 }
 
 /// Runs until `shutdown` completes (then drains) or a critical task fails.
@@ -33,18 +46,36 @@ pub async fn run(
     registry: prometheus::Registry,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    check_crds(&client, settings.namespace.as_deref()).await?;
+    // Read the TLS files first: a bad path fails the start, not the first proxy.
+    let grpc_tls = match &settings.grpc_security.tls {
+        Some((cert, key)) => Some(crate::grpc::server_tls(cert, key)?),
+        None => None,
+    };
+    let grpc_server = crate::grpc::server_builder(grpc_tls)?;
+    if settings.grpc_security.proxy_auth == crate::auth::ProxyAuth::None {
+        tracing::warn!(
+            "--proxy-auth none: proxies are not authenticated; any client that reaches the gRPC \
+             port is served the namespace it claims, keys included"
+        );
+    }
+    if settings.namespaces.is_empty() {
+        check_crds(&client, None).await?;
+    }
+    for ns in &settings.namespaces {
+        check_crds(&client, Some(ns)).await?;
+    }
     let metrics = Metrics::register(&registry)?;
     let changed = Arc::new(Notify::new());
-    let (stores, mut reflectors) = crate::watch::start(
-        client.clone(),
-        settings.namespace.as_deref(),
-        changed.clone(),
-    );
+    let (stores, mut reflectors) =
+        crate::watch::start(client.clone(), &settings.namespaces, changed.clone());
     let (index_tx, index_rx) = watch::channel(Arc::new(Index::default()));
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(settings.leader_election.is_none());
+    metrics
+        .leader
+        .set(i64::from(settings.leader_election.is_none()));
     let proxies = Proxies::default();
 
     let indexer = tokio::spawn(crate::watch::run_indexer(
@@ -61,7 +92,19 @@ pub async fn run(
         proxies.clone(),
         metrics.clone(),
         settings.status_counter_interval,
+        leader_rx,
     ));
+    // Critical like the others: without it no replica would write status.
+    let mut lease = settings.leader_election.clone().map(|lease| {
+        let store = crate::leader::KubeLease::new(client.clone(), &lease);
+        tokio::spawn(crate::leader::run(
+            store,
+            lease,
+            leader_tx.clone(),
+            metrics.clone(),
+            drain_rx.clone(),
+        ))
+    });
 
     let admin_listener = TcpListener::bind(settings.admin_listen)
         .await
@@ -82,10 +125,13 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the gRPC port {}", settings.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let service = DiscoveryService::new(index_rx, proxies, metrics, drain_rx.clone());
+    let service =
+        DiscoveryService::new(index_rx, proxies, metrics, drain_rx.clone()).with_authenticator(
+            crate::auth::authenticator(&settings.grpc_security.proxy_auth, client.clone()),
+        );
     let mut grpc_drain = drain_rx.clone();
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        grpc_server
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
             .tcp_nodelay(true)
@@ -106,16 +152,32 @@ pub async fn run(
     tracing::info!(%grpc_addr, admin = %settings.admin_listen, "keyway-controller ready");
 
     let reflector_ended = futures::future::select_all(reflectors.iter_mut());
+    let lease_ended = async {
+        match lease.as_mut() {
+            Some(task) => drop(task.await),
+            None => std::future::pending().await,
+        }
+    };
+    let mut lease_done = false;
     let failure = tokio::select! {
         _ = shutdown => None,
         _ = reflector_ended => Some("a watch ended"),
         _ = indexer => Some("the indexer ended"),
         _ = status => Some("the status writer ended"),
+        _ = lease_ended => {
+            lease_done = true;
+            Some("the leader election ended")
+        }
     };
     let _ = ready_tx.send(false);
     let _ = drain_tx.send(true);
     let _ = grpc.await;
     let _ = admin.await;
+    // The election sees the drain: it stops leading and releases the Lease (bounded).
+    if !lease_done && let Some(task) = lease {
+        let _ = task.await;
+    }
+    drop(leader_tx);
     match failure {
         None => Ok(()),
         Some(what) => anyhow::bail!("{what} unexpectedly; exiting so the pod restarts"),

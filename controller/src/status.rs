@@ -28,6 +28,10 @@ pub const FIELD_MANAGER: &str = "keyway-controller";
 ///
 /// Counters (requests, tokens, last use) change with every report; a status whose only change
 /// is its counters is written at most once per `counter_interval` per object.
+///
+/// Only while `leader` is true (this replica holds the Lease) is anything written: status or
+/// events. On becoming leader the caches of what was written are dropped and a round runs at
+/// once, so the new leader compares against the API's status, not against its own old writes.
 pub async fn run(
     client: Client,
     stores: Stores,
@@ -35,6 +39,7 @@ pub async fn run(
     proxies: Proxies,
     metrics: Metrics,
     counter_interval: Duration,
+    mut leader: watch::Receiver<bool>,
 ) {
     let mut proxies_changed = proxies.subscribe();
     let events = Events::new(client.clone());
@@ -46,9 +51,21 @@ pub async fn run(
         tokio::select! {
             r = index.changed() => if r.is_err() { return },
             r = proxies_changed.changed() => if r.is_err() { return },
+            r = leader.changed() => {
+                if r.is_err() { return }
+                // Leader election: a new leader forgets what it wrote in an earlier term.
+                if *leader.borrow_and_update() {
+                    pools.clear();
+                    key_pools.clear();
+                }
+            }
         }
         // Coalesce: many proxies connecting at once produce one round of patches.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // Leader election: only the Lease holder writes status and events.
+        if !*leader.borrow() {
+            continue;
+        }
         let idx = index.borrow_and_update().clone();
         proxies_changed.borrow_and_update();
         let connected = proxies.list();

@@ -11,7 +11,7 @@ use keyway_api::spec::{ApiKeyPool, LoadBalancerPool};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -25,15 +25,16 @@ pub struct Stores {
     pub secrets: Store<Secret>,
 }
 
-/// Starts the three reflectors. `namespace: None` watches the whole cluster.
+/// Starts the three reflectors. No `namespaces` watches the whole cluster; several are
+/// watched each on its own and merged into one cache per kind.
 pub fn start(
     client: Client,
-    namespace: Option<&str>,
+    namespaces: &[String],
     changed: Arc<Notify>,
 ) -> (Stores, Vec<JoinHandle<()>>) {
-    let (pools, t1) = reflect::<LoadBalancerPool>(api(&client, namespace), changed.clone());
-    let (key_pools, t2) = reflect::<ApiKeyPool>(api(&client, namespace), changed.clone());
-    let (secrets, t3) = reflect::<Secret>(api(&client, namespace), changed);
+    let (pools, t1) = reflect_all::<LoadBalancerPool>(&client, namespaces, changed.clone());
+    let (key_pools, t2) = reflect_all::<ApiKeyPool>(&client, namespaces, changed.clone());
+    let (secrets, t3) = reflect_all::<Secret>(&client, namespaces, changed);
     (
         Stores {
             pools,
@@ -52,6 +53,26 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+fn reflect_all<K>(
+    client: &Client,
+    namespaces: &[String],
+    changed: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    match namespaces {
+        [] => reflect(api(client, None), changed),
+        [ns] => reflect(api(client, Some(ns)), changed),
+        _ => reflect_merged(
+            namespaces.iter().map(|ns| api(client, Some(ns))).collect(),
+            changed,
+        ),
     }
 }
 
@@ -81,6 +102,121 @@ where
         tracing::error!(%kind, "watch stream ended");
     });
     (store, task)
+}
+
+/// Like [`reflect`], for one watch per namespace feeding one store through [`Merge`].
+fn reflect_merged<K>(apis: Vec<Api<K>>, changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, mut writer) = reflector::store();
+    let mut merge = Merge::new(apis.len());
+    let streams = apis.into_iter().enumerate().map(|(i, api)| {
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|obj: &mut K| {
+                obj.meta_mut().managed_fields = None;
+            })
+            .map(move |event| (i, event))
+            .boxed()
+    });
+    let mut stream = futures::stream::select_all(streams);
+    let kind = K::kind(&Default::default()).to_string();
+    let task = tokio::spawn(async move {
+        while let Some((i, event)) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    for out in merge.apply(i, event) {
+                        writer.apply_watcher_event(&out);
+                    }
+                    changed.notify_one();
+                }
+                Err(error) => tracing::warn!(%kind, %error, "watch failed; retrying"),
+            }
+        }
+        tracing::error!(%kind, "watch stream ended");
+    });
+    (store, task)
+}
+
+/// Objects by namespace and name.
+type Objects<K> = HashMap<(Option<String>, String), K>;
+
+/// Folds the watch events of several streams (one per namespace) into the events of one
+/// store. A store's own `Init`..`InitDone` replaces its whole content, which would drop the
+/// other namespaces; so each stream's relist becomes plain `Apply`/`Delete` events, and the
+/// store gets its one `Init`..`InitDone` (which makes it ready) once every stream has listed.
+pub struct Merge<K> {
+    /// Per stream: the objects it holds now.
+    known: Vec<Objects<K>>,
+    /// Per stream: the relist under way.
+    relist: Vec<Option<Objects<K>>>,
+    listed: Vec<bool>,
+    ready: bool,
+}
+
+impl<K: Resource + Clone> Merge<K> {
+    pub fn new(streams: usize) -> Self {
+        Self {
+            known: (0..streams).map(|_| HashMap::new()).collect(),
+            relist: (0..streams).map(|_| None).collect(),
+            listed: vec![false; streams],
+            ready: false,
+        }
+    }
+
+    /// The store events for `event` of stream `i`.
+    pub fn apply(&mut self, i: usize, event: watcher::Event<K>) -> Vec<watcher::Event<K>> {
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(o) => {
+                self.known[i].insert(key(&o), o.clone());
+                if self.ready {
+                    return vec![watcher::Event::Apply(o)];
+                }
+            }
+            watcher::Event::Delete(o) => {
+                self.known[i].remove(&key(&o));
+                if self.ready {
+                    return vec![watcher::Event::Delete(o)];
+                }
+            }
+            watcher::Event::Init => self.relist[i] = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                self.relist[i]
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key(&o), o);
+            }
+            watcher::Event::InitDone => {
+                let now = self.relist[i].take().unwrap_or_default();
+                let before = std::mem::replace(&mut self.known[i], now);
+                self.listed[i] = true;
+                if self.ready {
+                    let gone = before
+                        .into_iter()
+                        .filter(|(k, _)| !self.known[i].contains_key(k))
+                        .map(|(_, o)| watcher::Event::Delete(o));
+                    let present = self.known[i].values().cloned().map(watcher::Event::Apply);
+                    return gone.chain(present).collect();
+                }
+                if self.listed.iter().all(|l| *l) {
+                    self.ready = true;
+                    let all = self.known.iter().flat_map(|m| m.values().cloned());
+                    return std::iter::once(watcher::Event::Init)
+                        .chain(all.map(watcher::Event::InitApply))
+                        .chain(std::iter::once(watcher::Event::InitDone))
+                        .collect();
+                }
+            }
+        }
+        Vec::new()
+    }
 }
 
 /// Rebuilds the index after every batch of changes and publishes it. Publishes nothing until
@@ -166,3 +302,6 @@ fn secret_entries(secret: &Secret) -> BTreeMap<String, SecretValue> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -306,6 +306,31 @@ spec: {backends: [{name: a, endpoint: 'http://127.0.0.1:1'}]}
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A token of ServiceAccount `name` in `namespace` (created if missing), as a pod would
+    /// have mounted: `kubectl create token`, served by the API server itself (no
+    /// controller-manager needed). `audience` defaults to the API server's.
+    ///
+    /// # Panics
+    ///
+    /// If kubectl fails.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: Option<&str>,
+    ) -> String {
+        self.apply_yaml(
+            namespace,
+            &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n"),
+        )
+        .await;
+        let mut args = vec!["create", "token", name, "-n", namespace, "--duration=2h"];
+        if let Some(aud) = audience {
+            args.extend(["--audience", aud]);
+        }
+        self.kubectl_ok(&args).await.trim().to_owned()
+    }
+
     /// Creates a namespace for one test, named `kw-<test>-<random>`; it is deleted (without
     /// waiting) when the returned guard drops.
     pub async fn namespace(&'static self, test: &str) -> TestNamespace {

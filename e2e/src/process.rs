@@ -251,7 +251,11 @@ impl Controller {
         watch_namespace: Option<&str>,
         previous: &Controller,
     ) -> Controller {
-        let strip = |u: &str| u.trim_start_matches("http://").to_owned();
+        let strip = |u: &str| {
+            u.trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_owned()
+        };
         let addrs = (strip(&previous.grpc_url), strip(&previous.admin_url));
         Self::launch(cluster, watch_namespace, Some(addrs), &[]).await
     }
@@ -264,6 +268,11 @@ impl Controller {
     ) -> Controller {
         let binary = paths::workspace_binary("keyway-controller");
         let kubeconfig = cluster.kubeconfig().to_string_lossy().into_owned();
+        let scheme = if extra_args.contains(&"--grpc-tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         let (process, (grpc_url, admin_url)) = start_ready("keyway-controller", || {
             let (grpc, admin) = fixed.clone().unwrap_or_else(|| {
                 (
@@ -291,7 +300,7 @@ impl Controller {
             (
                 process,
                 format!("{admin_url}/readyz"),
-                (format!("http://{grpc}"), admin_url),
+                (format!("{scheme}://{grpc}"), admin_url),
             )
         })
         .await;
@@ -313,14 +322,36 @@ pub struct Proxy {
     pub admin_url: String,
     /// The `--proxy-id` it was given.
     pub id: String,
+    /// Holds the ServiceAccount token file the harness made, if it made one.
+    _token_dir: Option<TempDir>,
 }
 
 impl Proxy {
     /// Starts a proxy serving `namespace` from `controller` and waits until its `/readyz`
     /// answers 200 (a configuration is loaded). `extra_args` are appended to the command line.
+    ///
+    /// The controller authenticates proxies, so unless `extra_args` has a `--token-file`, the
+    /// proxy gets the token of ServiceAccount `keyway-proxy` of `namespace`, as in a pod.
     pub async fn start(controller: &Controller, namespace: &str, extra_args: &[&str]) -> Proxy {
         let binary = paths::workspace_binary("keyway-proxy");
         let id = format!("e2e-proxy-{}", random_hex(6));
+        let mut extra_args = extra_args.to_vec();
+        let mut token_dir = None;
+        let token_path;
+        if !extra_args.contains(&"--token-file") {
+            let token = crate::cluster()
+                .await
+                .service_account_token(namespace, "keyway-proxy", None)
+                .await;
+            let dir = tempfile::Builder::new()
+                .prefix("keyway-e2e-token-")
+                .tempdir()
+                .expect("create a token directory");
+            token_path = dir.path().join("token").to_string_lossy().into_owned();
+            std::fs::write(&token_path, token).expect("write the token file");
+            extra_args.extend(["--token-file", &token_path]);
+            token_dir = Some(dir);
+        }
         let (process, (url, admin_url)) = start_ready("keyway-proxy", || {
             let listen = format!("127.0.0.1:{}", crate::free_port());
             let admin = format!("127.0.0.1:{}", crate::free_port());
@@ -354,6 +385,7 @@ impl Proxy {
             url,
             admin_url,
             id,
+            _token_dir: token_dir,
         }
     }
 }

@@ -11,6 +11,8 @@
 
 mod control_plane;
 mod key_status;
+mod leader_election;
 mod missing_secret;
+mod secure_push;
 mod validation;
 mod walking_skeleton;

@@ -6,7 +6,7 @@ use keyway_proxy::discovery::DiscoverySettings;
 use keyway_proxy::http::ForwarderSettings;
 use keyway_proxy::{Settings, Source, StartError};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,9 +55,22 @@ struct RunArgs {
     /// Controller mode: a stable name for this proxy (default: $POD_NAME or the hostname).
     #[arg(long, env = "KEYWAY_PROXY_ID")]
     proxy_id: Option<String>,
-    /// Controller mode: serve only these pools (comma-separated; default all of the namespace).
+    /// Controller mode: serve only these pools, `name` or `namespace/name` (comma-separated;
+    /// default all of the namespace).
     #[arg(long, env = "KEYWAY_POOLS", value_delimiter = ',')]
     pools: Vec<String>,
+    /// Controller mode: also serve the pools of these namespaces that grant this proxy's
+    /// namespace (their `spec.allowedProxyNamespaces`).
+    #[arg(long, env = "KEYWAY_EXTRA_NAMESPACES", value_delimiter = ',')]
+    extra_namespaces: Vec<String>,
+    /// Controller mode: the ServiceAccount token presented to the controller, re-read on every
+    /// reconnect (default: the pod's mounted token, if there is one).
+    #[arg(long, env = "KEYWAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Controller mode: CA certificates (PEM) trusted for an https:// controller URL (default:
+    /// the public webpki roots).
+    #[arg(long, env = "KEYWAY_CONTROLLER_CA")]
+    controller_ca: Option<PathBuf>,
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
@@ -146,15 +159,30 @@ async fn run(args: RunArgs) -> ExitCode {
             path,
             reload_interval: args.reload_interval,
         },
-        (None, Some(url)) => Source::Controller(DiscoverySettings {
-            controller_url: url,
-            proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
-            namespace: args.namespace,
-            pools: args.pools,
-            report_interval: args.report_interval,
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-        }),
+        (None, Some(url)) => {
+            // A bad CA file is a configuration error, not something to retry forever.
+            if let Some(ca) = &args.controller_ca
+                && let Err(e) = keyway_proxy::discovery::read_ca(ca)
+            {
+                eprintln!("keyway-proxy: --controller-ca: {e:#}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+            let default_token = Path::new(keyway_proxy::discovery::DEFAULT_TOKEN_FILE);
+            Source::Controller(DiscoverySettings {
+                controller_url: url,
+                proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
+                namespace: args.namespace,
+                namespaces: args.extra_namespaces,
+                pools: args.pools,
+                report_interval: args.report_interval,
+                backoff_min: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(10),
+                token_file: args
+                    .token_file
+                    .or_else(|| default_token.exists().then(|| default_token.to_path_buf())),
+                controller_ca: args.controller_ca,
+            })
+        }
         (None, None) => {
             eprintln!(
                 "keyway-proxy: give --config FILE (standalone) or --controller URL (Kubernetes); see --help"

@@ -79,6 +79,14 @@ struct Controller {
 
 impl Controller {
     async fn start(addr: SocketAddr, index: Index) -> Self {
+        Self::start_with(addr, index, Arc::new(keyway_controller::auth::NoAuth)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        index: Index,
+        auth: Arc<dyn keyway_controller::auth::Authenticate>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Arc::new(index));
@@ -86,7 +94,8 @@ impl Controller {
         let metrics =
             keyway_controller::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
         let (_drain_tx, drain_rx) = watch::channel(false);
-        let svc = DiscoveryService::new(rx, proxies.clone(), metrics, drain_rx);
+        let svc =
+            DiscoveryService::new(rx, proxies.clone(), metrics, drain_rx).with_authenticator(auth);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _keep = _drain_tx;
@@ -122,10 +131,13 @@ async fn proxy_for(controller: SocketAddr, ns: &str) -> keyway_proxy::Running {
             controller_url: format!("http://{controller}"),
             proxy_id: "test-proxy".into(),
             namespace: ns.into(),
+            namespaces: vec![],
             pools: vec![],
             report_interval: Duration::from_millis(200),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            token_file: None,
+            controller_ca: None,
         })),
         prometheus::Registry::new(),
     )
@@ -369,5 +381,121 @@ async fn evacuate_primary_toggles_through_the_controller() {
         served(chat(&url, &[]).await.unwrap()) == "primary"
     })
     .await;
+    ctl.stop().await;
+}
+
+/// Tokens → namespaces, as a TokenReview would answer.
+struct FakeTokens;
+
+impl keyway_controller::auth::Authenticate for FakeTokens {
+    fn authenticate<'a>(
+        &'a self,
+        token: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<keyway_controller::auth::Identity, tonic::Status>>
+    {
+        Box::pin(async move {
+            match token {
+                Some(t) if t.starts_with("token-of-") => Ok(keyway_controller::auth::Identity {
+                    namespace: Some(t.trim_start_matches("token-of-").to_owned()),
+                    user: format!("system:serviceaccount:{t}:proxy"),
+                }),
+                _ => Err(tonic::Status::unauthenticated("no valid token")),
+            }
+        })
+    }
+}
+
+/// A raw client's Hello, with `token` (if any) as its bearer; returns the stream's status code.
+async fn hello_as(addr: SocketAddr, token: Option<&str>, namespace: &str) -> tonic::Code {
+    let mut client = pb::discovery_client::DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Hello(pb::Hello {
+            proxy_id: "raw".into(),
+            namespace: namespace.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match client.stream(req).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test]
+async fn tokens_decide_the_namespace_and_grants_decide_what_else_is_sent() {
+    let c_upstream = MockUpstream::start("c").await.unwrap();
+    // team-a keeps its pool to itself; team-c grants its pool to team-b.
+    let mut a = index_for("team-a", &[&c_upstream.url()], "sk-a-private");
+    let c = index_with("team-c", &[&c_upstream.url()], "sk-c-shared", |spec| {
+        spec.allowed_proxy_namespaces = vec!["team-b".into()];
+    });
+    a.namespaces.extend(c.namespaces);
+    a.grants.extend(c.grants);
+    let ctl = Controller::start_with("127.0.0.1:0".parse().unwrap(), a, Arc::new(FakeTokens)).await;
+
+    assert_eq!(
+        hello_as(ctl.addr, None, "team-b").await,
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        hello_as(ctl.addr, Some("bogus"), "team-b").await,
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        hello_as(ctl.addr, Some("token-of-team-a"), "team-b").await,
+        tonic::Code::PermissionDenied,
+        "a proxy of team-a cannot claim team-b"
+    );
+    assert_eq!(ctl.proxies.count(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "token-of-team-b\n").unwrap();
+    let proxy = keyway_proxy::start(
+        support::settings(Source::Controller(DiscoverySettings {
+            controller_url: format!("http://{}", ctl.addr),
+            proxy_id: "b-proxy".into(),
+            namespace: "team-b".into(),
+            namespaces: vec!["team-a".into(), "team-c".into()],
+            pools: vec![],
+            report_interval: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            token_file: Some(token),
+            controller_ca: None,
+        })),
+        prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+    let router = proxy.dataplane.router();
+    let pools: Vec<String> = router
+        .pools
+        .iter()
+        .map(|p| p.model.id.to_string())
+        .collect();
+    assert_eq!(pools, ["team-c/llm"], "team-a asked for but not granted");
+    assert_eq!(
+        chat(&format!("http://{}", proxy.addr), &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(c_upstream.received_keys(), ["sk-c-shared"]);
     ctl.stop().await;
 }

@@ -36,6 +36,7 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
         retry: None,
         timeouts: None,
         sse_keep_alive: None,
+        allowed_proxy_namespaces: vec![],
     }
 }
 

@@ -155,3 +155,129 @@ fn a_pool_filter_sends_only_the_keys_it_uses() {
     assert_eq!(snap.key_pools.len(), 1);
     assert_eq!(snap.key_pools[0].id.name, "kp1");
 }
+
+fn granted(mut p: PoolInput, namespaces: &[&str]) -> PoolInput {
+    p.spec.allowed_proxy_namespaces = namespaces.iter().map(|s| s.to_string()).collect();
+    p
+}
+
+/// Namespaces a (private), b (the proxy's) and c (grants b one of its two pools).
+fn three_namespaces() -> Index {
+    let mut s = secrets("a", "sa", &[("ka", "value-a")]);
+    s.extend(secrets("b", "sb", &[("kb", "value-b")]));
+    s.extend(secrets("c", "sc", &[("kc", "value-c")]));
+    s.extend(secrets("c", "sd", &[("kd", "value-d")]));
+    build(
+        &[
+            pool("a", "llm", "http://a", Some("keys")),
+            pool("b", "llm", "http://b", Some("keys")),
+            granted(pool("c", "shared", "http://c", Some("keys")), &["b"]),
+            granted(pool("c", "other", "http://c", Some("other-keys")), &["x"]),
+        ],
+        &[
+            key_pool("a", "keys", "sa"),
+            key_pool("b", "keys", "sb"),
+            key_pool("c", "keys", "sc"),
+            key_pool("c", "other-keys", "sd"),
+        ],
+        &s,
+        &mut LastGood::default(),
+    )
+}
+
+fn ids(snap: &model::Snapshot) -> (Vec<String>, Vec<String>) {
+    (
+        snap.pools.iter().map(|p| p.id.to_string()).collect(),
+        snap.key_pools.iter().map(|k| k.id.to_string()).collect(),
+    )
+}
+
+#[test]
+fn asking_for_a_namespace_without_a_grant_gives_nothing_of_it() {
+    let idx = three_namespaces();
+    let snap = idx.snapshot_for_proxy("b", &["a".into()], &[]);
+    assert_eq!(
+        ids(&snap),
+        (vec!["b/llm".into()], vec!["b/keys".into()]),
+        "namespace a grants nothing, so none of its pools or keys"
+    );
+    assert_eq!(snap, idx.snapshot_for("b", &[]));
+}
+
+#[test]
+fn a_grant_sends_that_pool_and_its_keys_only() {
+    let idx = three_namespaces();
+    let snap = idx.snapshot_for_proxy("b", &["a".into(), "c".into()], &[]);
+    assert_eq!(
+        ids(&snap),
+        (
+            vec!["b/llm".into(), "c/shared".into()],
+            vec!["b/keys".into(), "c/keys".into()]
+        ),
+        "c/other grants x, not b; its key pool stays home"
+    );
+    // A granted namespace the proxy did not ask for is not sent.
+    assert_eq!(
+        idx.snapshot_for_proxy("b", &[], &[]),
+        idx.snapshot_for("b", &[])
+    );
+    // The namespace x was granted c/other.
+    let x = idx.snapshot_for_proxy("x", &["c".into()], &[]);
+    assert_eq!(
+        ids(&x),
+        (vec!["c/other".into()], vec!["c/other-keys".into()])
+    );
+}
+
+#[test]
+fn the_pool_filter_takes_names_and_qualified_names() {
+    let idx = three_namespaces();
+    let extra = ["c".to_string()];
+    let by_name = idx.snapshot_for_proxy("b", &extra, &["shared".into()]);
+    assert_eq!(
+        ids(&by_name),
+        (vec!["c/shared".into()], vec!["c/keys".into()])
+    );
+    let qualified = idx.snapshot_for_proxy("b", &extra, &["b/llm".into()]);
+    assert_eq!(
+        ids(&qualified),
+        (vec!["b/llm".into()], vec!["b/keys".into()])
+    );
+    // A filter naming a pool that is not granted does not bypass the grant.
+    let sneaky = idx.snapshot_for_proxy("b", &["a".into()], &["a/llm".into()]);
+    assert!(sneaky.pools.is_empty() && sneaky.key_pools.is_empty());
+}
+
+#[test]
+fn a_revoked_grant_takes_effect_even_while_serving_the_last_good_version() {
+    let mut lg = LastGood::default();
+    let s = secrets("c", "sc", &[("kc", "value-c")]);
+    let kps = [key_pool("c", "keys", "sc")];
+    let before = build(
+        &[granted(
+            pool("c", "shared", "http://c", Some("keys")),
+            &["b"],
+        )],
+        &kps,
+        &s,
+        &mut lg,
+    );
+    assert_eq!(
+        before
+            .snapshot_for_proxy("b", &["c".into()], &[])
+            .pools
+            .len(),
+        1
+    );
+    // An invalid edit that also drops the grant: c keeps serving the last good pool, b loses it.
+    let after = build(
+        &[pool("c", "shared", "gopher://c", Some("keys"))],
+        &kps,
+        &s,
+        &mut lg,
+    );
+    assert!(after.pools[&ObjectId::new("c", "shared")].serving_last_good);
+    assert_eq!(after.snapshot_for("c", &[]).pools.len(), 1);
+    let b = after.snapshot_for_proxy("b", &["c".into()], &[]);
+    assert!(b.pools.is_empty() && b.key_pools.is_empty());
+}

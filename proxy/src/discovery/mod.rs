@@ -1,16 +1,26 @@
 //! Controller mode: dial the controller, say hello, apply pushed snapshots, ACK or NACK each,
 //! send usage reports. When the controller goes away the last good snapshot keeps serving and
 //! the stream is re-dialled with exponential backoff and jitter.
+//!
+//! The stream carries key values: an `https://` controller URL is verified against
+//! `--controller-ca` (or the public roots), and the proxy presents its ServiceAccount token,
+//! re-read from its file on every connect since projected tokens rotate.
 
 use crate::config::SnapshotTx;
 use crate::dataplane::Dataplane;
+use anyhow::Context;
 use keyway_api::model;
 use keyway_proto as pb;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// Where Kubernetes mounts a pod's ServiceAccount token.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// How to reach the controller and who we are.
 #[derive(Clone, Debug)]
@@ -18,15 +28,30 @@ pub struct DiscoverySettings {
     pub controller_url: String,
     pub proxy_id: String,
     pub namespace: String,
+    /// Other namespaces whose pools to ask for; each is sent only if it grants `namespace`.
+    pub namespaces: Vec<String>,
     pub pools: Vec<String>,
     pub report_interval: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The ServiceAccount token sent as `authorization: Bearer`, re-read on every connect.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for an `https://` controller URL, instead of the public
+    /// roots.
+    pub controller_ca: Option<PathBuf>,
 }
 
 /// Runs forever, reconnecting as needed.
 pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dataplane>) {
     let mut backoff = settings.backoff_min;
+    if !settings.controller_url.starts_with("https://") {
+        tracing::warn!(controller = %settings.controller_url, "the controller URL is not https://: the pushed API key values (and this proxy's token) travel in clear");
+    }
+    if settings.token_file.is_none() {
+        tracing::warn!(
+            "no --token-file: connecting without a ServiceAccount token; a controller that authenticates proxies refuses the stream"
+        );
+    }
     loop {
         let got_snapshot = match stream_once(&settings, &tx, &dataplane).await {
             Ok(got) => {
@@ -34,7 +59,19 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
                 got
             }
             Err((got, error)) => {
-                tracing::warn!(controller = %settings.controller_url, %error, "controller stream failed");
+                // Refusals are configuration problems (token, namespace, RBAC): say so loudly.
+                // They are retried all the same, since they can be fixed without a restart.
+                match error
+                    .downcast_ref::<tonic::Status>()
+                    .map(tonic::Status::code)
+                {
+                    Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                        tracing::error!(controller = %settings.controller_url, %error, "the controller refused this proxy");
+                    }
+                    _ => {
+                        tracing::warn!(controller = %settings.controller_url, error = format!("{error:#}"), "controller stream failed");
+                    }
+                }
                 got
             }
         };
@@ -57,14 +94,17 @@ async fn stream_once(
     dataplane: &Dataplane,
 ) -> Result<bool, (bool, anyhow::Error)> {
     let mut got_snapshot = false;
-    let endpoint = tonic::transport::Endpoint::from_shared(settings.controller_url.clone())
-        .map_err(|e| (false, e.into()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| (false, e.into()))?;
+    let endpoint = endpoint(settings).map_err(|e| (false, e))?;
+    // Read before dialling: a missing token is this proxy's problem, not the controller's.
+    let token = match &settings.token_file {
+        Some(path) => Some(read_token(path).map_err(|e| (false, e))?),
+        None => None,
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .context("connecting to the controller")
+        .map_err(|e| (false, e))?;
     let mut client = pb::discovery_client::DiscoveryClient::new(channel);
 
     let (out_tx, out_rx) = mpsc::channel::<pb::ProxyMessage>(16);
@@ -72,13 +112,27 @@ async fn stream_once(
         message: Some(pb::proxy_message::Message::Hello(pb::Hello {
             proxy_id: settings.proxy_id.clone(),
             namespace: settings.namespace.clone(),
+            namespaces: settings.namespaces.clone(),
             pools: settings.pools.clone(),
             build_version: env!("CARGO_PKG_VERSION").to_string(),
         })),
     };
     out_tx.send(hello).await.map_err(|e| (false, e.into()))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+    if let Some(token) = token {
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}").parse().map_err(|_| {
+                (
+                    false,
+                    anyhow::anyhow!("the token file holds characters a token cannot have"),
+                )
+            })?;
+        // Kept out of HPACK tables and Debug output.
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut inbound = client
-        .stream(ReceiverStream::new(out_rx))
+        .stream(request)
         .await
         .map_err(|e| (false, e.into()))?
         .into_inner();
@@ -114,6 +168,54 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// The controller endpoint: TLS for `https://`, trusting `controller_ca` or the public roots.
+fn endpoint(settings: &DiscoverySettings) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(settings.controller_url.clone())
+        .with_context(|| format!("invalid controller URL {:?}", settings.controller_url))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if settings.controller_url.starts_with("https://") {
+        let tls = ClientTlsConfig::new().timeout(Duration::from_secs(10));
+        let tls = match &settings.controller_ca {
+            Some(path) => tls.ca_certificate(read_ca(path)?),
+            None => tls.with_webpki_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("the controller TLS settings are invalid")?;
+    }
+    Ok(endpoint)
+}
+
+/// A PEM CA file, checked to hold at least one certificate (tonic would only find out at
+/// the handshake).
+pub fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the controller CA {}", path.display()))?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
+        "{} holds no PEM certificate",
+        path.display()
+    );
+    Ok(Certificate::from_pem(pem))
+}
+
+/// The token, trimmed. Its content never appears in an error.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the ServiceAccount token {}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    Ok(token.to_owned())
 }
 
 /// Validates and publishes a snapshot; the answer is the ACK or NACK to send.
@@ -187,4 +289,45 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_and_ca_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "eyJhbGciOi.abc.def\n").unwrap();
+        assert_eq!(read_token(&token).unwrap(), "eyJhbGciOi.abc.def");
+        std::fs::write(&token, " \n").unwrap();
+        assert!(read_token(&token).is_err());
+        assert!(read_token(&dir.path().join("missing")).is_err());
+
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let err = read_ca(&ca).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn https_urls_get_tls_and_bad_urls_are_named() {
+        let mut s = DiscoverySettings {
+            controller_url: "https://keyway-controller:8443".into(),
+            proxy_id: "p".into(),
+            namespace: "team".into(),
+            namespaces: vec![],
+            pools: vec![],
+            report_interval: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            token_file: None,
+            controller_ca: None,
+        };
+        assert!(endpoint(&s).is_ok());
+        s.controller_url = "not a url".into();
+        let err = format!("{:#}", endpoint(&s).unwrap_err());
+        assert!(err.contains("invalid controller URL"), "{err}");
+    }
 }
