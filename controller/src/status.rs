@@ -100,7 +100,31 @@ pub async fn run(
             let uid = object.as_ref().and_then(|o| o.metadata.uid.clone());
             let current = object.and_then(|p| p.status.clone());
             let previous = pools.get(id).map(|(s, _)| s).or(current.as_ref());
-            let desired = pool_status(res, proxies.serving(id), views.pools.get(id), previous);
+            let model = idx
+                .namespaces
+                .get(&id.namespace)
+                .and_then(|n| n.pools.iter().find(|p| &p.id == id));
+            let health = Health {
+                model,
+                view: views.pools.get(id),
+                keys: model
+                    .and_then(|m| m.key_pool.as_ref())
+                    .and_then(|k| views.key_pools.get(&ObjectId::new(&id.namespace, k))),
+                nack: connected
+                    .iter()
+                    .filter(|p| p.served.contains(id))
+                    .find_map(|p| p.last_nack.as_deref().map(|e| (p.proxy_id.as_str(), e))),
+            };
+            let mut desired = pool_status(res, proxies.serving(id), views.pools.get(id), previous);
+            let (st, reason, message) = degraded(&health);
+            desired.conditions.push(condition(
+                "Degraded",
+                st,
+                reason.to_string(),
+                message,
+                res.generation,
+                previous.map(|p| p.conditions.as_slice()),
+            ));
             let notices = events::pool_transitions(previous, &desired);
             let api: Api<LoadBalancerPool> = Api::namespaced(client.clone(), &id.namespace);
             let written = write_if_changed(
@@ -339,6 +363,94 @@ pub fn key_pool_status(
     }
 }
 
+/// What the `Degraded` condition of a pool is computed from.
+pub struct Health<'a> {
+    pub model: Option<&'a keyway_api::model::Pool>,
+    /// What the proxies report about the pool (`None`: nothing yet).
+    pub view: Option<&'a PoolView>,
+    /// What the proxies report about its key pool.
+    pub keys: Option<&'a KeyPoolView>,
+    /// A proxy serving the pool that rejected the latest snapshot, and why.
+    pub nack: Option<(&'a str, &'a str)>,
+}
+
+/// `Degraded`: `True` when the pool is served but not as configured or not fully, with the
+/// most urgent reason first.
+pub fn degraded(h: &Health<'_>) -> (&'static str, &'static str, String) {
+    use keyway_api::model::{Mode, Role};
+    if let Some((proxy, error)) = h.nack {
+        return (
+            "True",
+            "ProxiesNotAcknowledged",
+            format!(
+                "proxy {proxy} rejected the latest config and keeps serving its previous version: {error}"
+            ),
+        );
+    }
+    let Some(view) = h.view.filter(|v| !v.backends.is_empty()) else {
+        return (
+            "Unknown",
+            "NoReports",
+            "no connected proxy has reported on this pool yet".into(),
+        );
+    };
+    if view.healthy == 0 {
+        return (
+            "True",
+            "NoHealthyBackends",
+            "no backend is healthy on every reporting proxy".into(),
+        );
+    }
+    if let Some(keys) = h.keys.filter(|k| !k.keys.is_empty() && k.active == 0) {
+        let states: Vec<String> = keys
+            .keys
+            .iter()
+            .map(|k| format!("{} {}", k.id, k.state))
+            .collect();
+        return (
+            "True",
+            "KeysExhausted",
+            format!("no key is active: {}", states.join(", ")),
+        );
+    }
+    if let (Some(model), Some(active)) = (h.model, view.active.as_deref())
+        && model.mode == Mode::Failover
+    {
+        let role = model
+            .backends
+            .iter()
+            .find(|b| b.name == active)
+            .and_then(|b| b.role);
+        match (model.evacuate_primary, role) {
+            (true, Some(Role::Secondary)) => {
+                return (
+                    "True",
+                    "Evacuated",
+                    format!("evacuatePrimary is set: traffic is on {active}"),
+                );
+            }
+            (true, _) => {
+                return (
+                    "True",
+                    "EvacuationBlocked",
+                    format!(
+                        "evacuatePrimary is set but no secondary is healthy: traffic stays on {active}"
+                    ),
+                );
+            }
+            (false, Some(Role::Secondary)) => {
+                return (
+                    "True",
+                    "FailedOver",
+                    format!("the primary is unhealthy: traffic is on {active}"),
+                );
+            }
+            _ => {}
+        }
+    }
+    ("False", "AsExpected", String::new())
+}
+
 /// A `Ready` condition; `lastTransitionTime` moves only when `status` changes.
 fn ready(
     status: &str,
@@ -347,13 +459,25 @@ fn ready(
     generation: Option<i64>,
     previous: Option<&[Condition]>,
 ) -> Condition {
-    let prev = previous.into_iter().flatten().find(|c| c.type_ == "Ready");
+    condition("Ready", status, reason, message, generation, previous)
+}
+
+/// A condition of `type_`; `lastTransitionTime` moves only when `status` changes.
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: String,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&[Condition]>,
+) -> Condition {
+    let prev = previous.into_iter().flatten().find(|c| c.type_ == type_);
     let last_transition_time = match prev {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => Some(now_rfc3339()),
     };
     Condition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: status.into(),
         reason,
         message,
@@ -405,5 +529,70 @@ mod tests {
             first.conditions[0].last_transition_time
         );
         assert_eq!(failed.total_backends, 2, "keeps describing what is served");
+    }
+
+    #[test]
+    fn degraded_names_the_most_urgent_reason() {
+        use keyway_api::manifest::Manifests;
+        use keyway_api::spec::{BackendStatus, KeyStatus};
+        let yaml = r#"
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: p}
+spec:
+  mode: failover
+  evacuatePrimary: true
+  backends:
+    - {name: a, role: primary, endpoint: "http://a"}
+    - {name: b, role: secondary, endpoint: "http://b"}
+"#;
+        let snap = Manifests::parse(yaml, &|_| None)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let model = &snap.pools[0];
+        let backend = |name: &str| BackendStatus {
+            name: name.into(),
+            healthy: "1/1".into(),
+            ..Default::default()
+        };
+        let mut view = PoolView {
+            backends: vec![backend("a"), backend("b")],
+            healthy: 2,
+            active: Some("b".into()),
+        };
+        let mut h = Health {
+            model: Some(model),
+            view: Some(&view),
+            keys: None,
+            nack: None,
+        };
+        assert_eq!(degraded(&h).1, "Evacuated");
+        view.active = Some("a".into());
+        h.view = Some(&view);
+        assert_eq!(degraded(&h).1, "EvacuationBlocked");
+        let keys = KeyPoolView {
+            keys: vec![KeyStatus {
+                id: "k".into(),
+                state: "cooling".into(),
+                ..Default::default()
+            }],
+            active: 0,
+        };
+        h.keys = Some(&keys);
+        assert_eq!(degraded(&h).1, "KeysExhausted");
+        let none_healthy = PoolView {
+            healthy: 0,
+            ..view.clone()
+        };
+        h.view = Some(&none_healthy);
+        assert_eq!(degraded(&h).1, "NoHealthyBackends");
+        h.nack = Some(("proxy-1", "pools[0]: bad"));
+        let (status, reason, message) = degraded(&h);
+        assert_eq!((status, reason), ("True", "ProxiesNotAcknowledged"));
+        assert!(message.contains("proxy-1"));
+        h.nack = None;
+        h.view = None;
+        assert_eq!(degraded(&h).0, "Unknown");
     }
 }

@@ -157,6 +157,38 @@ async fn evacuation_propagates_quickly_and_survives_a_controller_crash() {
     );
     t.phase("propagation");
 
+    // With evacuation in effect, the pool's Degraded condition says so.
+    ns.kubectl_ok(&[
+        "patch",
+        "lbp",
+        "llm",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"evacuatePrimary":true}}"#,
+    ])
+    .await;
+    let pools: kube::Api<keyway_api::spec::LoadBalancerPool> =
+        kube::Api::namespaced(cluster.client().await, ns.name());
+    wait_for(
+        Duration::from_secs(20),
+        "Degraded=True, reason Evacuated",
+        || async {
+            let st = pools
+                .get("llm")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let degraded = st.conditions.iter().find(|c| c.type_ == "Degraded");
+            match degraded {
+                Some(c) if c.status == "True" && c.reason == "Evacuated" => Ok(()),
+                _ => Err(format!("{st:?}")),
+            }
+        },
+    )
+    .await;
+    t.phase("degraded: evacuated");
+
     // Under load, kill -9 the controller: the proxy keeps serving its last snapshot.
     let url = format!("{}/v1/chat/completions", proxy.url);
     let load = {
