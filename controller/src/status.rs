@@ -556,10 +556,14 @@ spec:
             healthy: "1/1".into(),
             ..Default::default()
         };
-        let mut view = PoolView {
+        let view = PoolView {
             backends: vec![backend("a"), backend("b")],
             healthy: 2,
             active: Some("b".into()),
+        };
+        let on_primary = PoolView {
+            active: Some("a".into()),
+            ..view.clone()
         };
         let mut h = Health {
             model: Some(model),
@@ -568,8 +572,7 @@ spec:
             nack: None,
         };
         assert_eq!(degraded(&h).1, "Evacuated");
-        view.active = Some("a".into());
-        h.view = Some(&view);
+        h.view = Some(&on_primary);
         assert_eq!(degraded(&h).1, "EvacuationBlocked");
         let keys = KeyPoolView {
             keys: vec![KeyStatus {
