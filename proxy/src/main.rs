@@ -40,7 +40,8 @@ struct RunArgs {
     /// Standalone mode: YAML manifests (LoadBalancerPool, ApiKeyPool, Secret), reloaded on change.
     #[arg(long, short, env = "KEYWAY_CONFIG", conflicts_with = "controller")]
     config: Option<PathBuf>,
-    /// Kubernetes mode: the controller's discovery address, e.g. http://keyway-controller:8443.
+    /// Kubernetes mode: the controller's discovery address, e.g. https://keyway-controller:8443.
+    /// Several replicas may be listed, comma-separated: after a lost stream the next is tried.
     #[arg(long, env = "KEYWAY_CONTROLLER")]
     controller: Option<String>,
     /// Traffic listener.

@@ -126,9 +126,13 @@ impl Controller {
 }
 
 async fn proxy_for(controller: SocketAddr, ns: &str) -> keyway_proxy::Running {
+    proxy_for_url(&format!("http://{controller}"), ns).await
+}
+
+async fn proxy_for_url(controller_url: &str, ns: &str) -> keyway_proxy::Running {
     keyway_proxy::start(
         support::settings(Source::Controller(DiscoverySettings {
-            controller_url: format!("http://{controller}"),
+            controller_url: controller_url.to_string(),
             proxy_id: "test-proxy".into(),
             namespace: ns.into(),
             namespaces: vec![],
@@ -497,5 +501,31 @@ async fn tokens_decide_the_namespace_and_grants_decide_what_else_is_sent() {
         200
     );
     assert_eq!(c_upstream.received_keys(), ["sk-c-shared"]);
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_moves_to_the_next_listed_controller_when_one_is_down() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let ctl = Controller::start(
+        "127.0.0.1:0".parse().unwrap(),
+        index_for("team", &[&a.url()], "sk-one"),
+    )
+    .await;
+    let dead = format!("http://127.0.0.1:{}", keyway_testkit::free_port());
+    let proxy = proxy_for_url(&format!("{dead},http://{}", ctl.addr), "team").await;
+    eventually(
+        Duration::from_secs(5),
+        "loaded from the second controller",
+        || async { proxy.dataplane.is_loaded() },
+    )
+    .await;
+    assert_eq!(
+        chat(&format!("http://{}", proxy.addr), &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     ctl.stop().await;
 }

@@ -41,8 +41,17 @@ pub struct DiscoverySettings {
     pub controller_ca: Option<PathBuf>,
 }
 
-/// Runs forever, reconnecting as needed.
+/// Runs forever, reconnecting as needed. `controller_url` may list several controller
+/// replicas separated by commas: after a failed or closed stream the next one is tried, so a
+/// proxy moves to a surviving replica when its controller dies.
 pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dataplane>) {
+    let urls: Vec<String> = settings
+        .controller_url
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut attempt = 0usize;
     let mut backoff = settings.backoff_min;
     if !settings.controller_url.starts_with("https://") {
         tracing::warn!(controller = %settings.controller_url, "the controller URL is not https://: the pushed API key values (and this proxy's token) travel in clear");
@@ -53,6 +62,11 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
         );
     }
     loop {
+        let mut settings = settings.clone();
+        if let Some(url) = urls.get(attempt % urls.len().max(1)) {
+            settings.controller_url = url.clone();
+        }
+        attempt = attempt.wrapping_add(1);
         let got_snapshot = match stream_once(&settings, &tx, &dataplane).await {
             Ok(got) => {
                 tracing::warn!(controller = %settings.controller_url, "controller closed the stream");
