@@ -21,7 +21,9 @@ pub struct Cluster {
     startup: Duration,
     // Never dropped (the cluster lives in a static); the reaper kills them at process exit.
     _etcd: Child,
-    _apiserver: Child,
+    /// Behind a lock so a test can stop and restart it (see [`Cluster::stop_apiserver`]).
+    apiserver: std::sync::Mutex<Child>,
+    apiserver_cmd: (PathBuf, Vec<String>),
 }
 
 static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
@@ -35,7 +37,7 @@ static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 pub async fn cluster() -> &'static Cluster {
     let result = CLUSTER
         .get_or_init(|| async {
-            Cluster::start()
+            Cluster::start("cluster")
                 .await
                 .map_err(|e| format!("cannot start the e2e cluster: {e:#}"))
         })
@@ -47,13 +49,20 @@ pub async fn cluster() -> &'static Cluster {
 }
 
 impl Cluster {
-    async fn start() -> anyhow::Result<Cluster> {
+    /// Starts a cluster of this test process's own, in `name` under the run directory. Tests
+    /// that disturb the API server (stop it, restart it) use their own instead of [`cluster`].
+    /// It is leaked: like the shared one, it lives until the process ends.
+    pub async fn start_private(name: &str) -> anyhow::Result<&'static Cluster> {
+        Ok(Box::leak(Box::new(Cluster::start(name).await?)))
+    }
+
+    async fn start(name: &str) -> anyhow::Result<Cluster> {
         let t0 = Instant::now();
         // May build the tools (minutes, on a fresh machine): off the async threads.
         let (etcd_bin, apiserver_bin) =
             tokio::task::spawn_blocking(|| (paths::tool("etcd"), paths::tool("kube-apiserver")))
                 .await?;
-        let dir = reaper::run_dir().join("cluster");
+        let dir = reaper::run_dir().join(name);
         std::fs::create_dir_all(dir.join("certs"))?;
 
         // ServiceAccount token signing key and the static admin token.
@@ -100,29 +109,30 @@ impl Cluster {
 
         let port = crate::free_port();
         let d = |name: &str| dir.join(name).display().to_string();
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", d("certs")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", d("sa.pub")),
+            format!("--service-account-signing-key-file={}", d("sa.key")),
+            format!("--token-auth-file={}", d("tokens.csv")),
+            "--authorization-mode=RBAC".to_owned(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--endpoint-reconciler-type=none".to_owned(),
+            // No controller-manager runs: without this, Pods could not be created (the
+            // ServiceAccount admission plugin waits for the default ServiceAccount).
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            // Less start-up work and CPU on small machines; not under test.
+            "--enable-priority-and-fairness=false".to_owned(),
+            "--profiling=false".to_owned(),
+        ];
         let mut apiserver = spawn_logged(
             &dir,
             "kube-apiserver",
-            Command::new(&apiserver_bin).args([
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", d("certs")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
-                format!("--service-account-key-file={}", d("sa.pub")),
-                format!("--service-account-signing-key-file={}", d("sa.key")),
-                format!("--token-auth-file={}", d("tokens.csv")),
-                "--authorization-mode=RBAC".to_owned(),
-                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-                "--endpoint-reconciler-type=none".to_owned(),
-                // No controller-manager runs: without this, Pods could not be created (the
-                // ServiceAccount admission plugin waits for the default ServiceAccount).
-                "--disable-admission-plugins=ServiceAccount".to_owned(),
-                // Less start-up work and CPU on small machines; not under test.
-                "--enable-priority-and-fairness=false".to_owned(),
-                "--profiling=false".to_owned(),
-            ]),
+            Command::new(&apiserver_bin).args(&apiserver_args),
         )?;
 
         let server = format!("https://127.0.0.1:{port}");
@@ -146,7 +156,8 @@ impl Cluster {
             server,
             startup: Duration::ZERO,
             _etcd: etcd,
-            _apiserver: apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
+            apiserver_cmd: (apiserver_bin, apiserver_args),
         };
         cluster.install_crds().await?;
         cluster.startup = t0.elapsed();
@@ -159,6 +170,42 @@ impl Cluster {
             cluster.dir.display()
         );
         Ok(cluster)
+    }
+
+    /// Kills the API server (etcd keeps its data).
+    pub async fn stop_apiserver(&self) {
+        let mut child = self.apiserver.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the API server again with the same flags and port, and waits until it is ready.
+    pub async fn restart_apiserver(&self) -> anyhow::Result<()> {
+        let (bin, args) = &self.apiserver_cmd;
+        let child = spawn_logged(
+            &self.dir,
+            "kube-apiserver-restarted",
+            Command::new(bin).args(args),
+        )?;
+        *self.apiserver.lock().unwrap_or_else(|e| e.into_inner()) = child;
+        let client = client_for(&self.kubeconfig).await?;
+        let deadline = Instant::now() + API_SERVER_READY_TIMEOUT;
+        loop {
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            if let Ok(Ok(body)) =
+                tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the restarted kube-apiserver did not become ready\n{}",
+                    log_tails(&self.dir)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn install_crds(&self) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod apiserver_outage;
 mod control_plane;
 mod key_status;
 mod leader_election;
