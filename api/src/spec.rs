@@ -659,6 +659,12 @@ pub struct BackendStatus {
     pub requests: i64,
     #[serde(default)]
     pub failures: i64,
+    /// Deep health checks: capacity summed over the backend's models, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i64>,
+    /// Deep health checks: consumption summed over the backend's models, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumption: Option<i64>,
 }
 
 /// One key (by id) as the proxies see it.

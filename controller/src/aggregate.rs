@@ -38,6 +38,9 @@ struct BackendAcc {
     reporting: u32,
     requests: u64,
     failures: u64,
+    /// Every proxy probes the same backend: the latest figures of any of them.
+    capacity: Option<f64>,
+    consumption: Option<f64>,
 }
 
 #[derive(Default)]
@@ -83,6 +86,8 @@ pub fn build(proxies: &[ProxyState], rfc3339: impl Fn(u64) -> Option<String>) ->
             acc.healthy += u32::from(b.healthy && !b.ejected);
             acc.requests += b.requests;
             acc.failures += b.failures;
+            acc.capacity = b.capacity.or(acc.capacity);
+            acc.consumption = b.consumption.or(acc.consumption);
         }
         for p in report.pools.iter().filter(|p| !p.active_backend.is_empty()) {
             *active
@@ -131,6 +136,8 @@ pub fn build(proxies: &[ProxyState], rfc3339: impl Fn(u64) -> Option<String>) ->
                 healthy: format!("{}/{}", acc.healthy, acc.reporting),
                 requests: acc.requests as i64,
                 failures: acc.failures as i64,
+                capacity: acc.capacity.map(|c| c.round() as i64),
+                consumption: acc.consumption.map(|c| c.round() as i64),
             });
         }
         view.active = active.remove(&pool).and_then(|votes| {
@@ -187,6 +194,8 @@ mod tests {
             failures: 0,
             healthy,
             ejected: false,
+            capacity: Some(2000.0),
+            consumption: Some(15.4),
         }
     }
 
@@ -233,6 +242,8 @@ mod tests {
         let pool = &v.pools[&ObjectId::new("ns", "p")];
         assert_eq!(pool.backends[0].healthy, "1/2");
         assert_eq!(pool.backends[0].requests, 12);
+        assert_eq!(pool.backends[0].capacity, Some(2000));
+        assert_eq!(pool.backends[0].consumption, Some(15));
         assert_eq!(pool.healthy, 1);
         assert_eq!(pool.active.as_deref(), Some("b"));
         let kp = &v.key_pools[&ObjectId::new("ns", "k")];

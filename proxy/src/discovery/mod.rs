@@ -283,6 +283,8 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
                 failures: b.counters.failures.load(Ordering::Relaxed),
                 healthy: b.health.is_active_healthy(),
                 ejected: b.health.is_ejected(now),
+                capacity: b.health.load().map(|(c, _)| c),
+                consumption: b.health.load().map(|(_, c)| c),
             });
         }
     }
