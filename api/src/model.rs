@@ -174,8 +174,9 @@ pub struct Key {
     pub limits: KeyLimits,
 }
 
-/// Per-key quotas (per proxy; the controller will divide global quotas between proxies).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Per-key quotas, per proxy (the controller divides each key's global quota between the
+/// proxies that serve it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyLimits {
     pub weight: u32,
     pub requests_per_minute: Option<u32>,

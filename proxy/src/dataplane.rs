@@ -744,14 +744,7 @@ fn engine_config(kp: &model::KeyPool) -> (keys::PoolSettings, Vec<keys::KeyConfi
     let configs = kp
         .keys
         .iter()
-        .map(|k| {
-            keys::KeyConfig::new(k.id.clone(), k.value.clone()).with_limits(keys::KeyLimits {
-                weight: k.limits.weight,
-                requests_per_minute: k.limits.requests_per_minute,
-                tokens_per_minute: k.limits.tokens_per_minute,
-                max_concurrent: k.limits.max_concurrent,
-            })
-        })
+        .map(|k| keys::KeyConfig::new(k.id.clone(), k.value.clone()).with_limits(k.limits))
         .collect();
     (settings, configs)
 }

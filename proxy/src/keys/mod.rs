@@ -135,30 +135,9 @@ pub enum Selection {
     },
 }
 
-/// What one key may take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyLimits {
-    /// Share of traffic under [`Selection::Weighted`]; 0 takes the key out of rotation under
-    /// every strategy.
-    pub weight: u32,
-    /// Requests started per sliding minute.
-    pub requests_per_minute: Option<u32>,
-    /// Tokens reported per sliding minute (may overshoot by what in-flight requests use).
-    pub tokens_per_minute: Option<u64>,
-    /// Requests in flight at once.
-    pub max_concurrent: Option<u32>,
-}
-
-impl Default for KeyLimits {
-    fn default() -> Self {
-        Self {
-            weight: 1,
-            requests_per_minute: None,
-            tokens_per_minute: None,
-            max_concurrent: None,
-        }
-    }
-}
+/// What one key may take: the domain model's limits (weight 0 takes the key out of rotation
+/// under every strategy; tokens may overshoot by what in-flight requests use).
+pub use keyway_api::model::KeyLimits;
 
 /// One key of the pool.
 #[derive(Clone, Debug)]
