@@ -471,7 +471,7 @@ pub fn key_pool(
     let mut keys = keys;
     let mut seen = HashSet::new();
     for k in &mut keys {
-        k.limits = base.clone();
+        k.limits = base;
     }
     for (i, o) in spec.keys.iter().enumerate() {
         if !seen.insert(o.id.as_str()) {
