@@ -505,8 +505,9 @@ def env_info():
         "haproxy": sh("haproxy -v | head -1"), "python": sh("python3 -V"),
         "litellm": sh(f"{venv}/bin/pip show litellm 2>/dev/null | sed -n 2p"),
         "keyway_bin": os.environ.get("KEYWAY_BIN", ""),
-        "keyway_commit": sh(f"git -C {HERE} rev-parse --short HEAD") + (
-            " (dirty)" if sh(f"git -C {HERE} status --porcelain -- ../proxy ../api") else ""),
+        "keyway_commit": os.environ.get("KEYWAY_COMMIT") or (
+            sh(f"git -C {HERE} rev-parse --short HEAD 2>/dev/null || echo unknown") + (
+                " (with local changes)" if sh(f"git -C {HERE} status --porcelain -- ../proxy ../api 2>/dev/null") else "")),
         "top": sh("top -bn1 -w 200 | head -15"),
         "rows": ROWS, "rounds": ROUNDS, "duration_s": DURATION, "warmup_s": WARMUP,
         "loads": LOADS, "scenarios": SCENARIOS, "upstream": UPSTREAM,

@@ -88,7 +88,7 @@ def ttfb_table(s, lines):
     if not rows:
         return
     delay = next(r.get("chunk_delay_ms") for r in s.raw if r["scenario"] == "ttfb")
-    lines.append(f"\nPaced upstream: 20 SSE events {delay:g} ms apart per request, one connection, requests in "
+    lines.append(f"Paced upstream: 20 SSE events {delay:g} ms apart per request, one connection, requests in "
                  "sequence. *Lag* = client receive time − upstream send time of the same event (both "
                  "CLOCK_MONOTONIC); it includes the client's own read path, so `direct` is the floor.\n")
     lines.append("| row | TTFB p50 ms | first-event lag p50 / p99 ms | every-event lag p50 / p99 / max ms "
@@ -207,6 +207,9 @@ def micro_tables(res, lines):
             continue
         vals = sorted({r["value"] for r in rs if r["value"]}, key=lambda v: int(v) if v.isdigit() else 0)
         lines.append(f"\n**{g}**: {title}; ns per call\n")
+        for r in [r for r in rs if not r["value"]]:
+            lines.append(f"- `{r['function']}` (one pool, no routes): {r['ns']:.1f} ns\n")
+        rs = [r for r in rs if r["value"]]
         cols = vals or [""]
         lines.append("| case | " + " | ".join(f"{v}" for v in cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
@@ -312,10 +315,13 @@ def main():
     L = [f"# Keyway benchmarks, {env.get('date_utc', time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))}", ""]
     if env:
         cpu = env.get("cpu", "").replace("model name", "").strip(" :\t")
-        L.append(f"- machine: {cpu}, {env.get('nproc')} cores, "
-                 f"memory `{env.get('mem')}`, {env.get('uname')}")
-        L.append(f"- tools: {env.get('nginx')}; {env.get('haproxy')}; {env.get('wrk')}; "
-                 f"LiteLLM {env.get('litellm') or 'not installed'}; {env.get('python')}")
+        mem = env.get("mem", "").split()
+        mem = mem[1] if len(mem) > 1 and mem[0] == "Mem:" else env.get("mem")
+        L.append(f"- machine: {cpu}, {env.get('nproc')} cores, {mem} RAM, {env.get('uname')}")
+        tools = [env.get("nginx", ""), env.get("haproxy", "").split(" - ")[0],
+                 env.get("wrk", "").split(" Copyright")[0],
+                 "LiteLLM " + (env.get("litellm") or "not installed").replace("Version: ", ""), env.get("python", "")]
+        L.append(f"- tools: {'; '.join(tools)}")
         L.append(f"- Keyway: commit {env.get('keyway_commit')}, binary `{env.get('keyway_bin')}`")
         L.append(f"- runs: rows {' '.join(env.get('rows', []))}; {env.get('rounds')} interleaved rounds of "
                  f"{env.get('duration_s')} s per load; medians over rounds")
