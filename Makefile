@@ -45,7 +45,7 @@ demo:
 	cargo run -q -p keyway-testkit --bin keyway-demo --locked
 
 ## Benchmarks (docs/performance.md): Keyway vs direct, nginx, haproxy, LiteLLM side by side,
-## SSE timing, micro-benchmarks, control plane; ~15 min, writes bench/results/<date>.md.
+## SSE timing, micro-benchmarks, control plane; ~12 min + builds, writes bench/results/<date>.md.
 ## (Phony: a directory named bench/ exists.)
 .PHONY: bench bench-smoke
 bench:

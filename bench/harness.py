@@ -525,7 +525,11 @@ def main():
         subprocess.run([sys.executable, os.path.join(HERE, "gen_upstream_conf.py"),
                         os.path.join(RUN_DIR, "upstream-nginx.conf")], check=True, stdout=subprocess.DEVNULL)
     info = env_info()
-    with open(os.path.join(OUT, f"env-{UPSTREAM}.json"), "w") as f:
+    n, env_path = 1, os.path.join(OUT, f"env-{UPSTREAM}.json")
+    while os.path.exists(env_path):  # a later harness run into the same OUT adds its own
+        n += 1
+        env_path = os.path.join(OUT, f"env-{UPSTREAM}-{n}.json")
+    with open(env_path, "w") as f:
         json.dump(info, f, indent=1)
     log("load before start:", info["uptime"])
     raw = open(os.path.join(OUT, "raw.jsonl"), "a")

@@ -14,6 +14,9 @@ import os
 import statistics as st
 import time
 
+# Runs during which other processes kept more than this many cores busy are left out of the
+# medians when the same row and load has undisturbed runs (they stay in the details).
+QUIET_OTHER = 0.3
 MICRO_GROUPS = ["key_pick", "key_lease", "backend_pick", "affinity_hash", "route", "sse_scan", "json_usage"]
 
 
@@ -51,8 +54,14 @@ class Side:
             t, c = self.hi
         elif (t, c) == (1, 8):
             t, c = self.lo
-        return med([r.get(key) for r in self.raw
-                    if (r["row"], r["scenario"], r["threads"], r["conns"]) == (row, scenario, t, c)])
+        return med([r.get(key) for r in self.runs(row, scenario, t, c)])
+
+    def runs(self, row, scenario, t, c):
+        """The runs of one row and load; only the undisturbed ones when there are any (other
+        processes busy below QUIET_OTHER cores during the run)."""
+        rs = [r for r in self.raw if (r["row"], r["scenario"], r["threads"], r["conns"]) == (row, scenario, t, c)]
+        quiet = [r for r in rs if (r.get("other_cores") or 0) <= QUIET_OTHER]
+        return quiet or rs
 
     def mem(self, row, key, agg=med):
         xs = [r[key] for r in self.rows if r["row"] == row and r.get(key) is not None]
@@ -114,7 +123,7 @@ def detail_tables(s, lines):
     for (sc, t, c) in groups:
         sel = [r for r in s.raw if (r["scenario"], r["threads"], r["conns"]) == (sc, t, c)]
         lines.append(f"\n#### {sc}, wrk -t{t} -c{c}\n")
-        lines.append("| row | runs | rps median | rps min | p50 ms | p99 ms (med) | p99 ms (max) | errors "
+        lines.append("| row | runs (undisturbed) | rps median | rps min | p50 ms | p99 ms (med) | p99 ms (max) | errors "
                      "| proxy cores | proxy CPU µs/req | upstream cores | other load cores (med/max) |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name in s.order:
@@ -122,7 +131,7 @@ def detail_tables(s, lines):
             if not rs:
                 continue
             lines.append(
-                f"| {name} | {len(rs)} | {f(med([r['rps'] for r in rs]), 0)} | {f(min(r['rps'] for r in rs), 0)} | "
+                f"| {name} | {len(rs)} ({sum((r.get('other_cores') or 0) <= QUIET_OTHER for r in rs)}) | {f(med([r['rps'] for r in rs]), 0)} | {f(min(r['rps'] for r in rs), 0)} | "
                 f"{f(med([r['p50_ms'] for r in rs]), 2)} | {f(med([r['p99_ms'] for r in rs]), 2)} | "
                 f"{f(max(r['p99_ms'] for r in rs), 2)} | {sum(r['errors'] for r in rs)} | "
                 f"{f(med([r['proxy_cores'] for r in rs]), 2)} | {f(med([r['proxy_cpu_us_per_req'] for r in rs]), 1)} | "
@@ -304,10 +313,8 @@ def main():
     ap.add_argument("--control-plane")
     a = ap.parse_args()
     raw, rows = load(a.out_dir, "raw.jsonl"), load(a.out_dir, "rows.jsonl")
-    env = {}
-    for p in sorted(glob.glob(os.path.join(a.out_dir, "env-*.json"))):
-        env = json.load(open(p))
-        break
+    envs = [json.load(open(p)) for p in glob.glob(os.path.join(a.out_dir, "env-*.json"))]
+    env = min(envs, key=lambda e: e.get("date_utc", "")) if envs else {}
     s = Side(raw, rows)
     micro = criterion_results(a.criterion) if a.criterion and os.path.isdir(a.criterion) else []
     cp = json.load(open(a.control_plane)) if a.control_plane and os.path.exists(a.control_plane) else None
@@ -323,18 +330,33 @@ def main():
                  "LiteLLM " + (env.get("litellm") or "not installed").replace("Version: ", ""), env.get("python", "")]
         L.append(f"- tools: {'; '.join(tools)}")
         L.append(f"- Keyway: commit {env.get('keyway_commit')}, binary `{env.get('keyway_bin')}`")
-        L.append(f"- runs: rows {' '.join(env.get('rows', []))}; {env.get('rounds')} interleaved rounds of "
-                 f"{env.get('duration_s')} s per load; medians over rounds")
+        counts = {}
+        for r in raw:
+            if r["scenario"] != "ttfb":
+                k = (r["row"], r["scenario"], r["threads"], r["conns"])
+                counts[k] = counts.get(k, 0) + 1
+        per_row = {}
+        for (row, *_), n in counts.items():
+            per_row[row] = max(per_row.get(row, 0), n)
+        runs = ", ".join(f"{row} {n}" for row, n in per_row.items())
+        L.append(f"- runs: {env.get('duration_s')} s per load, rows interleaved over rounds (reversed every other "
+                 f"round); runs per row and load: {runs}; medians over runs")
+    debug = "/debug/" in env.get("keyway_bin", "")
+    if debug:
+        L += ["", "**Smoke run of a debug build: the figures check the harness, not Keyway's speed.**"]
     if raw:
         L += ["", "## Side by side", "",
               "Same wrk load (`bench/wrk/post.lua`, a small chat request) against the fake upstream (nginx, two "
               "ports) directly and through each proxy; every proxy replaces the client's key with a pool key and "
-              "balances over both ports. CPU per request is the proxy's own CPU (all its processes) / requests.", ""]
+              "balances over both ports. CPU per request is the proxy's own CPU (all its processes) / requests. "
+              f"Medians over the runs during which the rest of the machine stayed below {QUIET_OTHER} busy cores "
+              "(all runs, disturbed ones too, are in the details).", ""]
         main_table(s, L)
         L += ["", "## Streaming: time to first byte and event spacing", ""]
         ttfb_table(s, L)
     t = []
-    targets(s, micro, cp, t)
+    if not debug:
+        targets(s, micro, cp, t)
     if t:
         L += ["", "## Targets (Keyway, this run)", ""] + t
     if micro:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Keyway's benchmark suite (docs/performance.md explains the method and the results).
 #
-#   bench/run.sh            full run (~15 min): release build, tools, side by side with
-#                           direct/nginx/haproxy/keyway/litellm (json + SSE, 2 rounds), SSE timing
-#                           through a paced upstream, micro-benchmarks, control plane; writes
+#   bench/run.sh            full run (~12 min of measuring, plus builds the first time): release
+#                           build, tools, side by side with direct/nginx/haproxy/keyway/litellm
+#                           (json + SSE, 2 rounds of 5 s loads), SSE timing through a paced
+#                           upstream, micro-benchmarks, control plane; writes
 #                           bench/results/<UTC date>.md and prints it
 #   bench/run.sh --smoke    ~30 s: debug build, direct/nginx/keyway, 2 s loads, 5 paced streams;
 #                           fails on any error; report in $RUN_DIR/smoke/report.md (CI-safe)
 #
 # Knobs: ROWS (side-by-side rows; drop litellm to skip its heavy install), TTFB_ROWS, ROUNDS,
-# DURATION, PARTS (any of: side ttfb micro cp), MICRO_ARGS (criterion flags), OUT, RUN_DIR,
+# DURATION, WARMUP, TTFB_N, QUIET_WAIT (see harness.py), PARTS (any of: side ttfb micro cp),
+# MICRO_ARGS (criterion flags), OUT, RUN_DIR,
 # KEYWAY_BIN (skip the build, use this proxy binary). Load goes to 127.0.0.1 only; every
 # process the run starts is stopped by PID when it ends.
 set -euo pipefail
@@ -35,7 +37,7 @@ else
     PARTS=${PARTS:-side ttfb micro cp}
     OUT=${OUT:-$RUN_DIR/$STAMP}
     REPORT=${REPORT:-$BENCH_DIR/results/$STAMP.md}
-    export ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} WARMUP=${WARMUP:-2}
+    export ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-5} WARMUP=${WARMUP:-1} TTFB_N=${TTFB_N:-20}
 fi
 rm -rf "$OUT" && mkdir -p "$OUT" "$(dirname "$REPORT")"
 log() { echo "$(date +%H:%M:%S) == $*"; }
@@ -84,7 +86,7 @@ esac
 # --- micro-benchmarks and control plane -------------------------------------------------------
 CRIT=()
 case " $PARTS " in *" micro "*)
-    log "micro-benchmarks (criterion: ${MICRO_ARGS:=--warm-up-time 0.5 --measurement-time 1.5})"
+    log "micro-benchmarks (criterion: ${MICRO_ARGS:=--warm-up-time 0.3 --measurement-time 1})"
     # shellcheck disable=SC2086
     (cd "$ROOT" && cargo bench -q -p keyway-proxy --locked --bench keys --bench balance --bench routing \
         --bench usage -- $MICRO_ARGS) 2>&1 | tee "$OUT/micro.txt" | grep -E "^[a-z_]+/|time:|thrpt:" || true
