@@ -40,6 +40,85 @@ pub struct Pool {
     pub timeouts: Timeouts,
     /// SSE keep-alive comment interval; `None` = off.
     pub sse_keep_alive: Option<Duration>,
+    /// User → cluster assignments (multiCluster) and learned protocol sessions.
+    pub affinity: Option<Affinity>,
+    /// Cluster choice settings (used in multiCluster mode).
+    pub cluster_balance: ClusterBalance,
+}
+
+/// Request affinity (see `spec.affinity`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity {
+    /// Lowercase header name.
+    pub header: String,
+    pub ttl: Duration,
+    pub max_entries: u32,
+    pub store: AffinityStore,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AffinityStore {
+    Memory,
+    Redis(RedisStore),
+}
+
+/// A Redis server holding assignments.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RedisStore {
+    pub target: RedisTarget,
+    pub db: u32,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RedisTarget {
+    /// `host:port`.
+    Direct(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+/// Cluster choice in multiCluster mode. Ratios are in parts per million so the model stays
+/// `Eq` and `Hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterBalance {
+    pub overloaded_ratio_ppm: u32,
+    pub smoothing_ppm: u32,
+    /// Lowercase header naming the model, read before the body.
+    pub model_header: Option<String>,
+    pub token_rebalance: Option<TokenRebalance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenRebalance {
+    pub imbalance_ratio_ppm: u32,
+    pub max_fraction_ppm: u32,
+}
+
+impl Default for ClusterBalance {
+    fn default() -> Self {
+        Self {
+            overloaded_ratio_ppm: 950_000,
+            smoothing_ppm: 50_000,
+            model_header: None,
+            token_rebalance: None,
+        }
+    }
+}
+
+impl ClusterBalance {
+    pub fn overloaded_ratio(&self) -> f64 {
+        f64::from(self.overloaded_ratio_ppm) / 1e6
+    }
+
+    pub fn smoothing(&self) -> f64 {
+        f64::from(self.smoothing_ppm) / 1e6
+    }
 }
 
 /// Passive outlier detection; `consecutive_failures == 0` disables it.
@@ -250,6 +329,15 @@ impl Default for Retry {
 impl Route {
     pub fn needs_model(&self) -> bool {
         self.model.is_some()
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Whether routing this pool's requests uses the body's `model`.
+    pub fn needs_model(&self) -> bool {
+        self.mode == Mode::MultiCluster || self.routes.iter().any(Route::needs_model)
     }
 }
 

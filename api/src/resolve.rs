@@ -3,11 +3,15 @@
 //! object and the field path, so a user can find the line to fix.
 
 use crate::model::{
-    Auth, Backend, Endpoint, HealthCheck, HealthTarget, Key, KeyLimits, KeyPool, Mode, ObjectId,
-    Outlier, Pool, Retry, Role, Route, Scheme, Stickiness, Timeouts,
+    Affinity, AffinityStore, Auth, Backend, ClusterBalance, Endpoint, HealthCheck, HealthTarget,
+    Key, KeyLimits, KeyPool, Mode, ObjectId, Outlier, Pool, RedisStore, RedisTarget, Retry, Role,
+    Route, Scheme, Stickiness, Timeouts, TokenRebalance,
 };
 use crate::secret::SecretValue;
-use crate::spec::{ApiKeyPoolSpec, AuthKind, HealthCheckSpec, LoadBalancerPoolSpec};
+use crate::spec::{
+    AffinitySpec, AffinityStoreKind, ApiKeyPoolSpec, AuthKind, HealthCheckSpec,
+    LoadBalancerPoolSpec, RedisSpec,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
@@ -130,7 +134,7 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
             .map(|h| health_check(h).map_err(|(f, m)| invalid(format!("{health_field}{f}"), m)))
             .transpose()?;
         let role = match spec.mode {
-            Mode::Balanced => None,
+            Mode::Balanced | Mode::MultiCluster => None,
             Mode::Failover => Some(b.role.ok_or_else(|| {
                 invalid(
                     field("role"),
@@ -301,9 +305,14 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         .transpose()
         .map_err(|m| invalid("spec.sseKeepAlive".into(), m))?;
 
+    let affinity = affinity(spec).map_err(|(f, m)| invalid(f, m))?;
+    let cluster_balance = cluster_balance(spec).map_err(|(f, m)| invalid(f, m))?;
+
     Ok(Pool {
         id: id.clone(),
         sse_keep_alive,
+        affinity,
+        cluster_balance,
         mode: spec.mode,
         backends,
         strategy: spec.strategy,
@@ -316,6 +325,184 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         outlier,
         retry,
         timeouts,
+    })
+}
+
+/// `spec.affinity`: always on in multiCluster mode (defaults), otherwise only when set.
+fn affinity(spec: &LoadBalancerPoolSpec) -> Result<Option<Affinity>, (String, String)> {
+    let a = match (&spec.affinity, spec.mode) {
+        (Some(a), _) => a.clone(),
+        (None, Mode::MultiCluster) => AffinitySpec::default(),
+        (None, _) => return Ok(None),
+    };
+    let f = |name: &str| format!("spec.affinity.{name}");
+    let header = a.header.unwrap_or_else(|| "user-id".to_string());
+    if !is_header_name(&header) {
+        return Err((
+            f("header"),
+            format!("{header:?} is not a valid header name"),
+        ));
+    }
+    let ttl_minutes = count(a.ttl_minutes, 15, 1..=10_080).map_err(|m| (f("ttlMinutes"), m))?;
+    let max_entries =
+        count(a.max_entries, 100_000, 1..=10_000_000).map_err(|m| (f("maxEntries"), m))?;
+    let store = match (a.store.unwrap_or_default(), a.redis) {
+        (AffinityStoreKind::Memory, None) => AffinityStore::Memory,
+        (AffinityStoreKind::Memory, Some(_)) => {
+            return Err((
+                f("redis"),
+                "only used with store: redis; set store: redis or remove it".into(),
+            ));
+        }
+        (AffinityStoreKind::Redis, None) => {
+            return Err((
+                f("redis"),
+                "store: redis needs redis.address or redis.sentinels".into(),
+            ));
+        }
+        (AffinityStoreKind::Redis, Some(r)) => AffinityStore::Redis(redis(&r)?),
+    };
+    Ok(Some(Affinity {
+        header: header.to_ascii_lowercase(),
+        ttl: Duration::from_secs(u64::from(ttl_minutes) * 60),
+        max_entries,
+        store,
+    }))
+}
+
+fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
+    let f = |name: &str| format!("spec.affinity.redis.{name}");
+    let host_port = |v: &str, field: String| -> Result<String, (String, String)> {
+        match v.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+            {
+                Ok(v.to_string())
+            }
+            _ => Err((field, format!("must be host:port, got {v:?}"))),
+        }
+    };
+    let target = match (&r.address, r.sentinels.is_empty(), &r.master_name) {
+        (Some(a), true, None) => RedisTarget::Direct(host_port(a, f("address"))?),
+        (None, false, Some(m)) if !m.is_empty() => RedisTarget::Sentinel {
+            sentinels: r
+                .sentinels
+                .iter()
+                .enumerate()
+                .map(|(i, s)| host_port(s, format!("spec.affinity.redis.sentinels[{i}]")))
+                .collect::<Result<_, _>>()?,
+            master: m.clone(),
+        },
+        (None, false, _) => {
+            return Err((f("masterName"), "required with sentinels".into()));
+        }
+        (Some(_), false, _) | (Some(_), _, Some(_)) => {
+            return Err((
+                f("address"),
+                "set either address, or sentinels with masterName, not both".into(),
+            ));
+        }
+        (None, true, _) => {
+            return Err((f("address"), "set address (host:port) or sentinels".into()));
+        }
+    };
+    let timeout = r
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| (f("timeout"), m))?
+        .unwrap_or(Duration::from_millis(50));
+    if timeout.is_zero() {
+        return Err((f("timeout"), "must be above 0".into()));
+    }
+    if let Some(e) = &r.password_env
+        && (e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err((
+            f("passwordEnv"),
+            format!("{e:?} is not an environment variable name"),
+        ));
+    }
+    Ok(RedisStore {
+        target,
+        db: count(r.db, 0, 0..=1000).map_err(|m| (f("db"), m))?,
+        key_prefix: r
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| "keyway:affinity:".to_string()),
+        timeout,
+        password_env: r.password_env.clone(),
+    })
+}
+
+/// `spec.balanceAlgorithm`: only meaningful in multiCluster mode.
+fn cluster_balance(spec: &LoadBalancerPoolSpec) -> Result<ClusterBalance, (String, String)> {
+    let Some(b) = &spec.balance_algorithm else {
+        return Ok(ClusterBalance::default());
+    };
+    if spec.mode != Mode::MultiCluster {
+        return Err((
+            "spec.balanceAlgorithm".into(),
+            "only valid with mode: multiCluster".into(),
+        ));
+    }
+    let f = |name: &str| format!("spec.balanceAlgorithm.{name}");
+    let ppm = |v: Option<f64>, default: f64, min: f64, max: f64, field: String| {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && (min..=max).contains(&v) {
+            Ok((v * 1e6).round() as u32)
+        } else {
+            Err((field, format!("must be between {min} and {max}, got {v}")))
+        }
+    };
+    let model_header = match &b.model_header {
+        Some(h) if !is_header_name(h) => {
+            return Err((
+                f("modelHeader"),
+                format!("{h:?} is not a valid header name"),
+            ));
+        }
+        h => h.as_ref().map(|h| h.to_ascii_lowercase()),
+    };
+    let token_rebalance = match &b.token_rebalance {
+        None => None,
+        Some(t) => Some(TokenRebalance {
+            imbalance_ratio_ppm: ppm(
+                t.imbalance_ratio,
+                1.5,
+                1.0,
+                100.0,
+                f("tokenRebalance.imbalanceRatio"),
+            )?,
+            max_fraction_ppm: ppm(
+                t.max_fraction,
+                0.2,
+                0.0,
+                1.0,
+                f("tokenRebalance.maxFraction"),
+            )?,
+        }),
+    };
+    Ok(ClusterBalance {
+        overloaded_ratio_ppm: ppm(
+            b.overloaded_capacity_ratio,
+            0.95,
+            0.01,
+            100.0,
+            f("overloadedCapacityRatio"),
+        )?,
+        smoothing_ppm: ppm(
+            b.cluster_weight_smoothing_factor,
+            0.05,
+            0.0,
+            100.0,
+            f("clusterWeightSmoothingFactor"),
+        )?,
+        model_header,
+        token_rebalance,
     })
 }
 

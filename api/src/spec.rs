@@ -69,8 +69,10 @@ pub struct LoadBalancerPoolSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub backends: Vec<BackendSpec>,
 
-    /// `balanced` (every healthy backend takes traffic) or `failover` (the `primary` backend
-    /// takes traffic while healthy; the `secondary` ones when it is not, or when evacuated).
+    /// `balanced` (every healthy backend takes traffic), `failover` (the `primary` backend
+    /// takes traffic while healthy; the `secondary` ones when it is not, or when evacuated) or
+    /// `multiCluster` (each backend is a cluster; users stick to one with capacity for their
+    /// model).
     #[serde(default)]
     pub mode: Mode,
 
@@ -139,6 +141,127 @@ pub struct LoadBalancerPoolSpec {
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_proxy_namespaces: Vec<String>,
+
+    /// Request affinity. In `mode: multiCluster`, the header names the user whose requests
+    /// stay on one cluster. In every mode, when an upstream answers with this header (as MCP
+    /// servers do with `Mcp-Session-Id`), later requests carrying the same value go to the
+    /// backend and key that created the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinitySpec>,
+
+    /// `mode: multiCluster`: how a cluster is chosen from deep health (capacity and
+    /// consumption per model) and the token rate each cluster serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_algorithm: Option<BalanceAlgorithmSpec>,
+}
+
+/// Which header ties requests together, for how long, and where the ties are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinitySpec {
+    /// The request header naming the user (or session). Default `user-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub header: Option<String>,
+    /// How long an assignment lives after its last use. Default 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10080))]
+    pub ttl_minutes: Option<i32>,
+    /// Assignments kept in memory per proxy; the least recently used go first. Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_entries: Option<i32>,
+    /// `memory` (default: per proxy; replicas agree on first choices by rendezvous hashing)
+    /// or `redis` (assignments shared by every replica; falls back to memory while Redis is
+    /// unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<AffinityStoreKind>,
+    /// The Redis server for `store: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+}
+
+/// Where assignments are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AffinityStoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// A Redis server, addressed directly or through Sentinel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `host:port` of the server. Either this or `sentinels` + `masterName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub address: Option<String>,
+    /// `host:port` of Sentinel processes, asked in turn for the master's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 255)))]
+    pub sentinels: Vec<String>,
+    /// The Sentinel master name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// Database number. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub db: Option<i32>,
+    /// Prefix of every key Keyway writes. Default `keyway:affinity:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub key_prefix: Option<String>,
+    /// Longest wait for Redis on the request path before the memory store answers instead.
+    /// Default `50ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub timeout: Option<String>,
+    /// Name of an environment variable of the proxy holding the Redis password (`AUTH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub password_env: Option<String>,
+}
+
+/// Cluster choice in `mode: multiCluster`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BalanceAlgorithmSpec {
+    /// A model is overloaded on a cluster when consumption / capacity exceeds this; the
+    /// cluster then takes no new users for that model. Default 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub overloaded_capacity_ratio: Option<f64>,
+    /// `s` in a cluster's weight `(capacity + capacity*s) / (consumption + capacity*s)`:
+    /// larger values make the choice less sensitive to small differences in consumption.
+    /// Default 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub cluster_weight_smoothing_factor: Option<f64>,
+    /// A request header naming the model, read before the JSON body's `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub model_header: Option<String>,
+    /// Move new users toward clusters that serve fewer tokens per minute per unit of
+    /// capacity. Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rebalance: Option<TokenRebalanceSpec>,
+}
+
+/// Token-rate rebalancing of new assignments.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRebalanceSpec {
+    /// Rebalance when the busiest cluster's tokens per minute per unit of capacity exceed the
+    /// least busy one's by this factor. Default 1.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub imbalance_ratio: Option<f64>,
+    /// At most this fraction of new assignments is moved. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_fraction: Option<f64>,
 }
 
 /// One upstream endpoint.
@@ -188,6 +311,10 @@ pub enum Mode {
     Balanced,
     /// Primary while healthy, secondaries otherwise (or when `evacuatePrimary`).
     Failover,
+    /// Each backend is a cluster serving models: users stick to a cluster (`affinity`), new
+    /// users go to clusters with spare capacity for their model (`balanceAlgorithm`, deep
+    /// health checks).
+    MultiCluster,
 }
 
 /// The HTTP version spoken to a backend.

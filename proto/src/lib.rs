@@ -94,9 +94,51 @@ impl From<&model::Pool> for Pool {
             mode: match p.mode {
                 model::Mode::Balanced => Mode::Balanced,
                 model::Mode::Failover => Mode::Failover,
+                model::Mode::MultiCluster => Mode::MultiCluster,
             } as i32,
             evacuate_primary: p.evacuate_primary,
             sse_keep_alive_ms: p.sse_keep_alive.map_or(0, ms),
+            affinity: p.affinity.as_ref().map(|a| Affinity {
+                header: a.header.clone(),
+                ttl_ms: ms(a.ttl),
+                max_entries: a.max_entries,
+                redis: match &a.store {
+                    model::AffinityStore::Memory => None,
+                    model::AffinityStore::Redis(r) => {
+                        let (address, sentinels, master_name) = match &r.target {
+                            model::RedisTarget::Direct(a) => (a.clone(), Vec::new(), String::new()),
+                            model::RedisTarget::Sentinel { sentinels, master } => {
+                                (String::new(), sentinels.clone(), master.clone())
+                            }
+                        };
+                        Some(RedisStore {
+                            address,
+                            sentinels,
+                            master_name,
+                            db: r.db,
+                            key_prefix: r.key_prefix.clone(),
+                            timeout_ms: ms(r.timeout),
+                            password_env: r.password_env.clone().unwrap_or_default(),
+                        })
+                    }
+                },
+            }),
+            cluster_balance: Some(ClusterBalance {
+                overloaded_ratio_ppm: p.cluster_balance.overloaded_ratio_ppm,
+                smoothing_ppm: p.cluster_balance.smoothing_ppm,
+                model_header: p.cluster_balance.model_header.clone().unwrap_or_default(),
+                token_rebalance: p.cluster_balance.token_rebalance.is_some(),
+                rebalance_imbalance_ratio_ppm: p
+                    .cluster_balance
+                    .token_rebalance
+                    .as_ref()
+                    .map_or(0, |t| t.imbalance_ratio_ppm),
+                rebalance_max_fraction_ppm: p
+                    .cluster_balance
+                    .token_rebalance
+                    .as_ref()
+                    .map_or(0, |t| t.max_fraction_ppm),
+            }),
             hash_header: p.hash_header.clone(),
             hash_load_factor_pct: p.hash_load_factor_pct,
             outlier: Some(Outlier {
@@ -228,6 +270,7 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
     let mode = match Mode::try_from(p.mode) {
         Ok(Mode::Balanced) | Ok(Mode::Unspecified) => model::Mode::Balanced,
         Ok(Mode::Failover) => model::Mode::Failover,
+        Ok(Mode::MultiCluster) => model::Mode::MultiCluster,
         Err(_) => return Err(("mode".into(), format!("unknown value {}", p.mode))),
     };
     if p.backends.is_empty() {
@@ -325,7 +368,27 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
     if p.hash_header.is_empty() {
         return Err(("hashHeader".into(), "required".into()));
     }
+    let affinity = p.affinity.map(affinity).transpose()?;
+    let cluster_balance = p
+        .cluster_balance
+        .map_or_else(model::ClusterBalance::default, |c| model::ClusterBalance {
+            overloaded_ratio_ppm: c.overloaded_ratio_ppm,
+            smoothing_ppm: c.smoothing_ppm,
+            model_header: (!c.model_header.is_empty()).then(|| c.model_header.to_ascii_lowercase()),
+            token_rebalance: c.token_rebalance.then_some(model::TokenRebalance {
+                imbalance_ratio_ppm: c.rebalance_imbalance_ratio_ppm,
+                max_fraction_ppm: c.rebalance_max_fraction_ppm,
+            }),
+        });
+    if cluster_balance.overloaded_ratio_ppm == 0 {
+        return Err((
+            "clusterBalance.overloadedRatioPpm".into(),
+            "must be above 0".into(),
+        ));
+    }
     Ok(model::Pool {
+        affinity,
+        cluster_balance,
         id: ObjectId::new(p.namespace, p.name),
         mode,
         backends,
@@ -340,6 +403,49 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
         outlier,
         retry,
         timeouts,
+    })
+}
+
+fn affinity(a: Affinity) -> FieldResult<model::Affinity> {
+    if a.header.is_empty() {
+        return Err(("affinity.header".into(), "required".into()));
+    }
+    if a.ttl_ms == 0 || a.max_entries == 0 {
+        return Err((
+            "affinity".into(),
+            "ttl and maxEntries must be above 0".into(),
+        ));
+    }
+    let store = match a.redis {
+        None => model::AffinityStore::Memory,
+        Some(r) => {
+            let target = if !r.address.is_empty() {
+                model::RedisTarget::Direct(r.address)
+            } else if !r.sentinels.is_empty() && !r.master_name.is_empty() {
+                model::RedisTarget::Sentinel {
+                    sentinels: r.sentinels,
+                    master: r.master_name,
+                }
+            } else {
+                return Err((
+                    "affinity.redis.address".into(),
+                    "an address or sentinels with a master name are required".into(),
+                ));
+            };
+            model::AffinityStore::Redis(model::RedisStore {
+                target,
+                db: r.db,
+                key_prefix: r.key_prefix,
+                timeout: Duration::from_millis(r.timeout_ms.max(1)),
+                password_env: (!r.password_env.is_empty()).then_some(r.password_env),
+            })
+        }
+    };
+    Ok(model::Affinity {
+        header: a.header.to_ascii_lowercase(),
+        ttl: Duration::from_millis(a.ttl_ms),
+        max_entries: a.max_entries,
+        store,
     })
 }
 
@@ -478,6 +584,34 @@ spec:
   backends:
     - {name: a, role: primary, endpoint: "http://127.0.0.1:1/x", hostHeader: api.example.com, weight: 3}
     - {name: b, role: secondary, protocol: http2, endpoint: "http://127.0.0.1:2", healthCheck: {url: "http://127.0.0.1:3/h"}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: mc, namespace: team}
+spec:
+  mode: multiCluster
+  affinity:
+    header: X-User
+    ttlMinutes: 30
+    maxEntries: 5000
+    store: redis
+    redis: {sentinels: ["s1:26379", "s2:26379"], masterName: m, db: 2, timeout: 20ms, passwordEnv: REDIS_PASSWORD}
+  balanceAlgorithm:
+    overloadedCapacityRatio: 0.9
+    clusterWeightSmoothingFactor: 0.1
+    modelHeader: X-Model
+    tokenRebalance: {imbalanceRatio: 2, maxFraction: 0.1}
+  backends:
+    - {name: east, endpoint: "http://127.0.0.1:4"}
+    - {name: west, endpoint: "http://127.0.0.1:5"}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: mcp, namespace: team}
+spec:
+  affinity: {header: Mcp-Session-Id, store: redis, redis: {address: "127.0.0.1:6379"}}
+  backends:
+    - {name: a, endpoint: "http://127.0.0.1:6"}
 "#;
         let model = Manifests::parse(yaml, &|_| None)
             .unwrap()

@@ -60,6 +60,32 @@ impl Admin {
                 .with_label_values(&[p.label.as_str()])
                 .set(p.healthy_count() as i64);
         }
+        let now = std::time::Instant::now();
+        for p in &router.pools {
+            if p.model.mode == keyway_api::model::Mode::MultiCluster {
+                let c = &metrics.clusters;
+                for b in &p.backends {
+                    let labels = [p.label.as_str(), b.model.name.as_str()];
+                    c.healthy.with_label_values(&labels).set(i64::from(
+                        b.model.weight > 0 && b.health.is_available(now, false),
+                    ));
+                    c.tokens_per_minute
+                        .with_label_values(&labels)
+                        .set(b.counters.tokens.per_minute(now));
+                    if let Some((capacity, consumption)) = b.health.load() {
+                        c.capacity.with_label_values(&labels).set(capacity);
+                        c.consumption.with_label_values(&labels).set(consumption);
+                    }
+                }
+            }
+            if let Some(store) = &p.affinity {
+                metrics
+                    .clusters
+                    .entries
+                    .with_label_values(&[p.label.as_str()])
+                    .set(store.local_len() as i64);
+            }
+        }
         metrics.key_state.reset();
         for kp in &router.key_pools {
             metrics
@@ -103,6 +129,12 @@ impl Admin {
                     "healthyBackends": p.healthy_count(),
                     "keyPool": p.model.key_pool,
                     "keyPoolAvailable": p.keys.is_ok(),
+                    "affinity": p.affinity.as_ref().map(|a| json!({
+                        "header": a.settings.header,
+                        "store": a.kind(),
+                        "ttlSeconds": a.settings.ttl.as_secs(),
+                        "localEntries": a.local_len(),
+                    })),
                     "backends": p.backends.iter().map(|b| json!({
                         "name": b.model.name,
                         "endpoint": b.model.endpoint.to_string(),
@@ -117,6 +149,7 @@ impl Admin {
                             "consumption": m.consumption,
                         })).collect::<Vec<_>>(),
                         "usage": usage(&b.counters),
+                        "tokensPerMinute": b.counters.tokens.per_minute(now),
                     })).collect::<Vec<_>>(),
                 })
             })

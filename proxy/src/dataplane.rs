@@ -2,11 +2,13 @@
 //! cursors and key pools, swapped atomically on every new snapshot. Requests read it without
 //! locks (`ArcSwap::load`); counters of backends and keys that survive a swap are kept.
 
+use crate::affinity::AffinityStore;
 use crate::balance::{self, Balancer, Candidates, InFlight, OwnedInFlightGuard};
+use crate::cluster::TokenRate;
 use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
 use crate::http::UpstreamClient;
 use crate::keys;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolClusterMetrics};
 use arc_swap::ArcSwap;
 use keyway_api::model::{self, Mode, ObjectId, Role};
 use std::collections::HashMap;
@@ -52,6 +54,11 @@ pub struct PoolState {
     /// `Ok(None)`: no key injection; `Err(name)`: the referenced key pool is missing.
     pub keys: Result<Option<Arc<KeyPoolState>>, String>,
     metrics: Metrics,
+    /// User assignments and sessions (`spec.affinity`); kept across snapshots.
+    pub(crate) affinity: Option<Arc<AffinityStore>>,
+    /// multiCluster: the header naming the model, read before the body.
+    pub(crate) model_header: Option<http::HeaderName>,
+    pub(crate) cluster_metrics: PoolClusterMetrics,
 }
 
 pub struct BackendState {
@@ -88,6 +95,8 @@ pub struct Counters {
     pub failures: AtomicU64,
     /// Unix milliseconds of the last use; 0 = never.
     pub last_used_ms: AtomicU64,
+    /// Tokens served in the last minute (multiCluster rebalancing).
+    pub tokens: TokenRate,
 }
 
 #[derive(Default)]
@@ -95,6 +104,7 @@ struct Registry {
     backends: HashMap<(ObjectId, String), Arc<Counters>>,
     key_engines: HashMap<ObjectId, Arc<keys::KeyPool>>,
     health: HashMap<(ObjectId, String), HealthEntry>,
+    affinity: HashMap<ObjectId, Arc<AffinityStore>>,
 }
 
 /// A backend's health and the task probing it; replaced when its check settings change.
@@ -189,6 +199,12 @@ impl Registry {
         });
         self.key_engines
             .retain(|id, _| snapshot.key_pools.iter().any(|k| &k.id == id));
+        self.affinity.retain(|id, store| {
+            snapshot
+                .pools
+                .iter()
+                .any(|p| &p.id == id && p.affinity.as_ref() == Some(&store.settings))
+        });
         let key_pools: Vec<Arc<KeyPoolState>> = snapshot
             .key_pools
             .iter()
@@ -243,7 +259,31 @@ impl Registry {
                         .map(|k| Some(k.clone()))
                         .ok_or_else(|| format!("{}/{name}", p.id.namespace)),
                 };
+                let affinity = p.affinity.as_ref().map(|a| {
+                    self.affinity
+                        .entry(p.id.clone())
+                        .or_insert_with(|| {
+                            let store_kind = match a.store {
+                                model::AffinityStore::Memory => "memory",
+                                model::AffinityStore::Redis(_) => "redis",
+                            };
+                            Arc::new(AffinityStore::new(
+                                a.clone(),
+                                &label,
+                                metrics.clusters.store(&label, store_kind),
+                            ))
+                        })
+                        .clone()
+                });
+                let model_header = p
+                    .cluster_balance
+                    .model_header
+                    .as_ref()
+                    .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
                 Arc::new(PoolState {
+                    cluster_metrics: metrics.clusters.for_pool(&label),
+                    affinity,
+                    model_header,
                     label,
                     balancer: Balancer::for_pool(p),
                     in_flight: Arc::new(InFlight::new(backends.len())),
@@ -257,10 +297,7 @@ impl Registry {
             })
             .collect::<Vec<_>>();
 
-        let needs_model = snapshot
-            .pools
-            .iter()
-            .any(|p| p.routes.iter().any(model::Route::needs_model));
+        let needs_model = snapshot.pools.iter().any(model::Pool::needs_model);
         let retry_buffer = snapshot
             .pools
             .iter()

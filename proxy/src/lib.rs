@@ -9,7 +9,9 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod affinity;
 pub mod balance;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod placement;
 pub mod reprobe;
 pub mod tls;
 pub mod usage;

@@ -2,7 +2,8 @@
 //! values are bounded (pool, backend, key id, status class, error kind), never key values.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric the proxy exports. Names are documented in the README's metrics section.
@@ -49,6 +50,190 @@ pub struct Metrics {
     pub key_state: IntGaugeVec,
     /// Requests waiting for a key now (refreshed at scrape time), by key pool.
     pub key_queue: IntGaugeVec,
+    /// Multi-cluster routing and affinity.
+    pub clusters: ClusterMetrics,
+}
+
+/// Multi-cluster and affinity metrics. Gauges are refreshed at scrape time.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// 1 while the cluster is healthy and not ejected, by pool and cluster.
+    pub healthy: IntGaugeVec,
+    /// Tokens served in the last minute, by pool and cluster.
+    pub tokens_per_minute: GaugeVec,
+    /// Tokens served, by pool and cluster.
+    pub tokens: IntCounterVec,
+    /// Capacity and consumption summed over the cluster's models (deep health).
+    pub capacity: GaugeVec,
+    pub consumption: GaugeVec,
+    /// Users moved to another cluster, by pool and reason (`tpm_imbalance`,
+    /// `cluster_unhealthy`, `overloaded`).
+    pub rebalances: IntCounterVec,
+    /// Stored user assignments that changed, by pool.
+    pub assignment_changes: IntCounterVec,
+    /// Requests served elsewhere than placed, by pool and reason (`retry`,
+    /// `session_key_unavailable`).
+    pub deviations: IntCounterVec,
+    /// Affinity lookups, by pool, store and result (`hit`, `miss`).
+    pub lookups: IntCounterVec,
+    /// Lookups and writes the memory store answered because Redis was unreachable, by pool.
+    pub fallbacks: IntCounterVec,
+    /// Sessions pinned to their backend from an upstream's response header, by pool.
+    pub sessions_learned: IntCounterVec,
+    /// Entries in the proxy's local affinity store, by pool.
+    pub entries: IntGaugeVec,
+}
+
+/// One pool's handles on [`ClusterMetrics`].
+#[derive(Clone)]
+pub struct PoolClusterMetrics {
+    pool: String,
+    rebalances: IntCounterVec,
+    pub assignment_changes: prometheus::IntCounter,
+    deviations: IntCounterVec,
+    pub sessions_learned: prometheus::IntCounter,
+}
+
+impl PoolClusterMetrics {
+    pub fn rebalance(&self, reason: &str) {
+        self.rebalances
+            .with_label_values(&[self.pool.as_str(), reason])
+            .inc();
+    }
+
+    pub fn deviation(&self, reason: &str) {
+        self.deviations
+            .with_label_values(&[self.pool.as_str(), reason])
+            .inc();
+    }
+}
+
+impl ClusterMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let pc = ["pool", "cluster"];
+        Ok(Self {
+            healthy: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_healthy",
+                    "1 while the cluster may take traffic (healthy, not ejected), by pool and cluster.",
+                ),
+                &pc,
+            )?,
+            tokens_per_minute: GaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_tokens_per_minute",
+                    "Tokens the cluster served in the last minute, by pool and cluster.",
+                ),
+                &pc,
+            )?,
+            tokens: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_tokens_total",
+                    "Tokens the cluster served (from responses), by pool and cluster.",
+                ),
+                &pc,
+            )?,
+            capacity: GaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_capacity",
+                    "Capacity summed over the cluster's models (deep health), by pool and cluster.",
+                ),
+                &pc,
+            )?,
+            consumption: GaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_consumption",
+                    "Consumption summed over the cluster's models (deep health), by pool and cluster.",
+                ),
+                &pc,
+            )?,
+            rebalances: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_rebalances_total",
+                    "Users moved to another cluster, by pool and reason.",
+                ),
+                &["pool", "reason"],
+            )?,
+            assignment_changes: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_affinity_assignment_changes_total",
+                    "Stored user-to-cluster assignments that changed, by pool.",
+                ),
+                &["pool"],
+            )?,
+            deviations: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_cluster_routing_deviations_total",
+                    "Requests served elsewhere than placed, by pool and reason.",
+                ),
+                &["pool", "reason"],
+            )?,
+            lookups: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_affinity_lookups_total",
+                    "Affinity store lookups, by pool, store and result (hit, miss).",
+                ),
+                &["pool", "store", "result"],
+            )?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_affinity_store_fallbacks_total",
+                    "Affinity lookups and writes served by the memory store while Redis was unreachable, by pool.",
+                ),
+                &["pool"],
+            )?,
+            sessions_learned: IntCounterVec::new(
+                Opts::new(
+                    "keyway_proxy_affinity_sessions_learned_total",
+                    "Sessions pinned to a backend and key from an upstream response header, by pool.",
+                ),
+                &["pool"],
+            )?,
+            entries: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_proxy_affinity_entries",
+                    "Entries in the proxy's local affinity store, by pool.",
+                ),
+                &["pool"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.healthy.clone()))?;
+        registry.register(Box::new(self.tokens_per_minute.clone()))?;
+        registry.register(Box::new(self.tokens.clone()))?;
+        registry.register(Box::new(self.capacity.clone()))?;
+        registry.register(Box::new(self.consumption.clone()))?;
+        registry.register(Box::new(self.rebalances.clone()))?;
+        registry.register(Box::new(self.assignment_changes.clone()))?;
+        registry.register(Box::new(self.deviations.clone()))?;
+        registry.register(Box::new(self.lookups.clone()))?;
+        registry.register(Box::new(self.fallbacks.clone()))?;
+        registry.register(Box::new(self.sessions_learned.clone()))?;
+        registry.register(Box::new(self.entries.clone()))?;
+        Ok(())
+    }
+
+    /// The handles of one pool.
+    pub fn for_pool(&self, pool: &str) -> PoolClusterMetrics {
+        PoolClusterMetrics {
+            pool: pool.to_string(),
+            rebalances: self.rebalances.clone(),
+            assignment_changes: self.assignment_changes.with_label_values(&[pool]),
+            deviations: self.deviations.clone(),
+            sessions_learned: self.sessions_learned.with_label_values(&[pool]),
+        }
+    }
+
+    /// The lookup counters of one pool's store.
+    pub fn store(&self, pool: &str, store: &str) -> crate::affinity::StoreMetrics {
+        crate::affinity::StoreMetrics {
+            hits: self.lookups.with_label_values(&[pool, store, "hit"]),
+            misses: self.lookups.with_label_values(&[pool, store, "miss"]),
+            fallbacks: self.fallbacks.with_label_values(&[pool]),
+        }
+    }
 }
 
 // === impl Metrics ===
@@ -194,7 +379,9 @@ impl Metrics {
                 ),
                 &["key_pool"],
             )?,
+            clusters: ClusterMetrics::new()?,
         };
+        m.clusters.register(registry)?;
         registry.register(Box::new(m.key_tokens.clone()))?;
         registry.register(Box::new(m.key_wait.clone()))?;
         registry.register(Box::new(m.key_unavailable.clone()))?;

@@ -37,6 +37,8 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
         timeouts: None,
         sse_keep_alive: None,
         allowed_proxy_namespaces: vec![],
+        affinity: None,
+        balance_algorithm: None,
     }
 }
 
@@ -278,4 +280,99 @@ fn key_limits_merge_defaults_and_overrides() {
         key_pool(&id(), &bad, Some(&entries)).unwrap_err().field,
         "spec.keys[0].requestsPerMinute"
     );
+}
+
+#[test]
+fn multi_cluster_defaults() {
+    let mut s = spec(&["http://a:1", "http://b:2"]);
+    s.mode = Mode::MultiCluster;
+    let p = pool(&id(), &s).unwrap();
+    let a = p
+        .affinity
+        .clone()
+        .expect("multiCluster always has affinity");
+    assert_eq!(a.header, "user-id");
+    assert_eq!(a.ttl, Duration::from_secs(15 * 60));
+    assert_eq!(a.max_entries, 100_000);
+    assert_eq!(a.store, crate::model::AffinityStore::Memory);
+    assert_eq!(p.cluster_balance.overloaded_ratio_ppm, 950_000);
+    assert_eq!(p.cluster_balance.smoothing_ppm, 50_000);
+    assert!(p.backends.iter().all(|b| b.role.is_none()));
+    assert!(p.needs_model());
+
+    // Other modes have no affinity unless asked for (e.g. MCP sessions).
+    s.mode = Mode::Balanced;
+    assert!(pool(&id(), &s).unwrap().affinity.is_none());
+    s.affinity = Some(crate::spec::AffinitySpec {
+        header: Some("Mcp-Session-Id".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        pool(&id(), &s).unwrap().affinity.unwrap().header,
+        "mcp-session-id"
+    );
+}
+
+#[test]
+fn multi_cluster_errors_name_the_field() {
+    use crate::spec::{AffinitySpec, AffinityStoreKind, BalanceAlgorithmSpec, RedisSpec};
+    let base = {
+        let mut s = spec(&["http://a:1"]);
+        s.mode = Mode::MultiCluster;
+        s
+    };
+    let field = |s: &LoadBalancerPoolSpec| pool(&id(), s).unwrap_err().field;
+
+    let mut s = base.clone();
+    s.affinity = Some(AffinitySpec {
+        store: Some(AffinityStoreKind::Redis),
+        ..Default::default()
+    });
+    assert_eq!(field(&s), "spec.affinity.redis");
+
+    s.affinity.as_mut().unwrap().redis = Some(RedisSpec {
+        address: Some("redis".into()),
+        ..Default::default()
+    });
+    assert_eq!(field(&s), "spec.affinity.redis.address");
+
+    s.affinity.as_mut().unwrap().redis = Some(RedisSpec {
+        sentinels: vec!["s1:26379".into()],
+        ..Default::default()
+    });
+    assert_eq!(field(&s), "spec.affinity.redis.masterName");
+
+    s.affinity.as_mut().unwrap().redis = Some(RedisSpec {
+        sentinels: vec!["s1:26379".into()],
+        master_name: Some("mymaster".into()),
+        timeout: Some("20ms".into()),
+        ..Default::default()
+    });
+    let p = pool(&id(), &s).unwrap();
+    match p.affinity.unwrap().store {
+        crate::model::AffinityStore::Redis(r) => {
+            assert_eq!(r.timeout, Duration::from_millis(20));
+            assert_eq!(r.key_prefix, "keyway:affinity:");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut s = base.clone();
+    s.affinity = Some(AffinitySpec {
+        header: Some("bad header".into()),
+        ..Default::default()
+    });
+    assert_eq!(field(&s), "spec.affinity.header");
+
+    let mut s = base.clone();
+    s.balance_algorithm = Some(BalanceAlgorithmSpec {
+        overloaded_capacity_ratio: Some(0.0),
+        ..Default::default()
+    });
+    assert_eq!(field(&s), "spec.balanceAlgorithm.overloadedCapacityRatio");
+
+    let mut s = base.clone();
+    s.mode = Mode::Balanced;
+    s.balance_algorithm = Some(BalanceAlgorithmSpec::default());
+    assert_eq!(field(&s), "spec.balanceAlgorithm");
 }

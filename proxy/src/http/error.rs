@@ -20,6 +20,10 @@ pub enum Rejection {
     BodyTooLarge,
     KeysUnavailable,
     UpstreamStatus,
+    /// multiCluster: no cluster can take the request's model.
+    NoCluster,
+    /// A learned session's backend left the config.
+    SessionGone,
 }
 
 // === impl Rejection ===
@@ -38,12 +42,14 @@ impl Rejection {
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::KeysUnavailable => "keys_unavailable",
             Rejection::UpstreamStatus => "status",
+            Rejection::NoCluster => "no_cluster",
+            Rejection::SessionGone => "session_not_found",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::NoRoute | Rejection::SessionGone => StatusCode::NOT_FOUND,
             Rejection::ClientBody => StatusCode::BAD_REQUEST,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::KeysUnavailable => StatusCode::TOO_MANY_REQUESTS,
@@ -51,9 +57,10 @@ impl Rejection {
             | Rejection::UpstreamProtocol
             | Rejection::UpstreamStatus => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::NoBackends | Rejection::KeyPoolUnavailable | Rejection::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::NoBackends
+            | Rejection::KeyPoolUnavailable
+            | Rejection::NotReady
+            | Rejection::NoCluster => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -13,17 +13,18 @@ use super::body::{IdleTimeout, RequestBody, SseKeepAlive};
 use super::client::{self, ErrorChain, UpstreamClient};
 use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
-use super::response::{RequestGauge, ResponseBody, UsageTap};
+use super::response::{ClusterTokens, RequestGauge, ResponseBody, UsageTap};
 use super::{BoxError, ProxyBody};
 use crate::balance;
 use crate::dataplane::{BackendState, Dataplane, KeyPoolState, PoolState};
 use crate::keys::{KeyId, Lease, Unavailable};
+use crate::placement::{PlaceError, Placement};
 use crate::usage;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use keyway_api::model::{Auth, Protocol, Scheme};
+use keyway_api::model::{Auth, Mode, Protocol, Scheme};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -167,6 +168,30 @@ impl Forwarder {
             headers: parts.headers,
             body,
         };
+        let placement = match pool.place(&prepared.headers, model.as_deref()).await {
+            Ok(p) => p,
+            Err(PlaceError::NoCluster { model }) => {
+                let msg = match model {
+                    Some(m) => format!(
+                        "pool {}: no cluster can take model {m:?} now (each is unhealthy, lacks the model, or is overloaded)",
+                        pool.label
+                    ),
+                    None => format!(
+                        "pool {}: no cluster can take traffic now (each is unhealthy or overloaded)",
+                        pool.label
+                    ),
+                };
+                return self.reject(Rejection::NoCluster, &msg);
+            }
+            Err(PlaceError::SessionGone { backend }) => {
+                let msg = format!(
+                    "session not found: its backend {backend} is no longer part of pool {}; start a new session",
+                    pool.label
+                );
+                return self.reject(Rejection::SessionGone, &msg);
+            }
+        };
+        let mut pinned_key = placement.key_id.clone();
         let mut strip_usage = false;
         let mut key_affinity = None;
         if let Some(kp) = key_pool {
@@ -205,6 +230,21 @@ impl Forwarder {
         let mut upstream_time = Duration::ZERO;
 
         for _ in 0..MAX_ATTEMPTS {
+            // A session keeps the key that opened it while that key may be used.
+            if let (Some(kp), Some(id)) = (key_pool, pinned_key.take())
+                && lease.is_none()
+            {
+                match kp.engine.try_acquire_id(&id) {
+                    Some(l) => {
+                        metrics
+                            .key_requests
+                            .with_label_values(&[kp.label.as_str(), l.id()])
+                            .inc();
+                        lease = Some(l);
+                    }
+                    None => pool.cluster_metrics.deviation("session_key_unavailable"),
+                }
+            }
             if let Some(kp) = key_pool
                 && lease.is_none()
             {
@@ -230,15 +270,17 @@ impl Forwarder {
                     }
                 }
             }
-            let Some(idx) = pool.pick(hash, &failed_backends) else {
+            let Some(idx) = next_backend(pool, &placement, hash, &failed_backends) else {
                 let msg = format!("pool {} has no backend that takes traffic", pool.label);
                 return self.reject(Rejection::NoBackends, &msg);
             };
             let backend = &pool.backends[idx];
             let mut tried = failed_backends.clone();
             tried.push(idx);
-            let last_backend_try =
-                failed_backends.len() >= max_backend_retries || !pool.can_retry(&tried);
+            // A session's backend owns the session: its failure is the answer.
+            let last_backend_try = placement.pinned
+                || failed_backends.len() >= max_backend_retries
+                || !pool.can_retry(&tried);
             let key_id = lease.as_ref().map(|l| l.id().to_string());
 
             let attempt_started = Instant::now();
@@ -338,6 +380,15 @@ impl Forwarder {
                 Outcome::Respond(resp) => {
                     let (mut resp_parts, resp_body) = resp.into_parts();
                     strip_hop_by_hop(&mut resp_parts.headers);
+                    if resp_parts.status.is_success() {
+                        pool.learn_session(
+                            placement.affinity_value.as_deref(),
+                            &resp_parts.headers,
+                            idx,
+                            key_id.as_deref(),
+                        )
+                        .await;
+                    }
                     let is_sse = resp_parts
                         .headers
                         .get(header::CONTENT_TYPE)
@@ -354,6 +405,13 @@ impl Forwarder {
                         resp_parts.headers.remove(header::CONTENT_LENGTH);
                         upstream = SseKeepAlive::new(upstream, every).boxed();
                     }
+                    let cluster = (pool.model.mode == Mode::MultiCluster).then(|| ClusterTokens {
+                        counters: backend.counters.clone(),
+                        total: metrics
+                            .clusters
+                            .tokens
+                            .with_label_values(&[pool.label.as_str(), backend.model.name.as_str()]),
+                    });
                     let tap = match (lease.take(), key_pool) {
                         (Some(l), Some(kp)) => {
                             let strip = strip_usage && is_sse;
@@ -363,9 +421,9 @@ impl Forwarder {
                             let tokens = metrics
                                 .key_tokens
                                 .with_label_values(&[kp.label.as_str(), l.id()]);
-                            Some(UsageTap::new(l, is_sse, strip, tokens))
+                            Some(UsageTap::new(Some(l), is_sse, strip, Some(tokens), cluster))
                         }
-                        _ => None,
+                        _ => cluster.map(|c| UsageTap::new(None, is_sse, false, None, Some(c))),
                     };
                     let body = ResponseBody::new(
                         upstream,
@@ -661,6 +719,28 @@ fn unavailable_label(u: &Unavailable) -> &'static str {
         R::AtCapacity => "at_capacity",
         R::QueueFull => "queue_full",
         R::QueueTimeout => "queue_timeout",
+    }
+}
+
+/// The backend for the next attempt: where placement put the request, else the pool's
+/// balancer (multiCluster: another eligible cluster, counted as a deviation).
+fn next_backend(
+    pool: &PoolState,
+    placement: &Placement,
+    hash: Option<u64>,
+    failed: &[usize],
+) -> Option<usize> {
+    match placement.backend {
+        Some(b) if !failed.contains(&b) => Some(b),
+        Some(_) if placement.pinned => None,
+        _ if pool.model.mode == Mode::MultiCluster => {
+            let next = pool.retry_cluster(placement.model.as_deref(), failed);
+            if next.is_some() && !failed.is_empty() {
+                pool.cluster_metrics.deviation("retry");
+            }
+            next
+        }
+        _ => pool.pick(hash, failed),
     }
 }
 

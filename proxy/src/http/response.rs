@@ -6,11 +6,13 @@ use super::BoxError;
 use super::ProxyBody;
 use super::client::ErrorChain;
 use crate::balance::OwnedInFlightGuard;
+use crate::dataplane::Counters;
 use crate::keys::Lease;
 use crate::usage::{self, SseUsageScanner, StripUsageChunk};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// JSON response bodies are inspected for usage up to this size.
@@ -25,11 +27,19 @@ impl Drop for RequestGauge {
     }
 }
 
-/// Settles a key's lease with the tokens the response reports.
+/// Settles a key's lease with the tokens the response reports, and credits them to the
+/// cluster (multiCluster token rate).
 pub struct UsageTap {
     lease: Option<Lease>,
     kind: TapKind,
-    tokens: prometheus::IntCounter,
+    tokens: Option<prometheus::IntCounter>,
+    cluster: Option<ClusterTokens>,
+}
+
+/// Where a multiCluster backend's tokens are counted.
+pub struct ClusterTokens {
+    pub counters: Arc<Counters>,
+    pub total: prometheus::IntCounter,
 }
 
 enum TapKind {
@@ -59,7 +69,13 @@ pub struct ResponseBody {
 impl UsageTap {
     /// `sse`: the response is `text/event-stream`; `strip`: remove the usage chunk the proxy
     /// asked for on the client's behalf.
-    pub fn new(lease: Lease, sse: bool, strip: bool, tokens: prometheus::IntCounter) -> Self {
+    pub fn new(
+        lease: Option<Lease>,
+        sse: bool,
+        strip: bool,
+        tokens: Option<prometheus::IntCounter>,
+        cluster: Option<ClusterTokens>,
+    ) -> Self {
         let kind = if sse {
             TapKind::Sse {
                 scanner: SseUsageScanner::new(),
@@ -72,9 +88,10 @@ impl UsageTap {
             }
         };
         Self {
-            lease: Some(lease),
+            lease,
             kind,
             tokens,
+            cluster,
         }
     }
 
@@ -117,7 +134,13 @@ impl UsageTap {
         };
         let tokens = used.map(|u| u.total());
         if let Some(t) = tokens {
-            self.tokens.inc_by(t);
+            if let Some(c) = &self.tokens {
+                c.inc_by(t);
+            }
+            if let Some(c) = &self.cluster {
+                c.total.inc_by(t);
+                c.counters.tokens.add(t, std::time::Instant::now());
+            }
         }
         if let Some(lease) = self.lease.take() {
             lease.success(tokens);

@@ -455,6 +455,15 @@ impl KeyPool {
         })
     }
 
+    /// The key with this id, if it is eligible now (a learned session keeps its key). Never
+    /// waits; `None` when the key is gone, cooling, exhausted, disabled or at capacity.
+    pub fn try_acquire_id(&self, id: &str) -> Option<Lease> {
+        self.shared.run(|s, now, shared| {
+            let slot = s.pick_id(id)?;
+            Some(Lease::new(shared.clone(), s.reserve(slot, now)))
+        })
+    }
+
     /// Like [`KeyPool::try_acquire`], but when no key is eligible, waits (first come, first
     /// served) up to `queue_max_wait` for one to free up. Fails with
     /// [`UnavailableReason::QueueFull`] at once when `queue_max_len` requests already wait,

@@ -630,6 +630,12 @@ impl Sched {
         out
     }
 
+    /// The key with this id, if it may take a request now (ready or paced).
+    pub(super) fn pick_id(&self, id: &str) -> Option<u32> {
+        let &slot = self.by_id.get(id)?;
+        matches!(self.keys[slot as usize].place, Place::Ready | Place::Paced).then_some(slot)
+    }
+
     /// The key the next request should use, if any is eligible.
     pub(super) fn pick(&mut self, now: u64, affinity: Option<u64>, excl: &[u32]) -> Option<u32> {
         if self.preferred.is_empty() && self.paced.is_empty() {

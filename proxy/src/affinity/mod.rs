@@ -1,0 +1,236 @@
+//! Affinity: which backend (and key) a user or a protocol session belongs to.
+//!
+//! One [`AffinityStore`] per pool with `spec.affinity`, kept across config snapshots while the
+//! affinity settings stay the same. Values are small strings written by [`crate::placement`]:
+//! a user's cluster, or a session's backend and key id.
+//!
+//! - `memory`: [`MemoryStore`], per proxy. Replicas still agree on users' first clusters
+//!   because the first choice is a rendezvous hash (see [`crate::cluster`]), not a coin flip.
+//! - `redis`: every replica reads and writes the same assignments. The memory store mirrors
+//!   them, and answers alone while Redis is unreachable (each such lookup counts as a
+//!   fallback); Redis is retried after a short backoff, so a dead Redis costs no timeout per
+//!   request.
+
+mod memory;
+pub mod resp;
+
+pub use memory::MemoryStore;
+
+use keyway_api::model::{self, AffinityStore as StoreKind};
+use prometheus::IntCounter;
+use resp::{RedisClient, Reply};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Redis is retried this long after a failure (doubling up to [`MAX_DOWN`]).
+const FIRST_DOWN: Duration = Duration::from_millis(500);
+const MAX_DOWN: Duration = Duration::from_secs(5);
+
+/// Where one pool's assignments live.
+pub struct AffinityStore {
+    pub settings: model::Affinity,
+    memory: MemoryStore,
+    redis: Option<RedisBacked>,
+    metrics: StoreMetrics,
+}
+
+struct RedisBacked {
+    client: RedisClient,
+    prefix: String,
+    timeout: Duration,
+    ttl_ms: String,
+    down: Mutex<Down>,
+}
+
+#[derive(Default)]
+struct Down {
+    until: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Lookup and fallback counters, labelled by pool and store.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub fallbacks: IntCounter,
+}
+
+impl AffinityStore {
+    /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`).
+    pub fn new(settings: model::Affinity, pool: &str, metrics: StoreMetrics) -> Self {
+        let memory = MemoryStore::new(settings.ttl, settings.max_entries as usize);
+        let redis = match &settings.store {
+            StoreKind::Memory => None,
+            StoreKind::Redis(r) => Some(RedisBacked {
+                client: RedisClient::new(r),
+                prefix: format!("{}{pool}:", r.key_prefix),
+                timeout: r.timeout,
+                ttl_ms: settings.ttl.as_millis().max(1).to_string(),
+                down: Mutex::default(),
+            }),
+        };
+        Self {
+            settings,
+            memory,
+            redis,
+            metrics,
+        }
+    }
+
+    /// `memory` or `redis` (the metrics label).
+    pub fn kind(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Entries in the local (memory) store.
+    pub fn local_len(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// The assignment of `value`, refreshing its TTL.
+    pub async fn get(&self, value: &str) -> Option<Arc<str>> {
+        let found = match &self.redis {
+            Some(r) => match r.get(value).await {
+                Ok(found) => {
+                    let now = Instant::now();
+                    match &found {
+                        // Mirror, so a Redis outage keeps what this replica knew.
+                        Some(v) => self.memory.put(value, v.clone(), now),
+                        None => self.memory.remove(value),
+                    }
+                    found
+                }
+                Err(()) => {
+                    self.metrics.fallbacks.inc();
+                    self.memory.get(value, Instant::now())
+                }
+            },
+            None => self.memory.get(value, Instant::now()),
+        };
+        match &found {
+            Some(_) => self.metrics.hits.inc(),
+            None => self.metrics.misses.inc(),
+        }
+        found
+    }
+
+    /// Stores an assignment. With `only_if_absent`, an assignment another replica stored in
+    /// the meantime wins and is returned instead.
+    pub async fn put(&self, value: &str, assignment: Arc<str>, only_if_absent: bool) -> Arc<str> {
+        let stored = match &self.redis {
+            Some(r) => match r.put(value, &assignment, only_if_absent).await {
+                Ok(winner) => winner.unwrap_or(assignment),
+                Err(()) => {
+                    self.metrics.fallbacks.inc();
+                    assignment
+                }
+            },
+            None => assignment,
+        };
+        self.memory.put(value, stored.clone(), Instant::now());
+        stored
+    }
+}
+
+impl RedisBacked {
+    fn key(&self, value: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + value.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(value.as_bytes());
+        k
+    }
+
+    /// `Err(())`: Redis is down (or was, recently); use the memory store.
+    async fn get(&self, value: &str) -> Result<Option<Arc<str>>, ()> {
+        let key = self.key(value);
+        let reply = self
+            .run(&[b"GETEX", &key, b"PX", self.ttl_ms.as_bytes()])
+            .await?;
+        Ok(match reply {
+            Reply::Bulk(Some(v)) => Some(String::from_utf8_lossy(&v).into()),
+            _ => None,
+        })
+    }
+
+    /// `Ok(Some(winner))` when `only_if_absent` lost to another replica's assignment.
+    async fn put(
+        &self,
+        value: &str,
+        assignment: &str,
+        only_if_absent: bool,
+    ) -> Result<Option<Arc<str>>, ()> {
+        let key = self.key(value);
+        let ttl = self.ttl_ms.as_bytes();
+        if !only_if_absent {
+            self.run(&[b"SET", &key, assignment.as_bytes(), b"PX", ttl])
+                .await?;
+            return Ok(None);
+        }
+        // SET NX GET (Redis 7): stores unless present, and returns what was there.
+        match self
+            .run(&[
+                b"SET",
+                &key,
+                assignment.as_bytes(),
+                b"PX",
+                ttl,
+                b"NX",
+                b"GET",
+            ])
+            .await?
+        {
+            Reply::Bulk(Some(v)) => Ok(Some(String::from_utf8_lossy(&v).into())),
+            _ => Ok(None),
+        }
+    }
+
+    async fn run(&self, args: &[&[u8]]) -> Result<Reply, ()> {
+        {
+            let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            if down.until.is_some_and(|t| Instant::now() < t) {
+                return Err(());
+            }
+        }
+        let result = tokio::time::timeout(self.timeout, self.client.command(args)).await;
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(Ok(reply)) => {
+                if down.until.take().is_some() {
+                    tracing::info!("redis affinity store reachable again");
+                }
+                down.backoff = Duration::ZERO;
+                Ok(reply)
+            }
+            Ok(Err(resp::RedisError::Server(msg))) => {
+                // The server answered: it is up, the command is wrong (e.g. Redis < 7).
+                tracing::warn!(error = %msg, "redis affinity store refused a command");
+                Err(())
+            }
+            Ok(Err(error)) => {
+                down.fail(&error.to_string());
+                self.client.reset();
+                Err(())
+            }
+            Err(_) => {
+                down.fail("timed out");
+                self.client.reset();
+                Err(())
+            }
+        }
+    }
+}
+
+impl Down {
+    fn fail(&mut self, error: &str) {
+        self.backoff = (self.backoff * 2).clamp(FIRST_DOWN, MAX_DOWN);
+        if self.until.is_none() {
+            tracing::warn!(%error, retry_in = ?self.backoff, "redis affinity store unreachable; using the memory store");
+        }
+        self.until = Some(Instant::now() + self.backoff);
+    }
+}
