@@ -5,11 +5,13 @@
 //!   received) and can be told at runtime to fail, stall or hang.
 //! * [`eventually`]: poll an async predicate until it holds or a deadline passes.
 //! * [`free_port`]: pick a currently free TCP port on 127.0.0.1.
+//! * [`redis::RedisServer`]: a real `redis-server` on loopback.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod client;
 pub mod mock;
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;

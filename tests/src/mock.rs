@@ -13,6 +13,10 @@
 //! * `GET /v1/models`: a one-entry model list (cheap health probe).
 //! * `GET /health/deep`: a deep-health JSON body, settable with
 //!   [`MockUpstream::set_deep_health`]; by default [`default_deep_health`].
+//! * `POST /mcp`: a minimal MCP (Streamable HTTP) server: `initialize` opens a session and
+//!   answers with an `Mcp-Session-Id` header (`NAME-session-N`); any other call needs a
+//!   session this mock opened (400 without the header, 404 for an unknown session).
+//!   `GET /mcp` with a known session is a one-event SSE stream.
 //! * `GET /healthz`: always `200 ok`, **never affected by behaviours** (and it
 //!   does not consume [`MockUpstream::fail_next`] slots), so it can be used to
 //!   wait for the mock itself to be up. It is still recorded.
@@ -21,7 +25,7 @@
 //! Every response produced by the mock carries the header
 //! [`UPSTREAM_HEADER`]` : NAME`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -154,6 +158,7 @@ struct State {
     stream_chunks: usize,
     stream_interval: Duration,
     deep_health: Value,
+    mcp_sessions: HashSet<String>,
 }
 
 impl Default for State {
@@ -165,6 +170,7 @@ impl Default for State {
             stream_chunks: DEFAULT_STREAM_CHUNKS,
             stream_interval: Duration::ZERO,
             deep_health: default_deep_health(),
+            mcp_sessions: HashSet::new(),
         }
     }
 }
@@ -346,6 +352,13 @@ impl MockUpstream {
 
     /// Sets the body `GET /health/deep` answers with (any JSON value; default
     /// [`default_deep_health`]).
+    /// The MCP sessions this mock has opened.
+    pub fn mcp_sessions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.lock().mcp_sessions.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
     pub fn set_deep_health(&self, body: Value) {
         self.shared.lock().deep_health = body;
     }
@@ -454,6 +467,11 @@ async fn handle(
         .path_and_query()
         .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
     let key = extract_key(&parts.headers, query.as_deref());
+    let session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let is_health = parts.method == Method::GET && path == "/healthz";
     tracing::debug!(
         name = %shared.name, method = %parts.method, uri, version = ?parts.version,
@@ -483,7 +501,14 @@ async fn handle(
     };
 
     let mut response = match behavior {
-        Behavior::Normal => route(&shared, &parts.method, &path, query.as_deref(), &body),
+        Behavior::Normal => route(
+            &shared,
+            &parts.method,
+            &path,
+            query.as_deref(),
+            &body,
+            session.as_deref(),
+        ),
         Behavior::Status {
             code,
             headers,
@@ -494,7 +519,14 @@ async fn handle(
                 () = tokio::time::sleep(delay) => {}
                 () = wait_shutdown(&mut shutdown) => return Err("mock upstream shutting down".into()),
             }
-            route(&shared, &parts.method, &path, query.as_deref(), &body)
+            route(
+                &shared,
+                &parts.method,
+                &path,
+                query.as_deref(),
+                &body,
+                session.as_deref(),
+            )
         }
         Behavior::Hang => {
             wait_shutdown(&mut shutdown).await;
@@ -515,8 +547,10 @@ fn route(
     path: &str,
     query: Option<&str>,
     body: &Bytes,
+    session: Option<&str>,
 ) -> Response<MockBody> {
     match (method, path) {
+        (&Method::POST | &Method::GET, "/mcp") => mcp(shared, method, body, session),
         (&Method::POST, "/v1/chat/completions") => chat_completions(shared, body),
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
@@ -604,6 +638,54 @@ fn chat_completions(shared: &Shared, body: &Bytes) -> Response<MockBody> {
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }),
+    )
+}
+
+/// `POST /mcp` and `GET /mcp`: see the module docs.
+fn mcp(
+    shared: &Shared,
+    method: &Method,
+    body: &Bytes,
+    session: Option<&str>,
+) -> Response<MockBody> {
+    let call: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let id = call.get("id").cloned().unwrap_or(Value::Null);
+    if method == Method::POST && call.get("method").and_then(Value::as_str) == Some("initialize") {
+        let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let sid = format!("{}-session-{n}", shared.name);
+        shared.lock().mcp_sessions.insert(sid.clone());
+        let mut resp = json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": "2025-06-18",
+                "serverInfo": {"name": shared.name},
+                "capabilities": {},
+            }}),
+        );
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            resp.headers_mut().insert("mcp-session-id", v);
+        }
+        return resp;
+    }
+    let Some(sid) = session else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &error_body("Mcp-Session-Id header required", "invalid_request_error"),
+        );
+    };
+    if !shared.lock().mcp_sessions.contains(sid) {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &error_body(&format!("unknown session {sid}"), "not_found_error"),
+        );
+    }
+    if method == Method::GET {
+        let event = sse_data(&json!({"upstream": shared.name, "session": sid}).to_string());
+        return sse_response(vec![event], Duration::ZERO, Arc::new(AtomicU64::new(0)));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": id, "result": {"upstream": shared.name, "session": sid}}),
     )
 }
 

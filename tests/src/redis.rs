@@ -1,0 +1,105 @@
+//! A real `redis-server` (the Debian package, installed by `e2e/tools/install.sh`) on a
+//! loopback port, with no persistence, for the affinity-store tests.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// A running `redis-server`; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+/// The `redis-server` binary: `$KEYWAY_REDIS_SERVER`, else on `PATH`, else `/usr/bin`.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEYWAY_REDIS_SERVER") {
+        return p.into();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "/usr/bin/redis-server".into())
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` is missing (run `e2e/tools/install.sh`) or does not come up.
+    pub async fn start() -> RedisServer {
+        Self::start_on(crate::free_port()).await
+    }
+
+    /// Starts a server on `port` (e.g. the port of a stopped one, to bring it back).
+    pub async fn start_on(port: u16) -> RedisServer {
+        let bin = binary();
+        let child = Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); run e2e/tools/install.sh (it installs the Debian redis-server package)",
+                    bin.display()
+                )
+            });
+        let server = RedisServer {
+            child: Some(child),
+            port,
+        };
+        crate::eventually(Duration::from_secs(10), "redis-server answers PING", || {
+            server.ping()
+        })
+        .await;
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Whether the server answers `PING` now.
+    pub async fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if s.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 7];
+        matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"+PONG\r\n")
+    }
+}
