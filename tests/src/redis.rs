@@ -8,10 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-/// A running `redis-server`; killed on drop.
+/// A running `redis-server` (or Sentinel); killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The `redis-server` binary: `$KEYWAY_REDIS_SERVER`, else on `PATH`, else `/usr/bin`.
@@ -67,10 +68,49 @@ impl RedisServer {
         let server = RedisServer {
             child: Some(child),
             port,
+            _dir: None,
         };
         crate::eventually(Duration::from_secs(10), "redis-server answers PING", || {
             server.ping()
         })
+        .await;
+        server
+    }
+
+    /// Starts a Sentinel (`redis-server --sentinel`) on a free port monitoring `master` as
+    /// `name`, and waits until it knows the master's address.
+    pub async fn start_sentinel(name: &str, master: &RedisServer) -> RedisServer {
+        let port = crate::free_port();
+        let dir = tempfile::tempdir().expect("sentinel dir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {} 1\n",
+                master.port()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let bin = binary();
+        let child = Command::new(&bin)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} --sentinel: {e}", bin.display()));
+        let server = RedisServer {
+            child: Some(child),
+            port,
+            _dir: Some(dir),
+        };
+        crate::eventually(
+            Duration::from_secs(10),
+            "redis sentinel answers PING",
+            || server.ping(),
+        )
         .await;
         server
     }

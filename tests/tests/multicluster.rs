@@ -558,3 +558,37 @@ async fn mcp_sessions_stay_on_the_backend_and_key_that_opened_them() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-keyway-backend"), Some("a"));
 }
+
+#[tokio::test]
+async fn redis_store_finds_the_master_through_sentinel() {
+    let master = RedisServer::start().await;
+    let sentinel = RedisServer::start_sentinel("keyway", &master).await;
+    let a = MockUpstream::start("a").await.unwrap();
+    let b = MockUpstream::start("b").await.unwrap();
+    let store = format!(
+        "  affinity: {{store: redis, redis: {{sentinels: [\"127.0.0.1:1\", \"{}\"], masterName: keyway, timeout: 500ms}}}}",
+        sentinel.address()
+    );
+    a.set_deep_health(deep(true, 1000, 0));
+    b.set_deep_health(deep(true, 1000, 0));
+    let p = FileProxy::start(&multi_cluster(&[("a", a.url()), ("b", b.url())], &store)).await;
+    sees(&p, "a", true, 0).await;
+    sees(&p, "b", true, 0).await;
+    let r = ask(&p, Some("through-sentinel"), MODEL).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The first sentinel is down; the second one named the master, which holds the user.
+    let client = keyway_proxy::affinity::resp::RedisClient::new(&redis_settings(&master));
+    let stored = client
+        .command(&[b"GET", b"keyway:affinity:default/models:through-sentinel"])
+        .await
+        .unwrap();
+    let cluster = r.header("x-keyway-backend").unwrap();
+    assert_eq!(
+        stored,
+        keyway_proxy::affinity::resp::Reply::Bulk(Some(format!("c\t{cluster}").into_bytes()))
+    );
+    assert_eq!(
+        metric(&p, "keyway_proxy_affinity_store_fallbacks_total", &[]).await,
+        0.0
+    );
+}
