@@ -61,6 +61,16 @@ use serde::{Deserialize, Serialize};
         "rule": "!has(self.auth) || !has(self.auth.type) || self.auth.type != 'bodyField' || has(self.auth.field)",
         "message": "auth.type: bodyField needs auth.field",
         "fieldPath": ".auth"
+    },
+    {
+        "rule": "!has(self.balanceAlgorithm) || (has(self.mode) && self.mode == 'multiCluster')",
+        "message": "balanceAlgorithm is only valid with mode: multiCluster",
+        "fieldPath": ".balanceAlgorithm"
+    },
+    {
+        "rule": "!has(self.affinity) || !has(self.affinity.store) || self.affinity.store != 'redis' || has(self.affinity.redis)",
+        "message": "affinity.store: redis needs affinity.redis (address, or sentinels with masterName)",
+        "fieldPath": ".affinity"
     }
 ]))]
 pub struct LoadBalancerPoolSpec {

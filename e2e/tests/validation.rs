@@ -21,6 +21,10 @@ async fn invalid_pools_are_rejected_naming_the_field() {
     // A valid pool is accepted (so the rejections below are about what they change).
     let valid = "  mode: failover\n  evacuatePrimary: true\n  backends:\n    - {name: p, role: primary, endpoint: \"http://p\"}\n    - {name: s, role: secondary, endpoint: \"http://s\"}";
     ns.apply(&pool("ok", valid)).await;
+    let multi = format!(
+        "  mode: multiCluster\n  affinity: {{header: x-user, store: redis, redis: {{sentinels: [\"s1:26379\"], masterName: keyway}}}}\n  balanceAlgorithm: {{overloadedCapacityRatio: 0.9, tokenRebalance: {{maxFraction: 0.1}}}}\n  backends:{VALID_BACKENDS}"
+    );
+    ns.apply(&pool("ok-multi", &multi)).await;
 
     let cases: &[(&str, String, &[&str])] = &[
         (
@@ -88,6 +92,52 @@ async fn invalid_pools_are_rejected_naming_the_field() {
             &["unknown field", "spec.colour"],
         ),
         (
+            "balanceAlgorithm outside multiCluster mode",
+            pool(
+                "bad10",
+                &format!(
+                    "  balanceAlgorithm: {{overloadedCapacityRatio: 0.9}}\n  backends:{VALID_BACKENDS}"
+                ),
+            ),
+            &[
+                "spec.balanceAlgorithm",
+                "only valid with mode: multiCluster",
+            ],
+        ),
+        (
+            "redis store without redis settings",
+            pool(
+                "bad11",
+                &format!(
+                    "  mode: multiCluster\n  affinity: {{store: redis}}\n  backends:{VALID_BACKENDS}"
+                ),
+            ),
+            &["spec.affinity", "needs affinity.redis"],
+        ),
+        (
+            "an unknown affinity store",
+            pool(
+                "bad12",
+                &format!("  affinity: {{store: postgres}}\n  backends:{VALID_BACKENDS}"),
+            ),
+            &["spec.affinity.store", "Unsupported value"],
+        ),
+        // (An integer 0 would pass: the API server compares integers with the float minimum
+        // truncated to an integer. The controller's own validation rejects it.)
+        (
+            "an overload ratio out of range",
+            pool(
+                "bad13",
+                &format!(
+                    "  mode: multiCluster\n  balanceAlgorithm: {{overloadedCapacityRatio: 0.001}}\n  backends:{VALID_BACKENDS}"
+                ),
+            ),
+            &[
+                "spec.balanceAlgorithm.overloadedCapacityRatio",
+                "greater than or equal to 0.01",
+            ],
+        ),
+        (
             "no backends",
             pool("bad9", "  backends: []"),
             &["spec.backends", "at least 1"],
@@ -98,7 +148,11 @@ async fn invalid_pools_are_rejected_naming_the_field() {
             .kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], yaml)
             .await;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: the API server accepted it");
+        assert!(
+            !out.status.success(),
+            "{what}: the API server accepted it: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         for needle in *expected {
             assert!(
                 stderr.contains(needle),
