@@ -1093,6 +1093,8 @@ spec:
     .await;
     assert_eq!(proxy_series[0]["metric"]["namespace"], ns.name());
     t.phase("series found through /api/v1/query");
+    let mut prometheus = prometheus;
+    prometheus.process.kill().await;
     t.total();
 }
 
