@@ -644,19 +644,37 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
 
     // The CRDs are already installed by the harness (crds/, identical to the chart's).
     // injector.enabled=false: the webhook flags are not in this branch's controller yet.
-    helm.ok(&[
-        "install",
-        &release,
-        chart,
-        "-n",
-        rel_ns.name(),
-        "--skip-crds",
-        "--set",
-        &format!("watchNamespaces={{{}}}", watched.name()),
-        "--set",
-        "injector.enabled=false",
-    ])
-    .await;
+    let installed = helm
+        .ok(&[
+            "install",
+            &release,
+            chart,
+            "-n",
+            rel_ns.name(),
+            "--skip-crds",
+            "--set",
+            &format!("watchNamespaces={{{}}}", watched.name()),
+            "--set",
+            "injector.enabled=false",
+        ])
+        .await;
+    // NOTES.txt: what to do next, with this release's names.
+    let notes = installed
+        .split_once("NOTES:")
+        .map(|(_, n)| n)
+        .unwrap_or_else(|| panic!("no NOTES in the install output:\n{installed}"));
+    eprintln!("helm install NOTES:{notes}");
+    for needed in [
+        format!("deployment/{release}-keyway-controller"),
+        "kind: LoadBalancerPool".to_owned(),
+        "kind: ApiKeyPool".to_owned(),
+        format!("kubectl -n {} get lbp", watched.name()),
+    ] {
+        assert!(
+            notes.contains(&needed),
+            "the NOTES lack {needed:?}:\n{notes}"
+        );
+    }
     t.phase("helm install");
 
     // The controller's command line exactly as the chart renders it, listeners aside.

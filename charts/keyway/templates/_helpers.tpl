@@ -95,9 +95,11 @@ app.kubernetes.io/component: gateway
 {{- printf "%s-webhook-tls" (include "keyway.fullname" .) -}}
 {{- end -}}
 
-{{/* http://<fullname>-controller.<ns>.svc:<grpc port>, what proxies dial. */}}
+{{/* http(s)://<fullname>-controller.<ns>.svc:<grpc port>, what proxies dial (https when the
+gRPC listener has TLS). */}}
 {{- define "keyway.controllerUrl" -}}
-{{- printf "http://%s.%s.svc:%d" (include "keyway.controller.fullname" .) .Release.Namespace (int .Values.controller.grpcPort) -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.controller.grpcTlsSecret)) -}}
+{{- printf "%s://%s.%s.svc:%d" $scheme (include "keyway.controller.fullname" .) .Release.Namespace (int .Values.controller.grpcPort) -}}
 {{- end -}}
 
 {{/* The audience of proxy tokens: the gateway's own setting, else the controller's. */}}
