@@ -19,6 +19,12 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus with `config` (prometheus.yml contents) and waits until `/-/ready`.
     pub async fn start(config: &str) -> Prometheus {
+        Self::start_with_files(config, &[]).await
+    }
+
+    /// Like [`Prometheus::start`], with more files (name, contents) beside prometheus.yml, such
+    /// as rule files (`rule_files` paths are relative to the config file).
+    pub async fn start_with_files(config: &str, files: &[(&str, &str)]) -> Prometheus {
         let binary = paths::system_binary("prometheus");
         let dir = tempfile::Builder::new()
             .prefix("keyway-e2e-prometheus-")
@@ -26,6 +32,9 @@ impl Prometheus {
             .expect("create a Prometheus directory");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write a Prometheus file");
+        }
         let storage = dir.path().join("data");
         let (process, url) = start_ready("prometheus", || {
             let listen = format!("127.0.0.1:{}", crate::free_port());
@@ -66,14 +75,32 @@ impl Prometheus {
 
     /// `GET /api/v1/targets`: the active targets (`{labels, health, lastError, ...}`).
     pub async fn targets(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let resp = HttpClient::new()
-            .get(&format!("{}/api/v1/targets", self.url))
-            .await?;
-        let body = resp.json()?;
+        let body = self.get_json("/api/v1/targets").await?;
         body["data"]["activeTargets"]
             .as_array()
             .cloned()
             .context("no data.activeTargets array")
+    }
+
+    /// `GET /api/v1/rules`: every rule of every group (`{name, health, lastError, state, ...}`).
+    pub async fn rules(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let body = self.get_json("/api/v1/rules").await?;
+        Ok(body["data"]["groups"]
+            .as_array()
+            .context("no data.groups array")?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect())
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = HttpClient::new()
+            .get(&format!("{}{path}", self.url))
+            .await?;
+        if resp.status != 200 {
+            bail!("GET {path}: HTTP {}: {}", resp.status, resp.text());
+        }
+        resp.json()
     }
 }
 

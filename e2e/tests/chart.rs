@@ -999,7 +999,7 @@ fn scrape_config(objs: &[Value], targets: &[(&str, &str)]) -> String {
         }
     }
     format!(
-        "global:\n  evaluation_interval: 1s\nscrape_configs:\n{}",
+        "global:\n  evaluation_interval: 1s\nrule_files: [keyway-rules.yaml]\nscrape_configs:\n{}",
         jobs.concat()
     )
 }
@@ -1021,7 +1021,8 @@ async fn prometheus_scrapes_like_the_servicemonitors() {
             "-n",
             ns.name(),
             "--set",
-            "serviceMonitor.enabled=true,gateway.enabled=true,injector.enabled=false",
+            "serviceMonitor.enabled=true,gateway.enabled=true,injector.enabled=false,\
+             prometheusRule.enabled=true",
             "--set",
             "serviceMonitor.interval=1s,serviceMonitor.scrapeTimeout=1s",
         ])
@@ -1060,7 +1061,10 @@ spec:
         ],
     );
     eprintln!("prometheus.yml:\n{config}");
-    let prometheus = Prometheus::start(&config).await;
+    // The chart's alerts too, so they are evaluated against real Keyway series.
+    let rules = find(&objs, "PrometheusRule", &format!("{release}-keyway"))["spec"].to_string();
+    let prometheus =
+        Prometheus::start_with_files(&config, &[("keyway-rules.yaml", rules.as_str())]).await;
     t.phase("prometheus ready");
 
     let ctl_job = format!("{release}-keyway-controller");
@@ -1111,6 +1115,23 @@ spec:
     .await;
     assert_eq!(proxy_series[0]["metric"]["namespace"], ns.name());
     t.phase("series found through /api/v1/query");
+
+    // Every alert of the chart loads and evaluates without error on these series.
+    wait_for(DEADLINE, "every alert evaluated, health ok", || async {
+        let rules = prometheus.rules().await.map_err(|e| format!("{e:#}"))?;
+        let bad: Vec<String> = rules
+            .iter()
+            .filter(|r| r["health"] != "ok")
+            .map(|r| format!("{} {} {}", r["name"], r["health"], r["lastError"]))
+            .collect();
+        if rules.len() >= 7 && bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} rules; not ok: {bad:?}", rules.len()))
+        }
+    })
+    .await;
+    t.phase("alerts evaluated by Prometheus");
     let mut prometheus = prometheus;
     prometheus.process.kill().await;
     t.total();
