@@ -1170,9 +1170,19 @@ async fn upgrade_then_uninstall_leaves_only_the_crds() {
     let ctl = format!("{release}-keyway-controller");
     t.phase("cluster + monitoring CRDs");
 
-    // Defaults (injector on: the objects only, no controller runs in this test).
-    helm.ok(&["install", &release, chart, "-n", ns.name(), "--skip-crds"])
-        .await;
+    // Defaults (injector on: the objects only, no controller runs in this test), except
+    // failurePolicy=Fail, for the webhook check below.
+    helm.ok(&[
+        "install",
+        &release,
+        chart,
+        "-n",
+        ns.name(),
+        "--skip-crds",
+        "--set",
+        "injector.failurePolicy=Fail",
+    ])
+    .await;
     let before = release_objects(cluster, &release).await;
     assert!(
         before.contains(&format!("deployment.apps/{ctl}"))
@@ -1183,6 +1193,41 @@ async fn upgrade_then_uninstall_leaves_only_the_crds() {
         "{before:?}"
     );
     t.phase("helm install");
+
+    // Which Pods the API server sends to the sidecar injector. Nothing serves the webhook here
+    // and failurePolicy is Fail, so exactly the Pods that reach it are refused: those annotated
+    // keyway.dev/inject: "true" outside the excluded namespaces. The others are never blocked.
+    for (namespace, annotation, reaches_webhook) in [
+        (watched.name(), None, false),
+        (watched.name(), Some("false"), false),
+        (watched.name(), Some("true"), true),
+        (ns.name(), Some("true"), false), // the release namespace is excluded
+    ] {
+        let name = format!("pod-{}", random_hex(6));
+        let annotations = annotation.map_or(String::new(), |v| {
+            format!("\n  annotations: {{keyway.dev/inject: \"{v}\", keyway.dev/pools: llm}}")
+        });
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}{annotations}\n\
+             spec:\n  containers: [{{name: app, image: example.invalid/app:1}}]\n"
+        );
+        let out = cluster
+            .kubectl_stdin(&["create", "-n", namespace, "-f", "-"], &pod)
+            .await;
+        let err = stderr(&out);
+        if reaches_webhook {
+            assert!(
+                !out.status.success() && err.contains("inject.keyway.dev"),
+                "an annotated Pod in {namespace} must reach the webhook (and fail here): {err}"
+            );
+        } else {
+            assert!(
+                out.status.success(),
+                "a Pod with annotation {annotation:?} in {namespace} must not reach the webhook: {err}"
+            );
+        }
+    }
+    t.phase("webhook matchConditions: only annotated Pods reach it");
 
     let upgrade = all_features(&[watched.name()]);
     let mut up_args = vec!["upgrade", &release, chart, "-n", ns.name(), "--skip-crds"];
