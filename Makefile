@@ -4,13 +4,14 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keyway/target
 export KEYWAY_CACHE ?= $(HOME)/.cache/keyway
 
-.PHONY: test tools build unit e2e fmt fmt-check clippy lint generate demo
+.PHONY: test tools build unit e2e fmt fmt-check clippy lint lint-helm generate demo
 
 ## Everything: tools for the e2e (built once, cached), all binaries, every test.
 test: tools build
 	cargo test --workspace --locked
 
-## kube-apiserver, etcd and helm built from their Go modules into $(KEYWAY_CACHE)/bin.
+## kube-apiserver, etcd and helm built from their Go modules into $(KEYWAY_CACHE)/bin;
+## prometheus/promtool and redis-server from Debian if missing; monitoring CRDs.
 tools:
 	e2e/tools/install.sh
 
@@ -34,6 +35,10 @@ clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 lint: fmt-check clippy
+
+## The chart: helm lint (the e2e also renders it and dry-runs it against an API server).
+lint-helm: tools
+	$(KEYWAY_CACHE)/bin/helm lint --strict charts/keyway
 
 ## Regenerate the CRDs from the Rust types (a test fails when they drift).
 generate:

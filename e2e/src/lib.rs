@@ -8,6 +8,8 @@
 //!   Keyway CRDs installed; [`Cluster::namespace`] gives each test its own namespace.
 //! * [`Process`]: a child process whose output is captured to files and which is killed on drop;
 //!   [`Controller`] and [`Proxy`] start the product binaries on free loopback ports.
+//! * [`helm`]: the real `helm` with its own home, and parsing of rendered manifests;
+//!   [`prometheus`]: a real Prometheus on loopback and its query API.
 //! * [`http`]: a tiny HTTP/1.1 client for talking to the proxy and the admin endpoints.
 //! * [`wait_for`] / [`eventually`]: poll with a deadline instead of sleeping.
 //!
@@ -17,9 +19,11 @@
 #![deny(rust_2018_idioms)]
 
 pub mod cluster;
+pub mod helm;
 pub mod http;
 pub mod paths;
 pub mod process;
+pub mod prometheus;
 mod reaper;
 
 pub use cluster::{Cluster, TestNamespace, cluster};

@@ -59,13 +59,14 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// The control-plane tools the tests need from `e2e/tools/install.sh`.
-const TOOLS: [(&str, &str); 2] = [
+const TOOLS: [(&str, &str); 3] = [
     ("kube-apiserver", "KUBERNETES_VERSION"),
     ("etcd", "ETCD_VERSION"),
+    ("helm", "HELM_VERSION"),
 ];
 
-/// The path of a control-plane tool (`kube-apiserver`, `etcd`), building the tools first with
-/// `e2e/tools/install.sh` if any is missing or stale (once per process).
+/// The path of a control-plane tool (`kube-apiserver`, `etcd`, `helm`), building the tools
+/// first with `e2e/tools/install.sh` if any is missing or stale (once per process).
 pub fn tool(name: &str) -> PathBuf {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(ensure_tools);
@@ -114,6 +115,56 @@ fn ensure_tools() {
         status.success(),
         "{} failed ({status}); see its output above",
         script.display()
+    );
+}
+
+/// The directory holding the ServiceMonitor and PrometheusRule CRDs
+/// (`monitoring.coreos.com_*.yaml`), fetched by `install.sh monitoring-crds` if missing.
+pub fn monitoring_crds_dir() -> PathBuf {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let dir = cache_dir().join("crds");
+    INSTALLED.get_or_init(|| {
+        let have = [
+            "monitoring.coreos.com_servicemonitors.yaml",
+            "monitoring.coreos.com_prometheusrules.yaml",
+        ]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+        if !have {
+            run_install(&["monitoring-crds"]);
+        }
+    });
+    dir
+}
+
+/// The path of a binary from a Debian package (`prometheus`, `promtool`, `redis-server`) in
+/// `/usr/bin`, installed by `install.sh` if missing (it needs root for that).
+pub fn system_binary(name: &str) -> PathBuf {
+    let path = Path::new("/usr/bin").join(name);
+    if !path.is_file() {
+        let tool = match name {
+            "promtool" => "prometheus",
+            other => other,
+        };
+        run_install(&[tool]);
+    }
+    path
+}
+
+/// Runs `install.sh` with `args`, streaming its output.
+fn run_install(args: &[&str]) {
+    let script = e2e_dir().join("tools").join("install.sh");
+    eprintln!("[e2e] running {} {}", script.display(), args.join(" "));
+    let status = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "{} {} failed ({status}); see its output above",
+        script.display(),
+        args.join(" ")
     );
 }
 

@@ -193,7 +193,7 @@ fn read_lossy(path: &Path) -> String {
 /// Spawns a process on free ports until it gets ready: binding a port found by
 /// [`free_port`](crate::free_port) can lose a race with another process, which shows up as the
 /// process exiting early; that is retried (a few times) with new ports.
-async fn start_ready<T>(
+pub(crate) async fn start_ready<T>(
     what: &str,
     mut attempt: impl FnMut() -> (Process, String, T),
 ) -> (Process, T) {
@@ -241,7 +241,15 @@ impl Controller {
         watch_namespace: Option<&str>,
         extra_args: &[&str],
     ) -> Controller {
-        Self::launch(cluster, watch_namespace, None, extra_args).await
+        Self::launch(cluster.kubeconfig(), watch_namespace, None, extra_args, &[]).await
+    }
+
+    /// Starts the controller with another identity than the admin: `kubeconfig` (for example
+    /// a ServiceAccount token's, to prove that its RBAC is enough), with `env` added (such as
+    /// `POD_NAMESPACE`, as a pod would have it). `args` are the whole command line except
+    /// `--grpc-listen` and `--admin-listen`, which the harness sets to free loopback ports.
+    pub async fn start_as(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
+        Self::launch(kubeconfig, None, None, args, env).await
     }
 
     /// Starts a controller on the same addresses as `previous` (which must be dead), so that
@@ -257,17 +265,18 @@ impl Controller {
                 .to_owned()
         };
         let addrs = (strip(&previous.grpc_url), strip(&previous.admin_url));
-        Self::launch(cluster, watch_namespace, Some(addrs), &[]).await
+        Self::launch(cluster.kubeconfig(), watch_namespace, Some(addrs), &[], &[]).await
     }
 
     async fn launch(
-        cluster: &Cluster,
+        kubeconfig: &Path,
         watch_namespace: Option<&str>,
         fixed: Option<(String, String)>,
         extra_args: &[&str],
+        extra_env: &[(&str, &str)],
     ) -> Controller {
         let binary = paths::workspace_binary("keyway-controller");
-        let kubeconfig = cluster.kubeconfig().to_string_lossy().into_owned();
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
         let scheme = if extra_args.contains(&"--grpc-tls-cert") {
             "https"
         } else {
@@ -290,12 +299,9 @@ impl Controller {
                 args.extend(["--watch-namespace".to_owned(), ns.to_owned()]);
             }
             args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-            let process = Process::spawn(
-                "controller",
-                &binary,
-                &args,
-                &[("KUBECONFIG", &kubeconfig), ("KEYWAY_LOG", "debug")],
-            );
+            let mut env = vec![("KUBECONFIG", kubeconfig.as_str()), ("KEYWAY_LOG", "debug")];
+            env.extend_from_slice(extra_env);
+            let process = Process::spawn("controller", &binary, &args, &env);
             let admin_url = format!("http://{admin}");
             (
                 process,

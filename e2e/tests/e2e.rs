@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 
 mod apiserver_outage;
+mod chart;
 mod control_plane;
 mod key_status;
 mod leader_election;

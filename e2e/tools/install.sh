@@ -4,11 +4,21 @@
 #
 #   ${KEYWAY_CACHE:-~/.cache/keyway}/bin/{kube-apiserver,etcd,helm}
 #
+# and provides what the chart and observability tests need besides:
+#
+#   prometheus, promtool  Debian package `prometheus` (/usr/bin), installed with
+#                         apt-get only when missing (needs root)
+#   redis-server          Debian package `redis-server`, same rule
+#   monitoring-crds       the ServiceMonitor and PrometheusRule CRDs, copied from the
+#                         prometheus-operator Go module (fetched through the Go module
+#                         proxy) into ${KEYWAY_CACHE:-~/.cache/keyway}/crds/
+#
 # Versions come from versions.env beside this script. Each binary has a stamp
 # (bin/.<tool>.stamp); a tool whose stamp matches is skipped, so a second run
 # is a fast no-op and a version bump rebuilds only that tool.
 #
-# Usage: e2e/tools/install.sh [kube-apiserver|etcd|helm ...]   (default: all)
+# Usage: e2e/tools/install.sh [kube-apiserver|etcd|helm|prometheus|redis-server|monitoring-crds ...]
+#        (default: all)
 # Env:   KEYWAY_CACHE  cache root (default ~/.cache/keyway)
 #        GO            go binary (default /usr/local/go/bin/go, else go on PATH)
 #        KEYWAY_TOOLS_FORCE=1  rebuild even if up to date
@@ -33,6 +43,8 @@ vtag() { printf 'v%s' "${1#v}"; } # normalise to a leading "v"
 K8S_V="$(vtag "${KUBERNETES_VERSION:?missing in versions.env}")"
 ETCD_V="$(vtag "${ETCD_VERSION:?missing in versions.env}")"
 HELM_V="$(vtag "${HELM_VERSION:?missing in versions.env}")"
+PROM_OP_V="$(vtag "${PROMETHEUS_OPERATOR_VERSION:?missing in versions.env}")"
+CRDS="${CACHE}/crds"
 
 # --- Go toolchain and environment (all caches under $CACHE) ---------------
 if [[ -z "${GO:-}" ]]; then
@@ -186,16 +198,85 @@ install_helm() {
   build_tool helm "$v" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "-s -w${x}"
 }
 
+# --- Debian packages (prometheus + promtool, redis-server) --------------------
+# Installed only when a binary is missing. apt-get needs root: without it, a
+# missing binary is an error that says what to install.
+install_deb() { # package binary...
+  local pkg="$1" missing=() b
+  shift
+  for b in "$@"; do
+    command -v "$b" >/dev/null 2>&1 || missing+=("$b")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "${pkg}: present ($(command -v "$1"))"
+    return 0
+  fi
+  if [[ "$(id -u)" != 0 ]]; then
+    die "${missing[*]} not found and not root: run 'sudo apt-get install -y --no-install-recommends ${pkg}'"
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "${missing[*]} not found and no apt-get: install the ${pkg} package of your system"
+  log "${pkg}: installing the Debian package (missing: ${missing[*]})"
+  local logf="${WORK}/apt-${pkg}.log"
+  # The lock timeout waits for another apt-get of a concurrent run instead of failing.
+  local -a apt=(apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends)
+  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$pkg" >"$logf" 2>&1; then
+    log "${pkg}: install failed; refreshing the package lists once"
+    { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update &&
+      DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$pkg"; } >>"$logf" 2>&1 || {
+      tail -n 20 "$logf" >&2
+      die "${pkg}: apt-get install failed (full log: ${logf})"
+    }
+  fi
+  for b in "$@"; do
+    command -v "$b" >/dev/null 2>&1 || die "${pkg} is installed but ${b} is still missing"
+  done
+  log "${pkg}: installed ($(command -v "$1"))"
+}
+
+# --- ServiceMonitor / PrometheusRule CRDs ------------------------------------
+# From the prometheus-operator Go module (the Go module proxy is the one source
+# of upstream files we have); only the two CRDs the chart renders are kept.
+install_monitoring_crds() {
+  local v="$PROM_OP_V" stamp="${CRDS}/.monitoring-crds.stamp" f
+  local -a files=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
+  local have=1
+  for f in "${files[@]}"; do [[ -s "${CRDS}/${f}" ]] || have=0; done
+  if [[ "${KEYWAY_TOOLS_FORCE:-0}" != 1 && $have == 1 && -f "$stamp" &&
+        "$(cat "$stamp")" == "$(stamp_of "$v")" ]]; then
+    log "monitoring-crds ${v}: up to date (${CRDS})"
+    return 0
+  fi
+  local json dir
+  json="$("$GO" mod download -json "github.com/prometheus-operator/prometheus-operator@${v}" 2>&1)" ||
+    { printf '%s\n' "$json" >&2; die "cannot download prometheus-operator ${v}"; }
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+  [[ -d "${dir}/example/prometheus-operator-crd" ]] ||
+    die "prometheus-operator ${v}: no example/prometheus-operator-crd in ${dir:-the module}"
+  mkdir -p "$CRDS"
+  for f in "${files[@]}"; do
+    # The module cache is read-only: copy, then make the copy writable for the next update.
+    cp -f "${dir}/example/prometheus-operator-crd/${f}" "${CRDS}/.${f}.tmp"
+    chmod 0644 "${CRDS}/.${f}.tmp"
+    mv -f "${CRDS}/.${f}.tmp" "${CRDS}/${f}"
+  done
+  stamp_of "$v" >"$stamp"
+  log "monitoring-crds ${v}: ${files[*]} -> ${CRDS}"
+}
+
 # --- main --------------------------------------------------------------------
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube-apiserver)
+[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube-apiserver prometheus redis-server monitoring-crds)
 log "cache ${CACHE} (${gover})"
 for t in "${tools[@]}"; do
   case "$t" in
     kube-apiserver) install_kube_apiserver ;;
     etcd) install_etcd ;;
     helm) install_helm ;;
-    *) die "unknown tool '${t}' (want kube-apiserver, etcd or helm)" ;;
+    prometheus | promtool) install_deb prometheus prometheus promtool ;;
+    redis-server | redis) install_deb redis-server redis-server ;;
+    monitoring-crds) install_monitoring_crds ;;
+    *) die "unknown tool '${t}' (want kube-apiserver, etcd, helm, prometheus, redis-server or monitoring-crds)" ;;
   esac
 done
 log "done; add to PATH: export PATH=\"${BIN}:\$PATH\""
