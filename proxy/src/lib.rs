@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod placement;
 pub mod reprobe;
 pub mod tls;
+mod traffic_threads;
 pub mod usage;
 
 use crate::config::{SnapshotRx, SnapshotTx};
@@ -62,6 +63,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Serve the traffic port over TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Traffic threads, each with its own event loop, listener (`SO_REUSEPORT`) and upstream
+    /// connection pool, like nginx workers: a request never changes threads. 0 serves traffic
+    /// on the caller's runtime (tests, embedding).
+    pub traffic_threads: usize,
 }
 
 /// Why the proxy could not start.
@@ -141,33 +146,34 @@ pub async fn start(
             .await
             .map_err(|source| StartError::Bind { addr, source })
     };
-    let traffic = bind(settings.listen).await?;
     let admin_listener = bind(settings.admin_listen).await?;
-    let addr = traffic.local_addr().map_err(anyhow::Error::from)?;
     let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let forwarder = Arc::new(Forwarder::new(
-        dataplane.clone(),
-        settings.forwarder.clone(),
-    )?);
     let acceptor = match &settings.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             cert, key,
         )?)),
         None => None,
     };
-    let is_tls = acceptor.is_some();
-    let traffic_task = tokio::spawn(http::server::serve(
-        traffic,
-        acceptor,
-        move |req, remote| {
-            let f = forwarder.clone();
-            async move { f.serve(req, remote, is_tls).await }
-        },
-        shutdown_rx.clone(),
-        settings.drain_timeout,
-    ));
+    let (addr, traffic_task) = if settings.traffic_threads == 0 {
+        let traffic = bind(settings.listen).await?;
+        let addr = traffic.local_addr().map_err(anyhow::Error::from)?;
+        let forwarder = Arc::new(Forwarder::new(
+            dataplane.clone(),
+            settings.forwarder.clone(),
+        )?);
+        let task = tokio::spawn(serve_traffic(
+            traffic,
+            acceptor,
+            forwarder,
+            shutdown_rx.clone(),
+            settings.drain_timeout,
+        ));
+        (addr, task)
+    } else {
+        traffic_threads::start(&settings, &dataplane, acceptor, shutdown_rx.clone()).await?
+    };
     let admin = admin::Admin {
         dataplane: dataplane.clone(),
         registry,
@@ -192,6 +198,28 @@ pub async fn start(
         servers: vec![traffic_task, admin_task],
         background,
     })
+}
+
+/// The traffic port's accept loop on the current runtime, with one forwarder.
+async fn serve_traffic(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    forwarder: Arc<Forwarder>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let is_tls = acceptor.is_some();
+    http::server::serve(
+        listener,
+        acceptor,
+        move |req, remote| {
+            let f = forwarder.clone();
+            async move { f.serve(req, remote, is_tls).await }
+        },
+        shutdown,
+        drain,
+    )
+    .await
 }
 
 async fn apply_snapshots(mut rx: SnapshotRx, dataplane: Arc<Dataplane>) {

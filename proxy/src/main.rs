@@ -99,6 +99,11 @@ struct RunArgs {
     /// Add x-keyway-overhead-ms (time spent inside Keyway) to every response.
     #[arg(long, env = "KEYWAY_OVERHEAD_HEADER")]
     overhead_header: bool,
+    /// Traffic threads, each with its own event loop and upstream connections (a request
+    /// never changes threads). Default: one per CPU. Health checks, config and the admin port
+    /// run on one more, mostly idle, thread.
+    #[arg(long, env = "KEYWAY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -140,7 +145,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Control work (config, health checks, admin port, controller stream) on this thread;
+    // traffic on its own threads (see `--worker-threads`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -204,6 +211,9 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         drain_timeout: args.drain_timeout,
         tls: args.tls_cert.zip(args.tls_key),
+        traffic_threads: args.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

@@ -132,7 +132,11 @@ impl Forwarder {
                 return self.reject(Rejection::ClientBody, "the request body could not be read");
             }
         };
-        let model = body.bytes().and_then(|b| peek_model(b));
+        let model = if router.needs_model() {
+            body.bytes().and_then(|b| peek_model(b))
+        } else {
+            None
+        };
 
         let Some(pool) = router.route(parts.uri.path(), &parts.headers, model.as_deref()) else {
             let msg = format!("no pool routes {} {}", parts.method, parts.uri.path());
