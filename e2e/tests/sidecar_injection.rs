@@ -45,8 +45,8 @@ impl Drop for WebhookConfig {
 }
 
 /// Labels `ns` and creates a configuration calling `https://127.0.0.1:port/inject` for Pods of
-/// that namespace only, with an empty caBundle, as the chart does.
-async fn webhook_config(ns: &TestNamespace, port: u16) -> WebhookConfig {
+/// that namespace only, trusting `ca_bundle` (PEM; empty as the chart creates it).
+async fn webhook_config(ns: &TestNamespace, port: u16, ca_bundle: &str) -> WebhookConfig {
     let cluster = cluster().await;
     let selector = random_hex(8);
     cluster
@@ -62,6 +62,7 @@ async fn webhook_config(ns: &TestNamespace, port: u16) -> WebhookConfig {
         name: name.clone(),
         kubeconfig: cluster.kubeconfig().to_path_buf(),
     };
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_bundle);
     let yaml = format!(
         r#"apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -76,7 +77,7 @@ webhooks:
   timeoutSeconds: 10
   clientConfig:
     url: "https://127.0.0.1:{port}/inject"
-    caBundle: ""
+    caBundle: "{bundle}"
   rules:
   - operations: ["CREATE"]
     apiGroups: [""]
@@ -212,11 +213,11 @@ async fn wait_bundle_patched(ns: &TestNamespace, config: &WebhookConfig) {
 }
 
 /// `kubectl create -o json` of `pod` in `ns`: the stored Pod, or kubectl's error.
-async fn create_pod(ns: &TestNamespace, pod: &Value) -> Result<Value, String> {
+async fn create_pod(ns: &str, pod: &Value) -> Result<Value, String> {
     let out = cluster()
         .await
         .kubectl_stdin(
-            &["-n", ns.name(), "create", "-o", "json", "-f", "-"],
+            &["-n", ns, "create", "-o", "json", "-f", "-"],
             &pod.to_string(),
         )
         .await;
@@ -231,7 +232,7 @@ async fn create_pod(ns: &TestNamespace, pod: &Value) -> Result<Value, String> {
 async fn create_pod_eventually(ns: &TestNamespace, pod: &Value) -> Value {
     let name = pod["metadata"]["name"].as_str().unwrap_or("pod").to_owned();
     wait_for(PATCH_DEADLINE, &format!("Pod {name} admitted"), || async {
-        create_pod(ns, pod).await
+        create_pod(ns.name(), pod).await
     })
     .await
 }
@@ -320,7 +321,7 @@ async fn sidecar_injection() {
     t.phase("shared cluster (includes its start-up if this test came first)");
     let ns = cluster.namespace("sidecar-injection").await;
     let port = free_port();
-    let config = webhook_config(&ns, port).await;
+    let config = webhook_config(&ns, port, "").await;
     let controller = start_controller(&ns, &config, port).await;
     t.phase("configuration created, controller ready");
 
@@ -389,13 +390,13 @@ async fn sidecar_injection() {
     t.phase("annotated Pod injected");
 
     // Not asked for: created unchanged although failurePolicy is Fail.
-    let plain = create_pod(&ns, &pod("without-proxy", json!({"team": "a"})))
+    let plain = create_pod(ns.name(), &pod("without-proxy", json!({"team": "a"})))
         .await
         .expect("a Pod without the annotation is never blocked");
     assert_eq!(containers(&plain), ["app"]);
     assert!(volumes(&plain).is_empty());
     let off = create_pod(
-        &ns,
+        ns.name(),
         &pod("opted-out", json!({"keyway.dev/inject": "false"})),
     )
     .await
@@ -414,13 +415,13 @@ async fn sidecar_injection() {
         .as_object_mut()
         .expect("spec")
         .remove("nodeName");
-    let again = create_pod(&ns, &again).await.expect("resubmitted");
+    let again = create_pod(ns.name(), &again).await.expect("resubmitted");
     assert_eq!(containers(&again), ["app", "keyway-proxy"]);
     assert_eq!(volumes(&again), ["keyway-token"]);
 
     // Asked for with a bad annotation: denied, with the annotation named.
     let denied = create_pod(
-        &ns,
+        ns.name(),
         &pod(
             "bad-port",
             json!({"keyway.dev/inject": "true", "keyway.dev/port": "http"}),
@@ -479,33 +480,52 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
-/// A CA valid for years and a serving certificate for 127.0.0.1 that expires in 10 minutes
-/// after 2 hours of life (less than a third left: due for renewal). (ca.crt, ca.key, tls.crt,
-/// tls.key)
-fn nearly_expired() -> (String, String, String, String) {
+/// A CA valid over `ca` and a serving certificate for 127.0.0.1 and localhost valid over
+/// `serving` (unix seconds, from, to), signed by it: (ca.crt, ca.key, tls.crt, tls.key).
+fn pki(ca: (i64, i64), serving: (i64, i64)) -> (String, String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).expect("time");
     let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "keyway-e2e-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("keyway-e2e-ca-{}", random_hex(6)),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = at(now() - 3600);
-    ca.not_after = at(now() + 4 * 365 * 24 * 3600);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    params.not_before = at(ca.0);
+    params.not_after = at(ca.1);
+    let ca_cert = params.self_signed(&ca_key).expect("ca");
     let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca, ca_key);
+    let issuer = Issuer::new(params, ca_key);
     let key = KeyPair::generate().expect("key");
-    let mut serving =
+    let mut leaf =
         CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("p");
-    serving.not_before = at(now() - 2 * 3600);
-    serving.not_after = at(now() + 600);
-    let cert = serving.signed_by(&key, &issuer).expect("serving");
+    leaf.not_before = at(serving.0);
+    leaf.not_after = at(serving.1);
+    let cert = leaf.signed_by(&key, &issuer).expect("serving");
     (ca_cert.pem(), ca_key_pem, cert.pem(), key.serialize_pem())
+}
+
+/// The Secret as a previous controller (or a test) left it.
+fn secret_manifest(ca_crt: &str, ca_key: &str, tls_crt: &str, tls_key: &str) -> String {
+    let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "ca.crt": enc(ca_crt),
+            "ca.key": enc(ca_key),
+            "tls.crt": enc(tls_crt),
+            "tls.key": enc(tls_key),
+        },
+    })
+    .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,23 +533,16 @@ async fn sidecar_injection_certificate_rotation() {
     let mut t = Timings::new("sidecar_injection_certificate_rotation");
     let cluster = cluster().await;
     let ns = cluster.namespace("sidecar-rotation").await;
-    let (ca_crt, ca_key, old_crt, old_key) = nearly_expired();
-    let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let secret_yaml = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET},
-        "type": "kubernetes.io/tls",
-        "data": {
-            "ca.crt": enc(&ca_crt),
-            "ca.key": enc(&ca_key),
-            "tls.crt": enc(&old_crt),
-            "tls.key": enc(&old_key),
-        },
-    });
-    ns.apply(&secret_yaml.to_string()).await;
+    // A CA good for years; a serving certificate 2 hours into a life of 2 h 10 min: less
+    // than a third left, due for renewal.
+    let (ca_crt, ca_key, old_crt, old_key) = pki(
+        (now() - 3600, now() + 4 * 365 * 86400),
+        (now() - 7200, now() + 600),
+    );
+    ns.apply(&secret_manifest(&ca_crt, &ca_key, &old_crt, &old_key))
+        .await;
     let port = free_port();
-    let config = webhook_config(&ns, port).await;
+    let config = webhook_config(&ns, port, "").await;
     let controller = start_controller(&ns, &config, port).await;
     t.phase("Secret with a nearly expired certificate, configuration, controller");
 
@@ -598,5 +611,146 @@ async fn sidecar_injection_certificate_rotation() {
     assert_eq!(containers(&injected), ["app", "keyway-proxy"]);
     assert_no_key_in_logs(&controller, &data);
     t.phase("injection after rotation");
+    t.total();
+}
+
+/// A CA rotation under load: the configuration already trusts the old CA (as a previous run of
+/// the controller left it), the CA has less than a third of its life left. The controller adds
+/// a new CA next to the old one, moves the serving certificate to it one pass later, and no
+/// admission request fails meanwhile (`failurePolicy: Fail` would make any TLS failure a
+/// refused Pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_injection_ca_rotation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut t = Timings::new("sidecar_injection_ca_rotation");
+    let cluster = cluster().await;
+    let ns = cluster.namespace("sidecar-ca-rotation").await;
+    // The CA: 2.5 h into a 3 h life. The serving certificate: fresh.
+    let (old_ca, old_ca_key, old_crt, old_key) =
+        pki((now() - 9000, now() + 1800), (now() - 300, now() + 1500));
+    ns.apply(&secret_manifest(&old_ca, &old_ca_key, &old_crt, &old_key))
+        .await;
+    let port = free_port();
+    let config = webhook_config(&ns, port, &old_ca).await;
+
+    let controller = start_controller(&ns, &config, port).await;
+    // The old serving certificate loaded: the old CA's, which the configuration trusts.
+    wait_for(PATCH_DEADLINE, "the old certificate served", || async {
+        if served_certificate(port) == pem_bodies(old_crt.as_bytes()) {
+            Ok(())
+        } else {
+            Err("not served yet".to_owned())
+        }
+    })
+    .await;
+    // Pods are created back to back from now until the rotation is over; each gets one attempt.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let ns = ns.name().to_owned();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let p = pod(&format!("during-{n}"), json!({"keyway.dev/inject": "true"}));
+                match create_pod(&ns, &p).await {
+                    Ok(created) if containers(&created) == ["app", "keyway-proxy"] => ok += 1,
+                    Ok(created) => failed.push(format!("during-{n}: {:?}", containers(&created))),
+                    Err(e) => failed.push(format!("during-{n}: {e}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    t.phase("old CA trusted, controller started, load running");
+
+    let data = wait_for(
+        Duration::from_secs(60),
+        "a new CA, the old one kept as previous, the serving certificate moved",
+        || async {
+            let data = secret(&ns).await.ok_or("no Secret")?;
+            let (ca, prev, tls) = (
+                field(&data, "ca.crt"),
+                field(&data, "ca-previous.crt"),
+                field(&data, "tls.crt"),
+            );
+            if ca == old_ca {
+                return Err("the CA is not rotated yet".to_owned());
+            }
+            if prev != old_ca {
+                return Err("the old CA is not kept as ca-previous.crt".to_owned());
+            }
+            if tls == old_crt {
+                return Err("the serving certificate is still the old CA's".to_owned());
+            }
+            Ok(data)
+        },
+    )
+    .await;
+    t.phase("CA rotated, serving certificate moved");
+    let bundle = &ca_bundles(&config.name).await[0];
+    let mut expected = pem_bodies(field(&data, "ca.crt").as_bytes());
+    expected.extend(pem_bodies(old_ca.as_bytes()));
+    assert_eq!(
+        pem_bodies(bundle),
+        expected,
+        "both CAs trusted, the new one first"
+    );
+    wait_for(PATCH_DEADLINE, "the moved certificate served", || async {
+        let served = served_certificate(port);
+        if served == pem_bodies(field(&data, "tls.crt").as_bytes()) {
+            Ok(())
+        } else {
+            Err("not served yet".to_owned())
+        }
+    })
+    .await;
+    // A few more Pods against the new certificate, then stop the load.
+    let before = metric(
+        &controller,
+        "keyway_controller_webhook_injections_total",
+        "injected",
+    )
+    .await;
+    wait_for(PATCH_DEADLINE, "more injections after the move", || async {
+        let now = metric(
+            &controller,
+            "keyway_controller_webhook_injections_total",
+            "injected",
+        )
+        .await;
+        if now >= before + 3.0 {
+            Ok(())
+        } else {
+            Err(format!("{now} injections"))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = load.await.expect("load task");
+    assert!(
+        failed.is_empty(),
+        "{} of {} Pods failed: {failed:#?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 5, "only {ok} Pods created during the rotation");
+    for kind in ["rotate_ca", "new_serving"] {
+        assert_eq!(
+            metric(
+                &controller,
+                "keyway_controller_webhook_cert_renewals_total",
+                kind
+            )
+            .await,
+            1.0,
+            "{kind}"
+        );
+    }
+    assert_no_key_in_logs(&controller, &data);
+    eprintln!("[e2e] sidecar_injection_ca_rotation: {ok} Pods injected during the rotation");
+    t.phase("no admission failed");
     t.total();
 }
