@@ -47,6 +47,16 @@ impl Drop for WebhookConfig {
 /// Labels `ns` and creates a configuration calling `https://127.0.0.1:port/inject` for Pods of
 /// that namespace only, trusting `ca_bundle` (PEM; empty as the chart creates it).
 async fn webhook_config(ns: &TestNamespace, port: u16, ca_bundle: &str) -> WebhookConfig {
+    let name = format!("keyway-e2e-inject-{}", random_hex(6));
+    webhook_config_named(ns, port, ca_bundle, name).await
+}
+
+async fn webhook_config_named(
+    ns: &TestNamespace,
+    port: u16,
+    ca_bundle: &str,
+    name: String,
+) -> WebhookConfig {
     let cluster = cluster().await;
     let selector = random_hex(8);
     cluster
@@ -57,7 +67,6 @@ async fn webhook_config(ns: &TestNamespace, port: u16, ca_bundle: &str) -> Webho
             &format!("keyway-e2e-webhook={selector}"),
         ])
         .await;
-    let name = format!("keyway-e2e-inject-{}", random_hex(6));
     let config = WebhookConfig {
         name: name.clone(),
         kubeconfig: cluster.kubeconfig().to_path_buf(),
@@ -101,7 +110,7 @@ webhooks:
     config
 }
 
-async fn start_controller(ns: &TestNamespace, config: &WebhookConfig, port: u16) -> Controller {
+async fn start_controller(ns: &TestNamespace, config_name: &str, port: u16) -> Controller {
     let listen = format!("127.0.0.1:{port}");
     Controller::start_with(
         cluster().await,
@@ -112,7 +121,7 @@ async fn start_controller(ns: &TestNamespace, config: &WebhookConfig, port: u16)
             "--webhook-dns-names",
             "127.0.0.1,localhost",
             "--webhook-config-name",
-            &config.name,
+            config_name,
             "--webhook-secret-name",
             SECRET,
             "--sidecar-image",
@@ -322,7 +331,7 @@ async fn sidecar_injection() {
     let ns = cluster.namespace("sidecar-injection").await;
     let port = free_port();
     let config = webhook_config(&ns, port, "").await;
-    let controller = start_controller(&ns, &config, port).await;
+    let controller = start_controller(&ns, &config.name, port).await;
     t.phase("configuration created, controller ready");
 
     wait_bundle_patched(&ns, &config).await;
@@ -543,7 +552,7 @@ async fn sidecar_injection_certificate_rotation() {
         .await;
     let port = free_port();
     let config = webhook_config(&ns, port, "").await;
-    let controller = start_controller(&ns, &config, port).await;
+    let controller = start_controller(&ns, &config.name, port).await;
     t.phase("Secret with a nearly expired certificate, configuration, controller");
 
     // The serving certificate is replaced; the CA, still good, is kept and trusted.
@@ -634,7 +643,7 @@ async fn sidecar_injection_ca_rotation() {
     let port = free_port();
     let config = webhook_config(&ns, port, &old_ca).await;
 
-    let controller = start_controller(&ns, &config, port).await;
+    let controller = start_controller(&ns, &config.name, port).await;
     // The old serving certificate loaded: the old CA's, which the configuration trusts.
     wait_for(PATCH_DEADLINE, "the old certificate served", || async {
         if served_certificate(port) == pem_bodies(old_crt.as_bytes()) {
@@ -752,5 +761,62 @@ async fn sidecar_injection_ca_rotation() {
     assert_no_key_in_logs(&controller, &data);
     eprintln!("[e2e] sidecar_injection_ca_rotation: {ok} Pods injected during the rotation");
     t.phase("no admission failed");
+    t.total();
+}
+
+/// The configuration does not exist yet when the controller starts (the chart applies it
+/// later, or someone deleted it): the controller warns, stays up, and patches it once it
+/// appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_injection_waits_for_its_configuration() {
+    let mut t = Timings::new("sidecar_injection_waits_for_its_configuration");
+    let cluster = cluster().await;
+    let ns = cluster.namespace("sidecar-late-config").await;
+    let port = free_port();
+    let name = format!("keyway-e2e-inject-{}", random_hex(6));
+    let mut controller = start_controller(&ns, &name, port).await;
+    wait_for(
+        PATCH_DEADLINE,
+        "a warning about the missing configuration",
+        || async {
+            let logs = controller.process.logs();
+            if logs.contains("MutatingWebhookConfiguration not found") {
+                Ok(())
+            } else {
+                Err("no warning yet".to_owned())
+            }
+        },
+    )
+    .await;
+    // The Secret is made all the same.
+    wait_for(PATCH_DEADLINE, "the Secret", || async {
+        secret(&ns).await.map(|_| ()).ok_or("no Secret")
+    })
+    .await;
+    t.phase("controller up without its configuration");
+
+    // Now the configuration appears (same name): the controller finds and patches it.
+    let config = webhook_config_named(&ns, port, "", name).await;
+    wait_for(
+        Duration::from_secs(45),
+        "the late configuration patched",
+        || async {
+            let data = secret(&ns).await.ok_or("no Secret")?;
+            let ca = pem_bodies(field(&data, "ca.crt").as_bytes());
+            match ca_bundles(&config.name).await.first() {
+                Some(b) if pem_bodies(b) == ca => Ok(()),
+                _ => Err("caBundle not patched yet".to_owned()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        controller.process.exited().is_none(),
+        "the controller kept running"
+    );
+    let injected =
+        create_pod_eventually(&ns, &pod("late", json!({"keyway.dev/inject": "true"}))).await;
+    assert_eq!(containers(&injected), ["app", "keyway-proxy"]);
+    t.phase("configuration created, patched, injecting");
     t.total();
 }

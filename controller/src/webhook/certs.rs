@@ -68,7 +68,10 @@ pub struct CertInfo {
 pub struct Serving {
     pub key: Arc<CertifiedKey>,
     pub info: CertInfo,
+    /// The current CA (during a CA rotation, not necessarily the serving certificate's issuer).
     pub ca: CertInfo,
+    /// Fingerprint of the CA that signed the serving certificate.
+    pub issuer: String,
 }
 
 /// Why the material must change; `Display` is the log message.
@@ -141,7 +144,20 @@ impl Material {
     pub fn serving(&self) -> Result<Serving, Invalid> {
         let (ca, _) = self.check_ca()?;
         let (info, key) = self.check_serving()?;
-        Ok(Serving { key, info, ca })
+        let issuer = if self.serving_signed_by_current() {
+            ca.fingerprint.clone()
+        } else {
+            self.previous_ca_cert
+                .as_deref()
+                .and_then(|p| inspect(p).ok())
+                .map_or_else(|| "unknown".to_owned(), |p| p.fingerprint)
+        };
+        Ok(Serving {
+            key,
+            info,
+            ca,
+            issuer,
+        })
     }
 
     /// The PEM bundle the webhook configuration must trust: the current CA, then the previous

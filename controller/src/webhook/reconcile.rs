@@ -148,6 +148,7 @@ impl CertManager {
             tracing::info!(
                 fingerprint = %serving.info.fingerprint,
                 not_after = %certs::rfc3339(serving.info.not_after),
+                issuer = %serving.issuer,
                 ca = %serving.ca.fingerprint,
                 ca_not_after = %certs::rfc3339(serving.ca.not_after),
                 "webhook serving certificate loaded"

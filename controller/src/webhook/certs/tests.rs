@@ -215,6 +215,8 @@ fn ca_rotation_keeps_every_certificate_trusted() {
     let step2 = step1.renewed(&moving, NOW, &names()).expect("moved");
     assert_eq!(step2.ca_cert, step1.ca_cert);
     assert!(step2.serving_signed_by_current());
+    let serving = step2.serving().expect("serving");
+    assert_eq!(serving.issuer, serving.ca.fingerprint);
     assert_eq!(step2.renewal(NOW, &names(), true), None);
     // The old CA stays in the bundle until it expires, then goes.
     assert_eq!(bundle_certs(step2.ca_bundle(NOW).as_bytes()).len(), 2);
