@@ -31,7 +31,7 @@ pub mod certs;
 pub mod inject;
 pub mod reconcile;
 
-pub use inject::Injector;
+pub use inject::{Admitted, Injector};
 pub use reconcile::CertSettings;
 
 /// Largest admission request read (the API server's own limit for an object is 3 MiB).
@@ -255,7 +255,8 @@ async fn handle(
         }
     };
     match injector.admit(&body) {
-        Ok((review, outcome)) => {
+        Ok(admitted) => {
+            let (review, outcome) = (admitted.review, admitted.outcome);
             metrics
                 .injections
                 .with_label_values(&[outcome.label()])
@@ -264,6 +265,8 @@ async fn handle(
                 let response = &review["response"];
                 tracing::info!(
                     result = outcome.label(),
+                    namespace = %admitted.namespace,
+                    pod = %admitted.name,
                     uid = response["uid"].as_str().unwrap_or_default(),
                     message = response["status"]["message"].as_str().unwrap_or_default(),
                     "sidecar injection"

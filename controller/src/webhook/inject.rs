@@ -58,6 +58,17 @@ pub enum Outcome {
     Denied,
 }
 
+/// The answer to one request, with what logs may say about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admitted {
+    /// The `AdmissionReview` to send back.
+    pub review: Value,
+    pub outcome: Outcome,
+    /// The Pod's namespace and name (empty when the request did not say, e.g. `generateName`).
+    pub namespace: String,
+    pub name: String,
+}
+
 /// The decision for one Pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -84,6 +95,10 @@ struct Request {
     #[serde(default)]
     sub_resource: Option<String>,
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
     object: Option<Value>,
 }
 
@@ -99,7 +114,7 @@ struct Gvk {
 
 impl Injector {
     /// Answers one `AdmissionReview` request body. `Err` is a malformed request (HTTP 400).
-    pub fn admit(&self, body: &[u8]) -> Result<(Value, Outcome), String> {
+    pub fn admit(&self, body: &[u8]) -> Result<Admitted, String> {
         let review: Review =
             serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
         let request = review
@@ -136,14 +151,16 @@ impl Injector {
                 Outcome::Injected
             }
         };
-        Ok((
-            json!({
+        Ok(Admitted {
+            review: json!({
                 "apiVersion": "admission.k8s.io/v1",
                 "kind": "AdmissionReview",
                 "response": response,
             }),
             outcome,
-        ))
+            namespace: request.namespace.unwrap_or_default(),
+            name: request.name.unwrap_or_default(),
+        })
     }
 
     /// What to do with `pod` (its JSON as the API server sent it).

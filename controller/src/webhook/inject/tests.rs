@@ -92,7 +92,11 @@ fn pods_without_the_annotation_are_left_alone() {
         assert_eq!(got, expect, "value {value:?}");
     }
     // Through the review: allowed, no patch.
-    let (out, outcome) = i
+    let Admitted {
+        review: out,
+        outcome,
+        ..
+    } = i
         .admit(&review(&pod(None, app_spec()), "CREATE"))
         .expect("ok");
     assert_eq!(outcome, Outcome::Skipped);
@@ -296,7 +300,11 @@ fn injection_is_idempotent() {
         }),
     );
     assert_eq!(i.decide(&native), Decision::AlreadyInjected);
-    let (out, outcome) = i.admit(&review(&after, "CREATE")).expect("ok");
+    let Admitted {
+        review: out,
+        outcome,
+        ..
+    } = i.admit(&review(&after, "CREATE")).expect("ok");
     assert_eq!(outcome, Outcome::AlreadyInjected);
     assert_eq!(out["response"]["allowed"], true);
     assert!(out["response"].get("patch").is_none());
@@ -325,7 +333,11 @@ fn invalid_annotations_deny_with_the_annotation_named() {
             other => panic!("{annotations}: expected a denial, got {other:?}"),
         }
     }
-    let (out, outcome) = i
+    let Admitted {
+        review: out,
+        outcome,
+        ..
+    } = i
         .admit(&review(
             &pod(Some(json!({INJECT: "true", PORT: "http"})), app_spec()),
             "CREATE",
@@ -359,7 +371,11 @@ fn a_conflicting_volume_name_is_denied() {
 fn the_patch_travels_as_base64_json_patch() {
     let i = injector();
     let p = pod(Some(json!({INJECT: "true"})), app_spec());
-    let (out, outcome) = i.admit(&review(&p, "CREATE")).expect("ok");
+    let Admitted {
+        review: out,
+        outcome,
+        ..
+    } = i.admit(&review(&p, "CREATE")).expect("ok");
     assert_eq!(outcome, Outcome::Injected);
     let response = &out["response"];
     assert_eq!(response["allowed"], true);
@@ -376,23 +392,37 @@ fn only_pod_creations_are_mutated() {
     let i = injector();
     let p = pod(Some(json!({INJECT: "true"})), app_spec());
     for op in ["UPDATE", "DELETE", "CONNECT"] {
-        let (_, outcome) = i.admit(&review(&p, op)).expect("ok");
+        let Admitted { outcome, .. } = i.admit(&review(&p, op)).expect("ok");
         assert_eq!(outcome, Outcome::Skipped, "{op}");
     }
     // Another kind.
     let mut body: Value = serde_json::from_slice(&review(&p, "CREATE")).expect("json");
     body["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
-    let (_, outcome) = i
+    let Admitted { outcome, .. } = i
         .admit(&serde_json::to_vec(&body).expect("json"))
         .expect("ok");
     assert_eq!(outcome, Outcome::Skipped);
     // A subresource (e.g. pods/ephemeralcontainers).
     body["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
     body["request"]["subResource"] = json!("ephemeralcontainers");
-    let (_, outcome) = i
+    let Admitted { outcome, .. } = i
         .admit(&serde_json::to_vec(&body).expect("json"))
         .expect("ok");
     assert_eq!(outcome, Outcome::Skipped);
+}
+
+#[test]
+fn the_answer_names_the_pod_for_logs() {
+    let p = pod(Some(json!({INJECT: "true"})), app_spec());
+    let mut body: Value = serde_json::from_slice(&review(&p, "CREATE")).expect("json");
+    body["request"]["name"] = json!("app");
+    let admitted = injector()
+        .admit(&serde_json::to_vec(&body).expect("json"))
+        .expect("ok");
+    assert_eq!(
+        (admitted.namespace.as_str(), admitted.name.as_str()),
+        ("team-a", "app")
+    );
 }
 
 #[test]
