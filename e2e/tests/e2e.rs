@@ -16,5 +16,6 @@ mod key_status;
 mod leader_election;
 mod missing_secret;
 mod secure_push;
+mod sidecar_injection;
 mod validation;
 mod walking_skeleton;
