@@ -34,6 +34,8 @@ pub struct DiscoveryService {
     drain: watch::Receiver<bool>,
     /// Who a caller is; [`auth::NoAuth`] unless [`DiscoveryService::with_authenticator`].
     auth: Arc<dyn Authenticate>,
+    /// Quota shares' serving table, computed once per index and membership change.
+    serving: quota::ServingCache,
 }
 
 type SnapshotStream =
@@ -54,6 +56,7 @@ impl DiscoveryService {
             metrics,
             drain,
             auth: Arc::new(auth::NoAuth),
+            serving: quota::ServingCache::default(),
         }
     }
 
@@ -116,6 +119,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             self.index.clone(),
             self.metrics.clone(),
             self.drain.clone(),
+            self.serving.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -131,6 +135,7 @@ async fn run_session(
     mut index: watch::Receiver<Arc<Index>>,
     metrics: Metrics,
     mut drain: watch::Receiver<bool>,
+    serving: quota::ServingCache,
 ) {
     let mut version = 0u64;
     let mut last_sent = None;
@@ -165,17 +170,9 @@ async fn run_session(
             let idx = index.borrow_and_update().clone();
             let mut snapshot =
                 idx.snapshot_for_proxy(&hello.namespace, &hello.namespaces, &hello.pools);
-            let peers = session.proxies().list();
-            let peers: Vec<quota::Peer<'_>> = peers
-                .iter()
-                .map(|p| quota::Peer {
-                    id: &p.proxy_id,
-                    namespace: &p.namespace,
-                    namespaces: &p.namespaces,
-                    pools: &p.pools,
-                })
-                .collect();
-            quota::share(&mut snapshot, &idx, &hello.proxy_id, &peers);
+            serving
+                .get(&idx, &session.proxies().peers())
+                .apply(&mut snapshot, &hello.proxy_id);
             snapshot
         };
         if last_sent.as_ref() == Some(&snapshot) {
