@@ -500,15 +500,18 @@ async fn handle(
         }
     };
 
-    let mut response = match behavior {
-        Behavior::Normal => route(
+    let normal = || {
+        route(
             &shared,
             &parts.method,
             &path,
             query.as_deref(),
             &body,
             session.as_deref(),
-        ),
+        )
+    };
+    let mut response = match behavior {
+        Behavior::Normal => normal(),
         Behavior::Status {
             code,
             headers,
@@ -519,14 +522,7 @@ async fn handle(
                 () = tokio::time::sleep(delay) => {}
                 () = wait_shutdown(&mut shutdown) => return Err("mock upstream shutting down".into()),
             }
-            route(
-                &shared,
-                &parts.method,
-                &path,
-                query.as_deref(),
-                &body,
-                session.as_deref(),
-            )
+            normal()
         }
         Behavior::Hang => {
             wait_shutdown(&mut shutdown).await;
