@@ -111,16 +111,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         );
         tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, extra_namespaces = ?hello.namespaces, pools = ?hello.pools, user = %identity.user, "proxy connected");
         self.metrics.connected_proxies.inc();
-        tokio::spawn(run_session(
-            hello,
-            session,
-            inbound,
-            tx,
-            self.index.clone(),
-            self.metrics.clone(),
-            self.drain.clone(),
-            self.serving.clone(),
-        ));
+        tokio::spawn(run_session(hello, session, inbound, tx, self.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -132,11 +123,15 @@ async fn run_session(
     session: Session,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
-    mut index: watch::Receiver<Arc<Index>>,
-    metrics: Metrics,
-    mut drain: watch::Receiver<bool>,
-    serving: quota::ServingCache,
+    service: DiscoveryService,
 ) {
+    let DiscoveryService {
+        mut index,
+        metrics,
+        mut drain,
+        serving,
+        ..
+    } = service;
     let mut version = 0u64;
     let mut last_sent = None;
     let mut membership = session.proxies().subscribe_membership();
