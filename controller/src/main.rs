@@ -97,6 +97,10 @@ struct WebhookArgs {
     /// API server's).
     #[arg(long, env = "KEYWAY_SIDECAR_TOKEN_AUDIENCE")]
     sidecar_token_audience: Option<String>,
+    /// CA certificates (PEM file) injected proxies trust for an https:// controller URL;
+    /// read at start and passed to them as KEYWAY_CONTROLLER_CA_PEM.
+    #[arg(long, env = "KEYWAY_SIDECAR_CONTROLLER_CA")]
+    sidecar_controller_ca: Option<std::path::PathBuf>,
 }
 
 impl WebhookArgs {
@@ -105,9 +109,25 @@ impl WebhookArgs {
         self,
         namespace: &str,
         token_audience: Option<&str>,
-    ) -> Option<keyway_controller::webhook::WebhookSettings> {
+    ) -> Result<Option<keyway_controller::webhook::WebhookSettings>, String> {
         use keyway_controller::webhook::{CertSettings, Injector, WebhookSettings};
-        let listen = self.webhook_listen?;
+        let Some(listen) = self.webhook_listen else {
+            return Ok(None);
+        };
+        let controller_ca_pem = match &self.sidecar_controller_ca {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--sidecar-controller-ca {}: {e}", path.display()))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "--sidecar-controller-ca {}: no PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                Some(pem)
+            }
+        };
         let dns_names: Vec<String> = self
             .webhook_dns_names
             .into_iter()
@@ -122,7 +142,7 @@ impl WebhookArgs {
         } else {
             dns_names
         };
-        Some(WebhookSettings {
+        Ok(Some(WebhookSettings {
             listen,
             certs: CertSettings {
                 namespace: namespace.to_owned(),
@@ -138,9 +158,10 @@ impl WebhookArgs {
                 token_audience: self
                     .sidecar_token_audience
                     .or_else(|| token_audience.map(str::to_owned)),
+                controller_ca_pem,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             },
-        })
+        }))
     }
 }
 
@@ -192,9 +213,16 @@ fn main() -> ExitCode {
             pod_namespace.as_deref(),
             cli.watch_namespace.first().map(String::as_str),
         );
-        let webhook = cli
+        let webhook = match cli
             .webhook
-            .settings(&own_namespace, cli.token_audience.as_deref());
+            .settings(&own_namespace, cli.token_audience.as_deref())
+        {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("keyway-controller: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let settings = Settings {
             grpc_listen: cli.grpc_listen,
             admin_listen: cli.admin_listen,

@@ -72,6 +72,14 @@ struct RunArgs {
     /// the public webpki roots).
     #[arg(long, env = "KEYWAY_CONTROLLER_CA")]
     controller_ca: Option<PathBuf>,
+    /// Controller mode: the same CA certificates as PEM text (the sidecar injector sets it).
+    #[arg(
+        long,
+        env = "KEYWAY_CONTROLLER_CA_PEM",
+        conflicts_with = "controller_ca",
+        allow_hyphen_values = true
+    )]
+    controller_ca_pem: Option<String>,
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
@@ -175,6 +183,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 eprintln!("keyway-proxy: --controller-ca: {e:#}");
                 return ExitCode::from(EXIT_INVALID_CONFIG);
             }
+            if let Some(pem) = &args.controller_ca_pem
+                && let Err(e) =
+                    keyway_proxy::discovery::ca_from_pem(pem.as_bytes(), "KEYWAY_CONTROLLER_CA_PEM")
+            {
+                eprintln!("keyway-proxy: --controller-ca-pem: {e:#}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
             let default_token = Path::new(keyway_proxy::discovery::DEFAULT_TOKEN_FILE);
             Source::Controller(DiscoverySettings {
                 controller_url: url,
@@ -189,6 +204,7 @@ async fn run(args: RunArgs) -> ExitCode {
                     .token_file
                     .or_else(|| default_token.exists().then(|| default_token.to_path_buf())),
                 controller_ca: args.controller_ca,
+                controller_ca_pem: args.controller_ca_pem,
             })
         }
         (None, None) => {

@@ -44,6 +44,9 @@ pub struct Injector {
     pub controller_url: String,
     /// Audience of the projected token (`None`: the API server's default).
     pub token_audience: Option<String>,
+    /// CA certificates (PEM) the injected proxy trusts for an `https://` controller
+    /// (`KEYWAY_CONTROLLER_CA_PEM`); `None`: the public roots.
+    pub controller_ca_pem: Option<String>,
     /// Written to `keyway.dev/injected`.
     pub version: String,
 }
@@ -262,6 +265,9 @@ impl Injector {
         ];
         if !pools.is_empty() {
             env.push(json!({"name": "KEYWAY_POOLS", "value": pools.join(",")}));
+        }
+        if let Some(pem) = &self.controller_ca_pem {
+            env.push(json!({"name": "KEYWAY_CONTROLLER_CA_PEM", "value": pem}));
         }
         if !extra_namespaces.is_empty() {
             env.push(

@@ -21,6 +21,7 @@ fn injector() -> Injector {
     Injector {
         image: "keyway:test".into(),
         controller_url: "http://keyway-controller.keyway.svc:8443".into(),
+        controller_ca_pem: None,
         token_audience: None,
         version: "0.0.0-test".into(),
     }

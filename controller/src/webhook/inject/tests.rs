@@ -4,6 +4,7 @@ fn injector() -> Injector {
     Injector {
         image: "registry.example/keyway:1.2.3".into(),
         controller_url: "http://keyway-controller.keyway.svc:8443".into(),
+        controller_ca_pem: None,
         token_audience: Some("keyway".into()),
         version: "0.1.0".into(),
     }
@@ -205,6 +206,7 @@ fn injects_into_a_pod_without_volumes() {
 #[test]
 fn injects_next_to_existing_volumes_and_annotations() {
     let i = Injector {
+        controller_ca_pem: None,
         token_audience: None,
         ..injector()
     };
@@ -436,4 +438,30 @@ fn malformed_requests_are_errors() {
 fn pointer_tokens_are_escaped() {
     assert_eq!(escape("keyway.dev/injected"), "keyway.dev~1injected");
     assert_eq!(escape("a~b/c"), "a~0b~1c");
+}
+
+#[test]
+fn the_controller_ca_travels_to_the_proxy_only_when_configured() {
+    let env = |i: &Injector| -> Vec<String> {
+        i.container(DEFAULT_PORT, &[], &[])["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(!env(&injector()).contains(&"KEYWAY_CONTROLLER_CA_PEM".to_owned()));
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let with_ca = Injector {
+        controller_ca_pem: Some(pem.into()),
+        ..injector()
+    };
+    let c = with_ca.container(DEFAULT_PORT, &[], &[]);
+    let ca = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "KEYWAY_CONTROLLER_CA_PEM")
+        .expect("the CA env var");
+    assert_eq!(ca["value"], pem);
 }
