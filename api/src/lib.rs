@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod manifest;
 pub mod model;
 pub mod presets;

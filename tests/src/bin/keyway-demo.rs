@@ -101,6 +101,7 @@ async fn main() -> ExitCode {
         },
         drain_timeout: Duration::from_secs(5),
         tls: None,
+        access: Default::default(),
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

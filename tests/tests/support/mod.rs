@@ -63,6 +63,7 @@ pub fn settings(source: Source) -> Settings {
         },
         drain_timeout: Duration::from_secs(1),
         tls: None,
+        access: Default::default(),
     }
 }
 
