@@ -26,7 +26,11 @@ async fn invalid_pools_are_rejected_naming_the_field() {
     );
     ns.apply(&pool("ok-multi", &multi)).await;
     // A provider with a public endpoint needs no backends.
-    ns.apply(&pool("ok-provider", "  provider: anthropic\n  allowedSources: [\"10.0.0.0/8\"]")).await;
+    ns.apply(&pool(
+        "ok-provider",
+        "  provider: anthropic\n  allowedSources: [\"10.0.0.0/8\"]",
+    ))
+    .await;
 
     let cases: &[(&str, String, &[&str])] = &[
         (

@@ -218,10 +218,9 @@ pub async fn start(
         registry,
         source: source_name,
         mode,
-        // An exposed admin port of a cluster proxy guards its reads too (they name pools,
-        // backends and key ids).
-        protect_reads: matches!(settings.source, Source::Controller(_))
-            && !admin_addr.ip().is_loopback(),
+        // An exposed admin port guards its reads too when a token is configured (they name
+        // pools, backends and key ids).
+        protect_reads: !admin_addr.ip().is_loopback(),
         token: settings.access.admin_token.clone().map(Arc::new),
         allowed_sources: settings.access.admin_allowed_sources.clone(),
         tx: tx.clone(),
@@ -323,6 +322,7 @@ impl TrafficGate {
                 // The client's Keyway token never goes upstream.
                 Some(header) => {
                     req.headers_mut().remove(header);
+                    req.headers_mut().remove("x-keyway-token");
                 }
                 None => {
                     return reject(
