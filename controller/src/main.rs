@@ -297,20 +297,8 @@ fn print_crds(out: Option<PathBuf>) -> ExitCode {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("KEYWAY_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn,keyway_controller=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KEYWAY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+    // The same JSON lines and runtime filter as the proxy (keyway_api::logging).
+    keyway_api::logging::init("controller", "warn,keyway_controller=info");
 }
 
 async fn shutdown_signal() {

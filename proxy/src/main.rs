@@ -28,10 +28,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Validate a manifest file with the same code the proxy runs; print every problem.
+    /// Validate a manifest file with the same code the proxy runs; print every problem with
+    /// its field path and a hint. Exit 0 when valid, 64 when not.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print the manifests the KEYWAY_*_KEYS quick start builds, as multi-document YAML ready
+    /// to edit and run with --config or `kubectl apply`. Key values are `${KEYWAY_..._KEY_n}`
+    /// placeholders unless --include-secrets.
+    ExportConfig {
+        /// Write the key values themselves into the Secret.
+        #[arg(long)]
+        include_secrets: bool,
     },
 }
 
@@ -115,6 +124,30 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Traffic port: client addresses allowed (CIDRs or IPs, comma-separated); others get 403.
+    #[arg(long, env = "KEYWAY_ALLOWED_SOURCES", value_parser = parse_cidrs, default_value = "")]
+    allowed_sources: CidrList,
+    /// Admin port: client addresses allowed (CIDRs or IPs, comma-separated).
+    #[arg(long, env = "KEYWAY_ADMIN_ALLOWED_SOURCES", value_parser = parse_cidrs, default_value = "")]
+    admin_allowed_sources: CidrList,
+    /// Traffic port: require one of these client tokens (one per line; re-read on change).
+    #[arg(long, env = "KEYWAY_CLIENT_TOKENS_FILE")]
+    client_tokens_file: Option<PathBuf>,
+    /// The admin API's bearer token, from a file (else KEYWAY_ADMIN_TOKEN). Without one,
+    /// admin writes are disabled.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Log this fraction of requests as access-log lines, e.g. 0.01.
+    #[arg(long, env = "KEYWAY_ACCESS_LOG_SAMPLE", default_value = "0")]
+    access_log_sample: f64,
+}
+
+/// A parsed `--allowed-sources` list.
+#[derive(Clone, Debug, Default)]
+struct CidrList(Vec<keyway_api::model::Cidr>);
+
+fn parse_cidrs(s: &str) -> Result<CidrList, String> {
+    keyway_api::model::Cidr::parse_list(s).map(CidrList)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -136,22 +169,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     keyway_proxy::logging::init("warn,keyway_proxy=info,keyway_api=info");
-    if let Some(Command::Check { config }) = &cli.command {
-        return match keyway_proxy::config::file::load(config) {
-            Ok((snap, _)) => {
-                println!(
-                    "{}: ok ({} pools, {} key pools)",
-                    config.display(),
-                    snap.pools.len(),
-                    snap.key_pools.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: invalid\n{e}", config.display());
-                ExitCode::from(EXIT_INVALID_CONFIG)
-            }
-        };
+    match &cli.command {
+        Some(Command::Check { config }) => return check(config),
+        Some(Command::ExportConfig { include_secrets }) => return export(*include_secrets),
+        None => {}
     }
     // Control work (config, health checks, admin port, controller stream) on this thread;
     // traffic on its own threads (see `--worker-threads`).
@@ -168,8 +189,89 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.run))
 }
 
+/// `keyway-proxy check`: every problem, its field path and a hint.
+fn check(config: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", config.display());
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let errors = keyway_api::manifest::Manifests::check(&text, &env);
+    if errors.is_empty() {
+        return match keyway_proxy::config::file::parse(&text) {
+            Ok(snap) => {
+                println!(
+                    "{}: ok ({} pools, {} key pools)",
+                    config.display(),
+                    snap.pools.len(),
+                    snap.key_pools.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid\n{e}", config.display());
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+        };
+    }
+    println!("{}: invalid ({} problems)", config.display(), errors.len());
+    for e in &errors {
+        println!("- {e}");
+        if let Some(hint) = e.hint() {
+            println!("  hint: {hint}");
+        }
+    }
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+/// `keyway-proxy export-config`.
+fn export(include_secrets: bool) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    match keyway_proxy::quickstart::QuickStart::from_env(&env) {
+        Ok(Some(qs)) => {
+            print!("{}", qs.manifests(include_secrets));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS)"
+            );
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("keyway-proxy export-config: {e}");
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> ExitCode {
     let file_mode = args.config.is_some();
+    let admin_token = match keyway_proxy::access::admin_token(
+        args.admin_token_file.as_deref(),
+        std::env::var("KEYWAY_ADMIN_TOKEN").ok(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("keyway-proxy: {e}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    if !(0.0..=1.0).contains(&args.access_log_sample) {
+        eprintln!("keyway-proxy: --access-log-sample must be between 0 and 1");
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    }
+    let access = keyway_proxy::access::AccessSettings {
+        allowed_sources: args.allowed_sources.0,
+        admin_allowed_sources: args.admin_allowed_sources.0,
+        client_tokens_file: args.client_tokens_file,
+        admin_token,
+        access_log_sample: args.access_log_sample,
+    };
+    let mut quick_start = false;
     let source = match (args.config, args.controller) {
         (Some(path), _) => Source::File {
             path,
@@ -208,10 +310,35 @@ async fn run(args: RunArgs) -> ExitCode {
             })
         }
         (None, None) => {
-            eprintln!(
-                "keyway-proxy: give --config FILE (standalone) or --controller URL (Kubernetes); see --help"
-            );
-            return ExitCode::from(EXIT_INVALID_CONFIG);
+            let env = |name: &str| std::env::var(name).ok();
+            match keyway_proxy::quickstart::QuickStart::from_env(&env) {
+                Ok(Some(qs)) => match qs.snapshot() {
+                    Ok(snap) => {
+                        for (pool, key_ids, endpoints) in qs.summary() {
+                            tracing::info!(pool = %pool, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        }
+                        tracing::info!(manifest = %qs.manifests(false), "quick start: the equivalent manifests (keyway-proxy export-config prints them)");
+                        quick_start = true;
+                        Source::QuickStart(snap)
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            eprintln!("keyway-proxy: quick start: {e}");
+                        }
+                        return ExitCode::from(EXIT_INVALID_CONFIG);
+                    }
+                },
+                Ok(None) => {
+                    eprintln!(
+                        "keyway-proxy: give --config FILE (standalone), --controller URL (Kubernetes), or keys in the environment (KEYWAY_OPENAI_KEYS=sk-1,sk-2); see --help"
+                    );
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+                Err(e) => {
+                    eprintln!("keyway-proxy: {e}");
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+            }
         }
     };
     let settings = Settings {
@@ -221,7 +348,7 @@ async fn run(args: RunArgs) -> ExitCode {
         forwarder: ForwarderSettings {
             connect_timeout: args.connect_timeout,
             response_timeout: args.response_timeout,
-            expose_headers: args.expose_headers.unwrap_or(file_mode),
+            expose_headers: args.expose_headers.unwrap_or(file_mode || quick_start),
             overhead_header: args.overhead_header,
             upstream_ca: args.upstream_ca,
         },
@@ -230,6 +357,7 @@ async fn run(args: RunArgs) -> ExitCode {
         traffic_threads: args.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
+        access,
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

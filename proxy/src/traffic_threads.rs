@@ -20,6 +20,7 @@ pub(crate) async fn start(
     settings: &Settings,
     dataplane: &Arc<Dataplane>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gate: Arc<crate::TrafficGate>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let n = settings.traffic_threads.max(1);
@@ -46,6 +47,7 @@ pub(crate) async fn start(
             settings.forwarder.clone(),
         )?);
         let acceptor = acceptor.clone();
+        let gate = gate.clone();
         let shutdown = shutdown.clone();
         let drain = settings.drain_timeout;
         let (tx, rx) = oneshot::channel::<()>();
@@ -65,7 +67,7 @@ pub(crate) async fn start(
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
-                            crate::serve_traffic(l, acceptor, forwarder, shutdown, drain).await
+                            crate::serve_traffic(l, acceptor, forwarder, gate, shutdown, drain).await
                         }
                         Err(error) => {
                             tracing::error!(%error, thread = i, "cannot register the traffic listener");

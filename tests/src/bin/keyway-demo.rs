@@ -102,6 +102,7 @@ async fn main() -> ExitCode {
         drain_timeout: Duration::from_secs(5),
         tls: None,
         traffic_threads: 0,
+        access: Default::default(),
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,
