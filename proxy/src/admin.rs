@@ -31,7 +31,9 @@ impl Admin {
         match req.uri().path() {
             "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                if self.dataplane.is_loaded() {
+                if self.dataplane.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else if self.dataplane.is_loaded() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(

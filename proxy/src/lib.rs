@@ -62,6 +62,11 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Serve the traffic port over TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds on the traffic port (connections, header size and time, body size).
+    pub limits: http::server::Limits,
+    /// After a shutdown signal, how long `/readyz` fails while the traffic port still accepts,
+    /// so load balancers stop routing here before the listener closes.
+    pub shutdown_delay: Duration,
 }
 
 /// Why the proxy could not start.
@@ -85,6 +90,11 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub dataplane: Arc<Dataplane>,
     shutdown: watch::Sender<bool>,
+    /// The admin port closes only after the traffic port drained, so `/readyz` can say
+    /// "shutting down" meanwhile.
+    admin_shutdown: watch::Sender<bool>,
+    shutdown_delay: Duration,
+    /// Traffic server first, then admin.
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -147,6 +157,8 @@ pub async fn start(
     let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+    let limit_metrics = limit_metrics(&registry)?;
     let forwarder = Arc::new(Forwarder::new(
         dataplane.clone(),
         settings.forwarder.clone(),
@@ -165,8 +177,10 @@ pub async fn start(
             let f = forwarder.clone();
             async move { f.serve(req, remote, is_tls).await }
         },
-        shutdown_rx.clone(),
+        shutdown_rx,
         settings.drain_timeout,
+        settings.limits.clone(),
+        limit_metrics,
     ));
     let admin = admin::Admin {
         dataplane: dataplane.clone(),
@@ -180,8 +194,10 @@ pub async fn start(
             let a = admin.clone();
             async move { a.handle(req).await }
         },
-        shutdown_rx,
+        admin_shutdown_rx,
         Duration::from_secs(1),
+        http::server::Limits::admin(),
+        http::server::LimitMetrics::default(),
     ));
     tracing::info!(%addr, %admin_addr, source = source_name, "keyway-proxy serving");
     Ok(Running {
@@ -189,8 +205,27 @@ pub async fn start(
         admin_addr,
         dataplane,
         shutdown,
+        admin_shutdown,
+        shutdown_delay: settings.shutdown_delay,
         servers: vec![traffic_task, admin_task],
         background,
+    })
+}
+
+fn limit_metrics(registry: &prometheus::Registry) -> anyhow::Result<http::server::LimitMetrics> {
+    let rejected = prometheus::IntCounter::new(
+        "keyway_proxy_connections_rejected_total",
+        "Client connections refused because --max-connections were open",
+    )?;
+    let open = prometheus::IntGauge::new(
+        "keyway_proxy_open_connections",
+        "Client connections open on the traffic port",
+    )?;
+    registry.register(Box::new(rejected.clone()))?;
+    registry.register(Box::new(open.clone()))?;
+    Ok(http::server::LimitMetrics {
+        connections_rejected: Some(rejected),
+        open_connections: Some(open),
     })
 }
 
@@ -206,9 +241,12 @@ async fn apply_snapshots(mut rx: SnapshotRx, dataplane: Arc<Dataplane>) {
 // === impl Running ===
 
 impl Running {
-    /// Stops accepting and lets in-flight requests finish (up to the drain timeout).
+    /// Stops accepting and lets in-flight requests finish (up to the drain timeout); the admin
+    /// port closes too.
     pub fn begin_shutdown(&self) {
+        self.dataplane.set_draining();
         let _ = self.shutdown.send(true);
+        let _ = self.admin_shutdown.send(true);
     }
 
     /// Serves until `signal` completes, then drains and returns. A background task (config
@@ -218,7 +256,8 @@ impl Running {
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let servers = futures::future::join_all(std::mem::take(&mut self.servers));
+        let mut servers = std::mem::take(&mut self.servers).into_iter();
+        let (traffic, admin) = (servers.next(), servers.next());
         let background = futures::future::select_all(std::mem::take(&mut self.background));
         let failure = tokio::select! {
             _ = signal => None,
@@ -227,9 +266,21 @@ impl Running {
                 Err(e) => anyhow::anyhow!("background task {index} failed: {e}"),
             }),
         };
-        self.begin_shutdown();
-        for r in servers.await {
-            r?;
+        // Shutdown order: /readyz fails first; after the shutdown delay the traffic listener
+        // closes and in-flight requests (streams included) drain; then the admin port closes.
+        self.dataplane.set_draining();
+        tracing::info!(delay = ?self.shutdown_delay, "shutting down: /readyz now fails");
+        if failure.is_none() && !self.shutdown_delay.is_zero() {
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        let _ = self.shutdown.send(true);
+        if let Some(t) = traffic {
+            t.await?;
+        }
+        tracing::info!("traffic drained; stopping");
+        let _ = self.admin_shutdown.send(true);
+        if let Some(a) = admin {
+            a.await?;
         }
         failure.map_or(Ok(()), Err)
     }

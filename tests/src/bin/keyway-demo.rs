@@ -101,6 +101,8 @@ async fn main() -> ExitCode {
         },
         drain_timeout: Duration::from_secs(5),
         tls: None,
+        limits: Default::default(),
+        shutdown_delay: Duration::ZERO,
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,
