@@ -50,7 +50,10 @@ pub fn json_body(data: &[u8]) {
         // whenever the input was one (duplicate members: the last one wins in serde_json).
         if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(&out)
         {
-            assert_eq!(m.get("api_key").and_then(|v| v.as_str()), Some(key.expose()));
+            assert_eq!(
+                m.get("api_key").and_then(|v| v.as_str()),
+                Some(key.expose())
+            );
         }
     }
 }

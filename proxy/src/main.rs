@@ -136,7 +136,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "Gi" | "g" | "G" => 1 << 30,
         _ => return Err(format!("{s:?}: unit must be Ki, Mi or Gi")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

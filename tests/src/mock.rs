@@ -845,18 +845,14 @@ async fn trickle(resp: Response<MockBody>, chunk: usize, interval: Duration) -> 
         Ok(c) => c.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let pieces: Vec<Bytes> = bytes
-        .chunks(chunk)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    let frames = futures::stream::iter(pieces.into_iter().enumerate()).then(
-        move |(i, piece)| async move {
+    let pieces: Vec<Bytes> = bytes.chunks(chunk).map(Bytes::copy_from_slice).collect();
+    let frames =
+        futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, piece)| async move {
             if i > 0 {
                 tokio::time::sleep(interval).await;
             }
             Ok::<_, BoxError>(Frame::data(piece))
-        },
-    );
+        });
     Response::from_parts(parts, StreamBody::new(frames).boxed_unsync())
 }
 

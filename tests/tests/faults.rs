@@ -186,7 +186,10 @@ async fn resets_and_garbage_http_get_a_clean_502_fast() {
     let mut upstreams = vec![("reset".to_string(), reset.url())];
     let garbage: [(&str, &[u8]); 6] = [
         ("binary", b"\x00\x01\x02\xff garbage\r\n\r\n"),
-        ("bad-status", b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n"),
+        (
+            "bad-status",
+            b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
+        ),
         (
             "bad-length",
             b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\n",
@@ -264,7 +267,10 @@ async fn resets_and_garbage_http_get_a_clean_502_fast() {
         "most requests are served: {}",
         summary(&outcomes)
     );
-    eprintln!("[faults] reset backend + good backend: {}", summary(&outcomes));
+    eprintln!(
+        "[faults] reset backend + good backend: {}",
+        summary(&outcomes)
+    );
     alive(&p, before).await;
 }
 
@@ -355,9 +361,10 @@ async fn an_sse_stream_cut_half_way_ends_at_the_client_and_is_counted() {
     up.set_stream(10, Duration::from_millis(30));
     up.set_behavior(Behavior::AbortStream { after: 3 });
     let p = FileProxy::start(&pool(&[("sse", up.url())], KEYS, "")).await;
-    let (got, errored) = tokio::time::timeout(CLIENT_DEADLINE, support::stream_chat(&p.url(), None))
-        .await
-        .expect("the stream ends, it does not hang");
+    let (got, errored) =
+        tokio::time::timeout(CLIENT_DEADLINE, support::stream_chat(&p.url(), None))
+            .await
+            .expect("the stream ends, it does not hang");
     let text = String::from_utf8_lossy(&got);
     assert_eq!(text.matches("data: ").count(), 3, "{text}");
     assert!(!text.contains("[DONE]"));
@@ -374,9 +381,10 @@ async fn an_sse_stream_cut_half_way_ends_at_the_client_and_is_counted() {
     .await;
     // A whole stream afterwards is fine.
     up.set_behavior(Behavior::Normal);
-    let (got, errored) = tokio::time::timeout(CLIENT_DEADLINE, support::stream_chat(&p.url(), None))
-        .await
-        .unwrap();
+    let (got, errored) =
+        tokio::time::timeout(CLIENT_DEADLINE, support::stream_chat(&p.url(), None))
+            .await
+            .unwrap();
     assert!(!errored && String::from_utf8_lossy(&got).contains("[DONE]"));
     alive(&p, before).await;
 }
@@ -429,7 +437,10 @@ async fn a_revoked_key_and_a_429_storm_mid_load_move_traffic_to_the_spare_key() 
         .chain(b.received_keys())
         .filter(|k| k == KEYS[1].1)
         .count();
-    assert!(b_uses <= 10, "revoked key used {b_uses} times after revocation");
+    assert!(
+        b_uses <= 10,
+        "revoked key used {b_uses} times after revocation"
+    );
     eprintln!("[faults] 401 + 429 storm: {}", summary(&outcomes));
     alive(&p, before).await;
 }
@@ -457,9 +468,9 @@ async fn a_hundred_config_versions_under_load_fail_no_request() {
         p.rewrite(&version(i));
         let url = format!("{}/status", p.admin());
         eventually(T, &format!("version {i} applied"), || async {
-            get(&url).await.is_ok_and(|r| {
-                r.json()["pools"][0]["backends"][0]["weight"] == i
-            })
+            get(&url)
+                .await
+                .is_ok_and(|r| r.json()["pools"][0]["backends"][0]["weight"] == i)
         })
         .await;
     }
@@ -547,7 +558,15 @@ spec:
     let outcomes = load.stop().await;
     let ok = outcomes.iter().filter(|o| o.status == Some(200)).count();
     assert_eq!(ok, outcomes.len(), "{}", summary(&outcomes));
-    assert!(metric(&p.admin(), "keyway_proxy_affinity_store_fallbacks_total", &[]).await > 0.0);
+    assert!(
+        metric(
+            &p.admin(),
+            "keyway_proxy_affinity_store_fallbacks_total",
+            &[]
+        )
+        .await
+            > 0.0
+    );
     eprintln!("[faults] redis stopped under load: {}", summary(&outcomes));
     alive(&p, before).await;
 }

@@ -68,7 +68,10 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
     let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
-    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 fn status_of(response: &str) -> Option<u16> {
@@ -209,11 +212,13 @@ async fn slowloris_clients_are_cut_and_do_not_block_others() {
                             }
                         }
                     }
-                    _ => while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            return;
+                    _ => {
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                return;
+                            }
                         }
-                    },
+                    }
                 }
             };
             tokio::time::timeout(Duration::from_secs(5), closed)
@@ -225,7 +230,10 @@ async fn slowloris_clients_are_cut_and_do_not_block_others() {
     let url = format!("http://{addr}");
     for _ in 0..20 {
         let started = Instant::now();
-        let r = tokio::time::timeout(T, chat(&url, &[])).await.unwrap().unwrap();
+        let r = tokio::time::timeout(T, chat(&url, &[]))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.status, 200);
         assert!(started.elapsed() < Duration::from_millis(500));
     }
@@ -237,7 +245,11 @@ async fn slowloris_clients_are_cut_and_do_not_block_others() {
     }
     assert!(longest < timeout + Duration::from_secs(1), "{longest:?}");
     eprintln!("[limits] 50 slowloris clients cut after at most {longest:?} (timeout {timeout:?})");
-    assert_eq!(up.request_count(), 20, "only the 20 normal requests reached the upstream");
+    assert_eq!(
+        up.request_count(),
+        20,
+        "only the 20 normal requests reached the upstream"
+    );
     assert_eq!(panics(), before);
 }
 
@@ -248,7 +260,10 @@ async fn malformed_requests_are_refused_and_nothing_reaches_upstream() {
     let p = start(&up.url(), limits()).await;
     let cases: [(&str, &[u8]); 8] = [
         ("garbage request line", b"GARBAGE\r\n\r\n"),
-        ("binary", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+        (
+            "binary",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        ),
         (
             "bare CR in a header value",
             b"GET / HTTP/1.1\r\nhost: x\r\nx-bad: a\rX-Injected: 1\r\n\r\n",
@@ -307,7 +322,9 @@ async fn malformed_requests_are_refused_and_nothing_reaches_upstream() {
             assert!(!v.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n'));
         }
     }
-    let r = get(&format!("http://{}/healthz", p.admin_addr)).await.unwrap();
+    let r = get(&format!("http://{}/healthz", p.admin_addr))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(panics(), before);
 }
@@ -333,6 +350,9 @@ fn config_values_that_would_become_headers_refuse_cr_lf() {
             .and_then(|m| m.resolve().map(|_| ()));
         let errors = parsed.expect_err(what);
         let text = format!("{errors:?}");
-        assert!(!text.contains("x-injected"), "{what}: the value is not echoed: {text}");
+        assert!(
+            !text.contains("x-injected"),
+            "{what}: the value is not echoed: {text}"
+        );
     }
 }

@@ -75,8 +75,7 @@ async fn sigterm_fails_readiness_first_then_drains_in_flight_requests_and_exits_
     let traffic_addr = p.url.trim_start_matches("http://").to_string();
     let deadline = Instant::now() + T;
     while refused_at.is_none() && Instant::now() < deadline {
-        if not_ready_at.is_none()
-            && status_code(&format!("{}/readyz", p.admin)).await == Some(503)
+        if not_ready_at.is_none() && status_code(&format!("{}/readyz", p.admin)).await == Some(503)
         {
             not_ready_at = Some(signalled.elapsed());
         }
@@ -103,7 +102,11 @@ async fn sigterm_fails_readiness_first_then_drains_in_flight_requests_and_exits_
         !errored && text.contains("[DONE]"),
         "the stream finished: {text}"
     );
-    let r = tokio::time::timeout(T, slow).await.unwrap().unwrap().unwrap();
+    let r = tokio::time::timeout(T, slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
     // 3. Clean exit.
@@ -218,7 +221,10 @@ async fn soak_mixed_traffic_keeps_memory_and_file_descriptors_flat() {
     let outcomes = load.stop().await;
     let (rss_end, fds_end) = p.resources();
     let after: Vec<_> = samples.iter().filter(|s| s.0 >= warmup).collect();
-    assert!(after.len() >= 2, "enough samples after warm-up: {samples:?}");
+    assert!(
+        after.len() >= 2,
+        "enough samples after warm-up: {samples:?}"
+    );
     let (rss_start, fds_start) = (after[0].1, after[0].2);
     let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let fds_max = samples.iter().map(|s| s.2).max().unwrap_or(0);

@@ -395,6 +395,9 @@ fn key_pool_refuses_more_keys_than_the_maximum_with_a_field_error() {
     assert_eq!(err.field, "spec.secretRef.name");
     assert_eq!(err.reason, Reason::InvalidSpec);
     let msg = err.to_string();
-    assert!(msg.contains("10001 keys") && msg.contains("at most 10000"), "{msg}");
+    assert!(
+        msg.contains("10001 keys") && msg.contains("at most 10000"),
+        "{msg}"
+    );
     assert!(!msg.contains("sk-"), "no key value in the error: {msg}");
 }

@@ -216,7 +216,9 @@ impl Load {
 pub fn summary(outcomes: &[Outcome]) -> String {
     let mut by: std::collections::BTreeMap<String, usize> = Default::default();
     for o in outcomes {
-        let k = o.status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        let k = o
+            .status
+            .map_or_else(|| "error".to_string(), |s| s.to_string());
         *by.entry(k).or_default() += 1;
     }
     let errors: Vec<String> = outcomes
@@ -225,7 +227,10 @@ pub fn summary(outcomes: &[Outcome]) -> String {
         .take(3)
         .map(|o| format!("{:?} {:?} {}", o.status, o.error, o.body))
         .collect();
-    format!("{} requests {by:?}; first non-200: {errors:?}", outcomes.len())
+    format!(
+        "{} requests {by:?}; first non-200: {errors:?}",
+        outcomes.len()
+    )
 }
 
 /// A metric from the proxy's `/metrics`: the sum over series whose line contains every one
@@ -268,9 +273,8 @@ pub async fn stream_chat(
 ) -> (Vec<u8>, bool) {
     use futures::StreamExt;
     use http_body_util::BodyExt;
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let body = serde_json::json!({"model": "m", "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
     let req = http::Request::builder()
