@@ -356,3 +356,35 @@ fn config_values_that_would_become_headers_refuse_cr_lf() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_never_cuts_a_long_stream_or_a_slow_upstream() {
+    let before = panics();
+    let up = MockUpstream::start("a").await.unwrap();
+    // 1.5 s of stream and a 1.2 s late answer, with a 400 ms header timeout.
+    up.set_stream(6, Duration::from_millis(300));
+    let p = start(
+        &up.url(),
+        Limits {
+            header_read_timeout: Duration::from_millis(400),
+            ..limits()
+        },
+    )
+    .await;
+    let url = format!("http://{}", p.addr);
+    let (got, errored) = tokio::time::timeout(T, support::stream_chat(&url, None))
+        .await
+        .unwrap();
+    assert!(!errored, "{}", String::from_utf8_lossy(&got));
+    assert!(String::from_utf8_lossy(&got).contains("[DONE]"));
+    up.fail_next(
+        1,
+        keyway_testkit::Behavior::Delay(Duration::from_millis(1200)),
+    );
+    let r = tokio::time::timeout(T, chat(&url, &[]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(panics(), before);
+}
