@@ -19,10 +19,13 @@ pub struct Manifests {
     pub pools: Vec<(ObjectId, LoadBalancerPoolSpec)>,
     pub key_pools: Vec<(ObjectId, ApiKeyPoolSpec)>,
     pub secrets: BTreeMap<ObjectId, BTreeMap<String, SecretValue>>,
+    /// Objects whose document was invalid (`kind`, id): references to them are not reported
+    /// again as missing.
+    pub failed: Vec<(String, ObjectId)>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Envelope {
     api_version: Option<String>,
     kind: Option<String>,
@@ -38,6 +41,8 @@ struct Envelope {
     status: Option<serde_json::Value>,
     #[serde(default, rename = "type")]
     _type: Option<String>,
+    #[serde(default)]
+    _immutable: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -55,26 +60,54 @@ impl Manifests {
         yaml: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Vec<ConfigError>> {
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).map_err(|e| {
-            vec![ConfigError::new(
-                "manifest",
-                "",
-                Reason::InvalidManifest,
-                format!("not valid YAML: {e}"),
-            )]
-        })?;
-        let mut out = Manifests::default();
-        let mut errors = Vec::new();
-        for (i, doc) in docs.into_iter().enumerate() {
-            if let Err(e) = out.add(i, doc, env) {
-                errors.push(e);
-            }
-        }
+        let (out, errors) = Self::parse_lenient(yaml, env);
         if errors.is_empty() {
             Ok(out)
         } else {
             Err(errors)
         }
+    }
+
+    /// Every problem of a file: documents that do not parse, then what does not resolve
+    /// among the ones that do (`keyway-proxy check`).
+    pub fn check(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<ConfigError> {
+        let (manifests, mut errors) = Self::parse_lenient(yaml, env);
+        if let Err(more) = manifests.resolve() {
+            errors.extend(more);
+        }
+        errors
+    }
+
+    /// Parses what it can; the documents that fail are reported, the rest kept.
+    pub fn parse_lenient(
+        yaml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Self, Vec<ConfigError>) {
+        let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(yaml) {
+            Ok(d) => d,
+            Err(e) => {
+                let err = ConfigError::new(
+                    "manifest",
+                    "",
+                    Reason::InvalidManifest,
+                    format!("not valid YAML: {e}"),
+                );
+                return (Manifests::default(), vec![err]);
+            }
+        };
+        let mut out = Manifests::default();
+        let mut errors = Vec::new();
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue; // an empty document, e.g. a trailing `---`
+            }
+            let ident = identity(&doc);
+            if let Err(e) = out.add(i, doc, env) {
+                out.failed.extend(ident);
+                errors.push(e);
+            }
+        }
+        (out, errors)
     }
 
     fn add(
@@ -87,8 +120,15 @@ impl Manifests {
         let bad = |object: &str, field: &str, msg: String| {
             ConfigError::new(object, field, Reason::InvalidManifest, msg)
         };
-        let env_doc: Envelope = serde_json::from_value(doc)
-            .map_err(|e| bad(&doc_name, "", format!("not a Kubernetes object: {e}")))?;
+        let env_doc: Envelope = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            bad(
+                &doc_name,
+                &field,
+                format!("not a Kubernetes object: {}", e.into_inner()),
+            )
+        })?;
         let kind = env_doc
             .kind
             .ok_or_else(|| bad(&doc_name, "kind", "required".into()))?;
@@ -125,6 +165,13 @@ impl Manifests {
                         format!("expected {keyway_version}, got {api_version}"),
                     ));
                 }
+                if env_doc.data.is_some() || env_doc.string_data.is_some() {
+                    return Err(bad(
+                        &object,
+                        "data",
+                        "only a Secret has data; key values go in a Secret named by the ApiKeyPool's secretRef".into(),
+                    ));
+                }
                 let spec = env_doc
                     .spec
                     .ok_or_else(|| bad(&object, "spec", "required".into()))?;
@@ -137,6 +184,13 @@ impl Manifests {
                 }
             }
             "Secret" => {
+                if env_doc.spec.is_some() {
+                    return Err(bad(
+                        &object,
+                        "spec",
+                        "a Secret has no spec; put keys under stringData (or base64 data)".into(),
+                    ));
+                }
                 if api_version != "v1" {
                     return Err(bad(
                         &object,
@@ -185,6 +239,9 @@ impl Manifests {
             let secret_id = ObjectId::new(&id.namespace, &spec.secret_ref.name);
             match resolve::key_pool(id, spec, self.secrets.get(&secret_id)) {
                 Ok(k) => key_pools.push(k),
+                Err(e)
+                    if e.reason == Reason::SecretNotFound
+                        && self.is_failed("Secret", &secret_id) => {}
                 Err(e) => errors.push(e),
             }
         }
@@ -196,7 +253,8 @@ impl Manifests {
                             .key_pools
                             .iter()
                             .any(|(kid, _)| kid.namespace == id.namespace && &kid.name == k);
-                        if !known {
+                        let kid = ObjectId::new(&id.namespace, k);
+                        if !known && !self.is_failed("ApiKeyPool", &kid) {
                             errors.push(ConfigError::new(
                                 format!("LoadBalancerPool {id}"),
                                 "spec.apiKeyPoolRef.name",
@@ -229,6 +287,26 @@ impl Manifests {
         }
         Ok(Snapshot { pools, key_pools }.normalized())
     }
+}
+
+// === impl Manifests (failed objects) ===
+
+impl Manifests {
+    fn is_failed(&self, kind: &str, id: &ObjectId) -> bool {
+        self.failed.iter().any(|(k, i)| k == kind && i == id)
+    }
+}
+
+/// `(kind, namespace/name)` of a raw document, when it names them.
+fn identity(doc: &serde_json::Value) -> Option<(String, ObjectId)> {
+    let kind = doc.get("kind")?.as_str()?;
+    let meta = doc.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    Some((kind.to_string(), ObjectId::new(ns, name)))
 }
 
 /// Deserializes a spec, naming the exact field path on error (`spec.backends[0].weight`).
@@ -358,6 +436,30 @@ spec:
         let errs = Manifests::parse(&bad, &env).unwrap().resolve().unwrap_err();
         assert_eq!(errs[0].field, "spec.apiKeyPoolRef.name");
         assert_eq!(errs[0].reason, Reason::KeyPoolNotFound);
+    }
+
+    #[test]
+    fn check_reports_every_problem_of_a_file() {
+        let bad = GOOD
+            .replace("weight: 2", "weight: lots")
+            .replace(
+                "secretRef: {name: keys}",
+                "secretRef: {name: keys}\n  colour: red",
+            )
+            .replace("kind: Secret\n", "kind: Secret\nspec: {}\n");
+        let errs = Manifests::check(&bad, &env);
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text[0].contains("Secret default/keys: spec"), "{text:#?}");
+        assert!(text[1].contains("colour"), "{text:#?}");
+        assert!(text[2].contains("spec.backends[1].weight"), "{text:#?}");
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_errors() {
+        let bad = GOOD.replacen("kind: Secret\n", "kind: Secret\nsepc: {}\n", 1);
+        let errs = Manifests::parse(&bad, &env).unwrap_err();
+        assert!(errs[0].to_string().contains("sepc"), "{}", errs[0]);
     }
 
     #[test]

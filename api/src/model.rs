@@ -44,6 +44,18 @@ pub struct Pool {
     pub affinity: Option<Affinity>,
     /// Cluster choice settings (used in multiCluster mode).
     pub cluster_balance: ClusterBalance,
+    /// `(lowercase name, value)` set on upstream requests that lack that header (provider
+    /// presets, e.g. `anthropic-version`).
+    pub default_headers: Vec<(String, String)>,
+    /// Client addresses allowed to use the pool; empty: any.
+    pub allowed_sources: Vec<Cidr>,
+}
+
+/// An IP network such as `10.0.0.0/8`, or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
 }
 
 /// Request affinity (see `spec.affinity`).
@@ -303,6 +315,77 @@ impl fmt::Display for Endpoint {
     }
 }
 
+// === impl Cidr ===
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address (a /32 or /128).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR such as 10.0.0.0/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Parses a comma-separated list; empty entries are skipped.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the list is empty or some entry contains `ip`.
+    pub fn allows(list: &[Cidr], ip: std::net::IpAddr) -> bool {
+        list.is_empty() || list.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 // === impl Outlier, Retry ===
 
 impl Default for Outlier {
@@ -381,6 +464,22 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::glob_match;
+
+    #[test]
+    fn cidrs() {
+        use super::Cidr;
+        let ip = |s: &str| s.parse().unwrap();
+        let net = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.1.2.3")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
+        assert!(!Cidr::parse("127.0.0.1").unwrap().contains(ip("127.0.0.2")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        assert_eq!(Cidr::parse_list("1.2.3.4, ,::1/128").unwrap().len(), 2);
+    }
 
     #[test]
     fn globs() {

@@ -56,6 +56,43 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// What to do about it, when there is a common answer.
+    pub fn hint(&self) -> Option<&'static str> {
+        let m = self.message.as_str();
+        let f = self.field.as_str();
+        Some(if m.contains("unknown field") {
+            "remove the field or fix its spelling (fields are camelCase; see the README's resource reference)"
+        } else if m.contains("unknown variant") {
+            "use one of the values listed in the message"
+        } else if m.contains("is not set") {
+            "export the environment variable before starting keyway-proxy, or write the value in the Secret"
+        } else if self.reason == Reason::SecretNotFound {
+            "add a document `apiVersion: v1, kind: Secret` with that name and one stringData entry per key"
+        } else if self.reason == Reason::KeyPoolNotFound {
+            "add an ApiKeyPool document with that name, or fix spec.apiKeyPoolRef.name"
+        } else if self.reason == Reason::NoKeys {
+            "each Secret entry is one key: `stringData: {key-1: \"${MY_KEY}\"}`"
+        } else if f.ends_with("endpoint") {
+            "an endpoint is a base URL such as https://api.openai.com or http://10.0.0.5:8000/v1"
+        } else if f == "spec.backends" && m.contains("required") {
+            "add `backends: [{name: a, endpoint: https://...}]`, or set `provider: openai` (or anthropic, gemini, tavily)"
+        } else if f == "kind" {
+            "a file holds LoadBalancerPool, ApiKeyPool and Secret documents separated by ---"
+        } else if f == "apiVersion" {
+            "keyway.dev/v1alpha1 for LoadBalancerPool and ApiKeyPool, v1 for Secret"
+        } else if f == "metadata.name" {
+            "every document needs metadata.name, unique per kind"
+        } else if m.contains("invalid type") {
+            "the value has the wrong type: check quoting and whether a list or an object is expected"
+        } else if m.contains("not valid YAML") {
+            "check indentation; `keyway-proxy export-config` prints a valid example"
+        } else {
+            return None;
+        })
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() {
@@ -86,10 +123,12 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
     let invalid =
         |field: String, msg: String| ConfigError::new(&object, field, Reason::InvalidSpec, msg);
 
+    // Provider defaults fill what the spec leaves unset; errors still name the user's fields.
+    let spec = &crate::presets::apply(spec);
     if spec.backends.is_empty() {
         return Err(invalid(
             "spec.backends".into(),
-            "at least one backend is required".into(),
+            "at least one backend is required (or a provider with a public endpoint: openai, anthropic, gemini, tavily)".into(),
         ));
     }
     let mut names = HashSet::new();
@@ -307,9 +346,18 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
 
     let affinity = affinity(spec).map_err(|(f, m)| invalid(f, m))?;
     let cluster_balance = cluster_balance(spec).map_err(|(f, m)| invalid(f, m))?;
+    let mut allowed_sources = Vec::with_capacity(spec.allowed_sources.len());
+    for (i, s) in spec.allowed_sources.iter().enumerate() {
+        allowed_sources.push(
+            crate::model::Cidr::parse(s)
+                .map_err(|m| invalid(format!("spec.allowedSources[{i}]"), m))?,
+        );
+    }
 
     Ok(Pool {
         id: id.clone(),
+        default_headers: crate::presets::default_headers(spec.provider),
+        allowed_sources,
         sse_keep_alive,
         affinity,
         cluster_balance,

@@ -38,12 +38,17 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!has(self.mode) || self.mode != 'failover' || (self.backends.filter(b, has(b.role) && b.role == 'primary').size() == 1 && self.backends.exists(b, has(b.role) && b.role == 'secondary'))",
+        "rule": "(has(self.backends) && size(self.backends) > 0) || (has(self.provider) && self.provider in ['openai', 'anthropic', 'gemini', 'tavily'])",
+        "message": "backends required unless provider is openai, anthropic, gemini or tavily (which bring their public endpoint)",
+        "fieldPath": ".backends"
+    },
+    {
+        "rule": "!has(self.mode) || self.mode != 'failover' || (has(self.backends) && self.backends.filter(b, has(b.role) && b.role == 'primary').size() == 1 && self.backends.exists(b, has(b.role) && b.role == 'secondary'))",
         "message": "mode: failover needs exactly one backend with role: primary and at least one with role: secondary",
         "fieldPath": ".backends"
     },
     {
-        "rule": "self.backends.exists(b, !has(b.weight) || b.weight > 0)",
+        "rule": "!has(self.backends) || size(self.backends) == 0 || self.backends.exists(b, !has(b.weight) || b.weight > 0)",
         "message": "at least one backend needs a weight above 0",
         "fieldPath": ".backends"
     },
@@ -74,8 +79,17 @@ use serde::{Deserialize, Serialize};
     }
 ]))]
 pub struct LoadBalancerPoolSpec {
-    /// The upstream endpoints: at least one, names unique.
-    #[schemars(length(min = 1, max = 100))]
+    /// A known API whose defaults fill in what is not set here: its public endpoint (so
+    /// `backends` may be omitted), how the key is injected, required headers and routes.
+    /// `openai`, `anthropic`, `gemini`, `tavily` or `openaiCompatible` (Bearer key, no
+    /// endpoint: give `backends`). Any field set explicitly overrides the preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+
+    /// The upstream endpoints, names unique. Required unless `provider` brings a public
+    /// endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub backends: Vec<BackendSpec>,
 
@@ -151,6 +165,14 @@ pub struct LoadBalancerPoolSpec {
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_proxy_namespaces: Vec<String>,
+
+    /// Client addresses (CIDRs such as `10.0.0.0/8` or single IPs) allowed to use this pool,
+    /// checked after routing. Empty: any client the listener accepts. Others get 403
+    /// `forbidden_source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 64)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_sources: Vec<String>,
 
     /// Request affinity. In `mode: multiCluster`, the header names the user whose requests
     /// stay on one cluster. In every mode, when an upstream answers with this header (as MCP
@@ -310,6 +332,22 @@ pub struct BackendSpec {
     /// This backend's health check, replacing the pool's `healthCheck`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+}
+
+/// A known upstream API (see `spec.provider`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Provider {
+    /// `https://api.openai.com`, `Authorization: Bearer`.
+    Openai,
+    /// `https://api.anthropic.com`, `x-api-key`, `anthropic-version` added when missing.
+    Anthropic,
+    /// `https://generativelanguage.googleapis.com`, `x-goog-api-key`.
+    Gemini,
+    /// `https://api.tavily.com`, `Authorization: Bearer`.
+    Tavily,
+    /// Any OpenAI-shaped API (vLLM, Ollama, Azure-style gateways): Bearer key, no endpoint.
+    OpenaiCompatible,
 }
 
 /// How the pool uses its backends.

@@ -34,6 +34,8 @@ pub struct DiscoveryService {
     drain: watch::Receiver<bool>,
     /// Who a caller is; [`auth::NoAuth`] unless [`DiscoveryService::with_authenticator`].
     auth: Arc<dyn Authenticate>,
+    /// Quota shares' serving table, computed once per index and membership change.
+    serving: quota::ServingCache,
 }
 
 type SnapshotStream =
@@ -54,6 +56,7 @@ impl DiscoveryService {
             metrics,
             drain,
             auth: Arc::new(auth::NoAuth),
+            serving: quota::ServingCache::default(),
         }
     }
 
@@ -108,15 +111,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         );
         tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, extra_namespaces = ?hello.namespaces, pools = ?hello.pools, user = %identity.user, "proxy connected");
         self.metrics.connected_proxies.inc();
-        tokio::spawn(run_session(
-            hello,
-            session,
-            inbound,
-            tx,
-            self.index.clone(),
-            self.metrics.clone(),
-            self.drain.clone(),
-        ));
+        tokio::spawn(run_session(hello, session, inbound, tx, self.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -128,10 +123,15 @@ async fn run_session(
     session: Session,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
-    mut index: watch::Receiver<Arc<Index>>,
-    metrics: Metrics,
-    mut drain: watch::Receiver<bool>,
+    service: DiscoveryService,
 ) {
+    let DiscoveryService {
+        mut index,
+        metrics,
+        mut drain,
+        serving,
+        ..
+    } = service;
     let mut version = 0u64;
     let mut last_sent = None;
     let mut membership = session.proxies().subscribe_membership();
@@ -165,17 +165,9 @@ async fn run_session(
             let idx = index.borrow_and_update().clone();
             let mut snapshot =
                 idx.snapshot_for_proxy(&hello.namespace, &hello.namespaces, &hello.pools);
-            let peers = session.proxies().list();
-            let peers: Vec<quota::Peer<'_>> = peers
-                .iter()
-                .map(|p| quota::Peer {
-                    id: &p.proxy_id,
-                    namespace: &p.namespace,
-                    namespaces: &p.namespaces,
-                    pools: &p.pools,
-                })
-                .collect();
-            quota::share(&mut snapshot, &idx, &hello.proxy_id, &peers);
+            serving
+                .get(&idx, &session.proxies().peers())
+                .apply(&mut snapshot, &hello.proxy_id);
             snapshot
         };
         if last_sent.as_ref() == Some(&snapshot) {

@@ -89,9 +89,9 @@ pub fn build(
         );
     }
 
-    last_good
-        .pools
-        .retain(|id, _| pools.iter().any(|p| &p.id == id));
+    // A set, so forgetting deleted pools is linear, not pools × pools.
+    let present: std::collections::HashSet<&ObjectId> = pools.iter().map(|p| &p.id).collect();
+    last_good.pools.retain(|id, _| present.contains(id));
     for p in pools {
         let (served, result, serving_last_good) = match resolve::pool(&p.id, &p.spec) {
             Ok(resolved) => {

@@ -5,6 +5,7 @@
 //! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
 //! - [`status`]: where status is written.
 //! - [`leader`]: leader election on a Lease; only the holder writes status and events.
+//! - [`webhook`]: the sidecar-injection admission webhook and its self-managed certificates.
 //! - [`runtime`]: wiring and task supervision.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -23,3 +24,4 @@ pub mod quota;
 pub mod runtime;
 pub mod status;
 pub mod watch;
+pub mod webhook;

@@ -57,6 +57,112 @@ struct Cli {
     /// The audience proxy tokens must carry (default: the API server's).
     #[arg(long, env = "KEYWAY_TOKEN_AUDIENCE")]
     token_audience: Option<String>,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The sidecar-injection webhook: off unless `--webhook-listen` is given.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Serve the sidecar-injection admission webhook (HTTPS, `POST /inject`) on this address.
+    #[arg(long, env = "KEYWAY_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// The MutatingWebhookConfiguration whose webhooks' `clientConfig.caBundle` the controller
+    /// keeps up to date (it must exist; the controller never creates it).
+    #[arg(
+        long,
+        env = "KEYWAY_WEBHOOK_CONFIG_NAME",
+        default_value = "keyway-sidecar-injector"
+    )]
+    webhook_config_name: String,
+    /// The Secret, in the controller's namespace, holding the webhook's CA and serving
+    /// certificate (created and rotated by the controller).
+    #[arg(
+        long,
+        env = "KEYWAY_WEBHOOK_SECRET_NAME",
+        default_value = "keyway-webhook-tls"
+    )]
+    webhook_secret_name: String,
+    /// Names of the serving certificate, comma-separated; IP addresses become IP SANs
+    /// (default: keyway-controller.<ns>.svc,keyway-controller.<ns>.svc.cluster.local).
+    #[arg(long, env = "KEYWAY_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    webhook_dns_names: Vec<String>,
+    /// Image of the injected keyway-proxy container.
+    #[arg(long, env = "KEYWAY_SIDECAR_IMAGE", default_value = "keyway:latest")]
+    sidecar_image: String,
+    /// What the injected proxy dials (default: http://keyway-controller.<ns>.svc:8443).
+    #[arg(long, env = "KEYWAY_SIDECAR_CONTROLLER_URL")]
+    sidecar_controller_url: Option<String>,
+    /// Audience of the injected proxy's projected token (default: --token-audience, else the
+    /// API server's).
+    #[arg(long, env = "KEYWAY_SIDECAR_TOKEN_AUDIENCE")]
+    sidecar_token_audience: Option<String>,
+    /// CA certificates (PEM file) injected proxies trust for an https:// controller URL;
+    /// read at start and passed to them as KEYWAY_CONTROLLER_CA_PEM.
+    #[arg(long, env = "KEYWAY_SIDECAR_CONTROLLER_CA")]
+    sidecar_controller_ca: Option<std::path::PathBuf>,
+}
+
+impl WebhookArgs {
+    /// The webhook's settings, when it is on; `namespace` is the controller's own.
+    fn settings(
+        self,
+        namespace: &str,
+        token_audience: Option<&str>,
+    ) -> Result<Option<keyway_controller::webhook::WebhookSettings>, String> {
+        use keyway_controller::webhook::{CertSettings, Injector, WebhookSettings};
+        let Some(listen) = self.webhook_listen else {
+            return Ok(None);
+        };
+        let controller_ca_pem = match &self.sidecar_controller_ca {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--sidecar-controller-ca {}: {e}", path.display()))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "--sidecar-controller-ca {}: no PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                Some(pem)
+            }
+        };
+        let dns_names: Vec<String> = self
+            .webhook_dns_names
+            .into_iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let dns_names = if dns_names.is_empty() {
+            vec![
+                format!("keyway-controller.{namespace}.svc"),
+                format!("keyway-controller.{namespace}.svc.cluster.local"),
+            ]
+        } else {
+            dns_names
+        };
+        Ok(Some(WebhookSettings {
+            listen,
+            certs: CertSettings {
+                namespace: namespace.to_owned(),
+                secret_name: self.webhook_secret_name,
+                config_name: self.webhook_config_name,
+                dns_names,
+            },
+            injector: Injector {
+                image: self.sidecar_image,
+                controller_url: self
+                    .sidecar_controller_url
+                    .unwrap_or_else(|| format!("http://keyway-controller.{namespace}.svc:8443")),
+                token_audience: self
+                    .sidecar_token_audience
+                    .or_else(|| token_audience.map(str::to_owned)),
+                controller_ca_pem,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        }))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -100,6 +206,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+        // The controller's own namespace, resolved like the Lease's (without --lease-namespace).
+        let own_namespace = leader::lease_namespace(
+            None,
+            pod_namespace.as_deref(),
+            cli.watch_namespace.first().map(String::as_str),
+        );
+        let webhook = match cli
+            .webhook
+            .settings(&own_namespace, cli.token_audience.as_deref())
+        {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("keyway-controller: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let settings = Settings {
             grpc_listen: cli.grpc_listen,
             admin_listen: cli.admin_listen,
@@ -110,7 +233,7 @@ fn main() -> ExitCode {
                 name: cli.lease_name.clone(),
                 namespace: leader::lease_namespace(
                     cli.lease_namespace.as_deref(),
-                    std::env::var("POD_NAMESPACE").ok().as_deref(),
+                    pod_namespace.as_deref(),
                     cli.watch_namespace.first().map(String::as_str),
                 ),
                 identity: leader::identity(
@@ -121,6 +244,7 @@ fn main() -> ExitCode {
                 duration: std::time::Duration::from_secs(cli.lease_duration_seconds),
             }),
             namespaces: cli.watch_namespace,
+            webhook,
             grpc_security: GrpcSecurity {
                 tls: cli.grpc_tls_cert.zip(cli.grpc_tls_key),
                 proxy_auth: match cli.proxy_auth {
@@ -173,20 +297,8 @@ fn print_crds(out: Option<PathBuf>) -> ExitCode {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("KEYWAY_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn,keyway_controller=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KEYWAY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+    // The same JSON lines and runtime filter as the proxy (keyway_api::logging).
+    keyway_api::logging::init("controller", "warn,keyway_controller=info");
 }
 
 async fn shutdown_signal() {

@@ -26,10 +26,23 @@ pub struct ProxyState {
     pub report: Option<keyway_proto::Report>,
 }
 
+/// Who a connected proxy is and what it asked for: what quota sharing needs, without the
+/// served sets and reports of [`ProxyState`].
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub proxy_id: String,
+    pub namespace: String,
+    pub namespaces: Vec<String>,
+    pub pools: Vec<String>,
+}
+
 /// The registry of connected proxies. Every change bumps a watch so the status writer wakes.
 #[derive(Clone)]
 pub struct Proxies {
     inner: Arc<Mutex<HashMap<u64, ProxyState>>>,
+    /// The connected proxies' identities, rebuilt on connect and disconnect only and shared
+    /// by every session (`Arc`), so a change does not clone every proxy's state per session.
+    peers: Arc<Mutex<Arc<Vec<Peer>>>>,
     next_session: Arc<AtomicU64>,
     changed: watch::Sender<u64>,
     /// Bumped only when a proxy connects or disconnects (quota shares depend on it).
@@ -48,6 +61,7 @@ impl Default for Proxies {
     fn default() -> Self {
         Self {
             inner: Default::default(),
+            peers: Default::default(),
             next_session: Arc::new(AtomicU64::new(1)),
             changed: watch::channel(0).0,
             membership: watch::channel(0).0,
@@ -76,7 +90,7 @@ impl Proxies {
                 },
             );
         });
-        self.membership.send_modify(|n| *n = n.wrapping_add(1));
+        self.membership_changed();
         Session {
             id,
             proxies: self.clone(),
@@ -90,6 +104,27 @@ impl Proxies {
     /// Wakes on connects and disconnects only.
     pub fn subscribe_membership(&self) -> watch::Receiver<u64> {
         self.membership.subscribe()
+    }
+
+    /// The connected proxies' identities (cheap: shared until the membership changes).
+    pub fn peers(&self) -> Arc<Vec<Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn membership_changed(&self) {
+        let mut peers: Vec<Peer> = self
+            .lock()
+            .values()
+            .map(|p| Peer {
+                proxy_id: p.proxy_id.clone(),
+                namespace: p.namespace.clone(),
+                namespaces: p.namespaces.clone(),
+                pools: p.pools.clone(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
+        self.membership.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn list(&self) -> Vec<ProxyState> {
@@ -162,9 +197,7 @@ impl Drop for Session {
         self.proxies.update(|m| {
             m.remove(&id);
         });
-        self.proxies
-            .membership
-            .send_modify(|n| *n = n.wrapping_add(1));
+        self.proxies.membership_changed();
     }
 }
 

@@ -5,6 +5,8 @@
 
 use crate::index::Index;
 use keyway_api::model::{self, ObjectId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// A connected proxy as the split sees it.
 #[derive(Clone, Copy, Debug)]
@@ -17,11 +19,108 @@ pub struct Peer<'a> {
     pub pools: &'a [String],
 }
 
+/// Which peers receive each key pool (sorted ids): computed once per index and membership,
+/// then shared by every session.
+#[derive(Debug, Default)]
+pub struct Serving {
+    by_key_pool: HashMap<ObjectId, Vec<String>>,
+}
+
+/// The latest [`Serving`] and what it was computed from, shared by the discovery sessions.
+#[derive(Clone, Default)]
+pub struct ServingCache {
+    latest: Arc<Mutex<Option<Cached>>>,
+}
+
+struct Cached {
+    index: Arc<Index>,
+    peers: Arc<Vec<crate::proxies::Peer>>,
+    serving: Arc<Serving>,
+}
+
+impl ServingCache {
+    /// The table for this index and membership, computed by the first session that asks.
+    pub fn get(&self, index: &Arc<Index>, peers: &Arc<Vec<crate::proxies::Peer>>) -> Arc<Serving> {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = latest.as_ref()
+            && Arc::ptr_eq(&c.index, index)
+            && Arc::ptr_eq(&c.peers, peers)
+        {
+            return c.serving.clone();
+        }
+        let borrowed: Vec<Peer<'_>> = peers
+            .iter()
+            .map(|p| Peer {
+                id: &p.proxy_id,
+                namespace: &p.namespace,
+                namespaces: &p.namespaces,
+                pools: &p.pools,
+            })
+            .collect();
+        let serving = Arc::new(Serving::compute(index, &borrowed));
+        *latest = Some(Cached {
+            index: index.clone(),
+            peers: peers.clone(),
+            serving: serving.clone(),
+        });
+        serving
+    }
+}
+
+impl Serving {
+    /// For every key pool of the index, the peers sent at least one pool that uses it.
+    pub fn compute(index: &Index, peers: &[Peer<'_>]) -> Self {
+        let mut by_key_pool = HashMap::new();
+        for (ns, snap) in &index.namespaces {
+            for kp in &snap.key_pools {
+                let users: Vec<&model::Pool> = snap
+                    .pools
+                    .iter()
+                    .filter(|p| p.key_pool.as_deref() == Some(kp.id.name.as_str()))
+                    .collect();
+                let mut serving: Vec<String> = peers
+                    .iter()
+                    .filter(|peer| {
+                        users
+                            .iter()
+                            .any(|p| index.selects(p, peer.namespace, peer.namespaces, peer.pools))
+                    })
+                    .map(|peer| peer.id.to_string())
+                    .collect();
+                serving.sort_unstable();
+                serving.dedup();
+                by_key_pool.insert(ObjectId::new(ns.clone(), kp.id.name.clone()), serving);
+            }
+        }
+        Self { by_key_pool }
+    }
+
+    /// `me`'s rank among the peers that receive key pool `kp`, and how many there are.
+    fn position(&self, kp: &ObjectId, me: &str) -> (usize, usize) {
+        let serving = self.by_key_pool.get(kp).map_or(&[][..], Vec::as_slice);
+        match serving.binary_search_by(|id| id.as_str().cmp(me)) {
+            Ok(rank) => (rank, serving.len()),
+            // Not counted yet (e.g. connected a moment ago): it takes its place in the order.
+            Err(rank) => (rank, serving.len() + 1),
+        }
+    }
+
+    /// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s
+    /// share.
+    pub fn apply(&self, snapshot: &mut model::Snapshot, me: &str) {
+        apply(snapshot, |kp| self.position(kp, me));
+    }
+}
+
 /// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s share.
 /// `index` tells which peers are sent which pools, and so which key pools.
 pub fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[Peer<'_>]) {
+    Serving::compute(index, peers).apply(snapshot, me);
+}
+
+fn apply(snapshot: &mut model::Snapshot, position: impl Fn(&ObjectId) -> (usize, usize)) {
     for kp in &mut snapshot.key_pools {
-        let (rank, n) = position(&kp.id, index, me, peers);
+        let (rank, n) = position(&kp.id);
         if n <= 1 {
             continue;
         }
@@ -39,34 +138,6 @@ pub fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[P
             true
         });
     }
-}
-
-/// `me`'s rank among the peers that receive key pool `kp`, and how many there are.
-fn position(kp: &ObjectId, index: &Index, me: &str, peers: &[Peer<'_>]) -> (usize, usize) {
-    // A key pool is used by pools of its own namespace only.
-    let users: Vec<&model::Pool> = index
-        .namespaces
-        .get(&kp.namespace)
-        .map_or(&[][..], |n| n.pools.as_slice())
-        .iter()
-        .filter(|p| p.key_pool.as_deref() == Some(kp.name.as_str()))
-        .collect();
-    let mut serving: Vec<&str> = peers
-        .iter()
-        .filter(|peer| {
-            users
-                .iter()
-                .any(|p| index.selects(p, peer.namespace, peer.namespaces, peer.pools))
-        })
-        .map(|peer| peer.id)
-        .collect();
-    if !serving.contains(&me) {
-        serving.push(me);
-    }
-    serving.sort_unstable();
-    serving.dedup();
-    let rank = serving.iter().position(|id| *id == me).unwrap_or(0);
-    (rank, serving.len())
 }
 
 /// Share number `rank` of `n` of `total`: the shares add up to `total` exactly.

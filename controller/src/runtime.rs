@@ -29,6 +29,8 @@ pub struct Settings {
     /// Leader election: only the Lease holder writes status and events. `None`: this replica
     /// always writes (a single replica).
     pub leader_election: Option<crate::leader::LeaseSettings>,
+    /// The sidecar-injection webhook (`--webhook-listen`); `None`: off.
+    pub webhook: Option<crate::webhook::WebhookSettings>,
 }
 
 /// How the discovery stream is secured (`--grpc-tls-*`, `--proxy-auth`, `--token-audience`).
@@ -109,6 +111,15 @@ pub async fn run(
     let admin_listener = TcpListener::bind(settings.admin_listen)
         .await
         .with_context(|| format!("binding the admin port {}", settings.admin_listen))?;
+    // Any replica serves the webhook, and it needs none of the caches: start it now.
+    let mut webhook = match settings.webhook.clone() {
+        Some(w) => {
+            let w = crate::webhook::start(w, client.clone(), &registry, drain_rx.clone()).await?;
+            tracing::info!(addr = %w.addr, "sidecar injection webhook listening");
+            Some(w)
+        }
+        None => None,
+    };
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         registry,
@@ -158,6 +169,15 @@ pub async fn run(
             None => std::future::pending().await,
         }
     };
+    let webhook_ended = async {
+        match webhook.as_mut() {
+            Some(w) => tokio::select! {
+                _ = &mut w.server => "the webhook server ended",
+                _ = &mut w.certs => "the webhook certificate keeper ended",
+            },
+            None => std::future::pending().await,
+        }
+    };
     let mut lease_done = false;
     let failure = tokio::select! {
         _ = shutdown => None,
@@ -168,11 +188,16 @@ pub async fn run(
             lease_done = true;
             Some("the leader election ended")
         }
+        what = webhook_ended => Some(what),
     };
     let _ = ready_tx.send(false);
     let _ = drain_tx.send(true);
     let _ = grpc.await;
     let _ = admin.await;
+    if let Some(w) = webhook {
+        w.server.abort();
+        w.certs.abort();
+    }
     // The election sees the drain: it stops leading and releases the Lease (bounded).
     if !lease_done && let Some(task) = lease {
         let _ = task.await;

@@ -13,11 +13,9 @@
 //!   controller's and a proxy's series;
 //! * `helm upgrade` applies changed values and `helm uninstall` leaves nothing but the CRDs.
 //!
-//! The webhook flags (`--webhook-*`, `--sidecar-*`) belong to the sidecar-injection work that
-//! is not on this branch yet: where the real controller binary runs with the chart's flags,
-//! the chart is installed with `injector.enabled=false`. Once that work is merged, drop that
-//! value in `install_runs_the_controller_with_the_charts_rbac` so the webhook flags are
-//! exercised too.
+//! The controller runs with the chart's webhook flags too (its webhook port moved to a free
+//! loopback port): with the chart's RBAC it creates the webhook's TLS Secret and patches the
+//! `caBundle` of the chart's MutatingWebhookConfiguration.
 
 use keyway_api::spec::{ApiKeyPool, Condition, LoadBalancerPool};
 use keyway_e2e::helm::{Helm, chart_dir, find, of_kind, parse_manifests};
@@ -643,7 +641,6 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
     t.phase("cluster + namespaces");
 
     // The CRDs are already installed by the harness (crds/, identical to the chart's).
-    // injector.enabled=false: the webhook flags are not in this branch's controller yet.
     let installed = helm
         .ok(&[
             "install",
@@ -654,8 +651,6 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
             "--skip-crds",
             "--set",
             &format!("watchNamespaces={{{}}}", watched.name()),
-            "--set",
-            "injector.enabled=false",
         ])
         .await;
     // NOTES.txt: what to do next, with this release's names.
@@ -685,13 +680,25 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
     let deploy = find(&objs, "Deployment", &ctl);
     let all_args = container_args(deploy);
     assert!(
-        !all_args.iter().any(|a| a.starts_with("--webhook")),
+        all_args
+            .iter()
+            .any(|a| a == &format!("--webhook-config-name={fullname}-sidecar-injector")),
         "{all_args:?}"
     );
+    let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let webhook_listen = format!("--webhook-listen=127.0.0.1:{webhook_port}");
     let chart_args: Vec<&str> = all_args
         .iter()
         .map(String::as_str)
-        .filter(|a| !a.starts_with("--grpc-listen") && !a.starts_with("--admin-listen"))
+        .filter(|a| {
+            !a.starts_with("--grpc-listen")
+                && !a.starts_with("--admin-listen")
+                && !a.starts_with("--webhook-listen")
+        })
+        .chain(std::iter::once(webhook_listen.as_str()))
         .collect();
     let lease_name = chart_args
         .iter()
@@ -748,6 +755,43 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
     })
     .await;
     t.phase("leader (Lease get/create/update)");
+
+    // The webhook's certificate: the Secret in the release namespace, the caBundle patched.
+    wait_for(
+        DEADLINE,
+        "the controller manages the webhook certificate",
+        || async {
+            let bundle = cluster
+                .kubectl_ok(&[
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    &format!("{fullname}-sidecar-injector"),
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ])
+                .await;
+            let secret = rel_ns
+                .kubectl_ok(&[
+                    "get",
+                    "secret",
+                    &format!("{fullname}-webhook-tls"),
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ])
+                .await;
+            if !bundle.trim().is_empty() && !secret.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "caBundle {} bytes, secret {secret:?}",
+                    bundle.len()
+                ))
+            }
+        },
+    )
+    .await;
+    t.phase("webhook certificate (Secret create, caBundle patch)");
 
     // A pool whose Secret is missing: status and an Event say so.
     let upstream = MockUpstream::start("a").await.expect("mock upstream");
@@ -854,6 +898,9 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
     );
     let lease_res = format!("leases.coordination.k8s.io/{lease_name}");
     let other_lease = "leases.coordination.k8s.io/someone-elses-lease".to_owned();
+    let injector_ref = format!(
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io/{fullname}-sidecar-injector"
+    );
     for (verb, resource, ns, allowed) in [
         ("list", "secrets", watched.name(), true),
         (
@@ -894,13 +941,14 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
         ),
         ("update", other_lease.as_str(), rel_ns.name(), false),
         ("list", "pods", rel_ns.name(), false),
-        // injector.enabled=false: not even the webhook configuration.
+        // The webhook configuration: only the chart's own, by name.
         (
             "patch",
             "mutatingwebhookconfigurations.admissionregistration.k8s.io",
             "default",
             false,
         ),
+        ("patch", &injector_ref, "default", true),
     ] {
         let mut can_i = vec!["auth", "can-i", verb];
         can_i.extend(resource.split_whitespace());

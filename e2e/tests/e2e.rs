@@ -17,5 +17,6 @@ mod leader_election;
 mod missing_secret;
 mod reliability;
 mod secure_push;
+mod sidecar_injection;
 mod validation;
 mod walking_skeleton;

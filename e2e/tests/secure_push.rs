@@ -348,6 +348,7 @@ async fn secure_push() {
 
     // --- the real proxy of namespace b: TLS with our CA, its token, asks for a and c too ---
     let token_file_s = token_file.to_string_lossy().into_owned();
+    let ca_pem = std::fs::read_to_string(&ca_s).expect("read the CA PEM");
     let extra = format!("{},{}", a.name(), c.name());
     let proxy = Proxy::start(
         &controller,
@@ -355,8 +356,10 @@ async fn secure_push() {
         &[
             "--token-file",
             &token_file_s,
-            "--controller-ca",
-            &ca_s,
+            // The CA as PEM text, the way the sidecar injector hands it over
+            // (KEYWAY_CONTROLLER_CA_PEM); the file form is unit-tested.
+            "--controller-ca-pem",
+            &ca_pem,
             "--extra-namespaces",
             &extra,
         ],

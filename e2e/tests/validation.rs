@@ -25,6 +25,12 @@ async fn invalid_pools_are_rejected_naming_the_field() {
         "  mode: multiCluster\n  affinity: {{header: x-user, store: redis, redis: {{sentinels: [\"s1:26379\"], masterName: keyway}}}}\n  balanceAlgorithm: {{overloadedCapacityRatio: 0.9, tokenRebalance: {{maxFraction: 0.1}}}}\n  backends:{VALID_BACKENDS}"
     );
     ns.apply(&pool("ok-multi", &multi)).await;
+    // A provider with a public endpoint needs no backends.
+    ns.apply(&pool(
+        "ok-provider",
+        "  provider: anthropic\n  allowedSources: [\"10.0.0.0/8\"]",
+    ))
+    .await;
 
     let cases: &[(&str, String, &[&str])] = &[
         (
@@ -140,7 +146,17 @@ async fn invalid_pools_are_rejected_naming_the_field() {
         (
             "no backends",
             pool("bad9", "  backends: []"),
-            &["spec.backends", "at least 1"],
+            &["spec.backends", "backends required unless provider"],
+        ),
+        (
+            "openaiCompatible brings no endpoint",
+            pool("bad10", "  provider: openaiCompatible"),
+            &["spec.backends", "backends required unless provider"],
+        ),
+        (
+            "unknown provider",
+            pool("bad11", "  provider: mistral"),
+            &["spec.provider", "Unsupported value"],
         ),
     ];
     for (what, yaml, expected) in cases {

@@ -170,6 +170,15 @@ impl From<&model::Pool> for Pool {
                     }),
                 }),
             }),
+            default_headers: p
+                .default_headers
+                .iter()
+                .map(|(name, value)| HeaderMatch {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            allowed_sources: p.allowed_sources.iter().map(ToString::to_string).collect(),
             routes: p
                 .routes
                 .iter()
@@ -386,9 +395,22 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
             "must be above 0".into(),
         ));
     }
+    let allowed_sources = p
+        .allowed_sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| model::Cidr::parse(s).map_err(|m| (format!("allowedSources[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let default_headers = p
+        .default_headers
+        .into_iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value))
+        .collect();
     Ok(model::Pool {
         affinity,
         cluster_balance,
+        default_headers,
+        allowed_sources,
         id: ObjectId::new(p.namespace, p.name),
         mode,
         backends,

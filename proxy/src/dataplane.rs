@@ -40,6 +40,8 @@ pub struct Router {
     pub key_pools: Vec<Arc<KeyPoolState>>,
     /// Bytes of request body to read ahead (model routes, replayable retries).
     read_ahead: usize,
+    /// Some pool routes or places requests by the body's `model`.
+    needs_model: bool,
 }
 
 /// A pool ready to serve.
@@ -329,6 +331,7 @@ impl Registry {
             pools,
             key_pools,
             read_ahead,
+            needs_model,
         }
     }
 
@@ -452,6 +455,11 @@ impl Router {
     /// How much of a request body to read before routing.
     pub fn read_ahead_bytes(&self) -> usize {
         self.read_ahead
+    }
+
+    /// Whether routing or placement reads the JSON body's `model`.
+    pub fn needs_model(&self) -> bool {
+        self.needs_model
     }
 }
 

@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
+pub mod changes;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
@@ -21,8 +23,10 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod placement;
+pub mod quickstart;
 pub mod reprobe;
 pub mod tls;
+mod traffic_threads;
 pub mod usage;
 
 use crate::config::{SnapshotRx, SnapshotTx};
@@ -32,7 +36,8 @@ use keyway_api::model::Snapshot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,6 +54,8 @@ pub enum Source {
     Controller(discovery::DiscoverySettings),
     /// A fixed snapshot (demos and tests).
     Static(Snapshot),
+    /// The quick start's manifests built from `KEYWAY_*_KEYS` (no file to edit).
+    QuickStart(Snapshot),
 }
 
 /// Everything `start` needs.
@@ -62,6 +69,12 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Serve the traffic port over TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Traffic threads, each with its own event loop, listener (`SO_REUSEPORT`) and upstream
+    /// connection pool, like nginx workers: a request never changes threads. 0 serves traffic
+    /// on the caller's runtime (tests, embedding).
+    pub traffic_threads: usize,
+    /// Source CIDRs, client tokens, the admin token, access logging.
+    pub access: access::AccessSettings,
     /// Bounds on the traffic port (connections, header size and time, body size).
     pub limits: http::server::Limits,
     /// After a shutdown signal, how long `/readyz` fails while the traffic port still accepts,
@@ -110,6 +123,7 @@ pub async fn start(
     let (tx, rx): (SnapshotTx, SnapshotRx) = watch::channel(None);
     let mut background = Vec::new();
 
+    let version = Arc::new(AtomicU64::new(0));
     let source_name = match &settings.source {
         Source::File {
             path,
@@ -130,6 +144,10 @@ pub async fn start(
             tx.send_replace(Some(Arc::new(snapshot.clone())));
             "static"
         }
+        Source::QuickStart(snapshot) => {
+            tx.send_replace(Some(Arc::new(snapshot.clone())));
+            "env"
+        }
         Source::Controller(d) => {
             background.push(tokio::spawn(discovery::run(
                 d.clone(),
@@ -139,65 +157,114 @@ pub async fn start(
             "controller"
         }
     };
-    background.push(tokio::spawn(apply_snapshots(rx, dataplane.clone())));
-    background.push(tokio::spawn(reprobe::run(dataplane.clone())));
     // Apply the first snapshot before serving, so file mode is ready immediately.
-    if let Some(s) = tx.borrow().clone() {
-        dataplane.apply(s);
+    let first = tx.borrow().clone();
+    if let Some(s) = &first {
+        apply_logged(&dataplane, None, s.clone(), &version, source_name);
     }
+    background.push(tokio::spawn(apply_snapshots(
+        rx,
+        dataplane.clone(),
+        first,
+        version.clone(),
+        source_name,
+    )));
+    background.push(tokio::spawn(reprobe::run(dataplane.clone())));
+    let client_tokens = match &settings.access.client_tokens_file {
+        Some(path) => {
+            let tokens = access::ClientTokens::load(path)
+                .map_err(|e| anyhow::anyhow!("--client-tokens-file: {e}"))?;
+            background.push(tokio::spawn(tokens.clone().watch(Duration::from_secs(1))));
+            Some(tokens)
+        }
+        None => None,
+    };
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })
     };
-    let traffic = bind(settings.listen).await?;
     let admin_listener = bind(settings.admin_listen).await?;
-    let addr = traffic.local_addr().map_err(anyhow::Error::from)?;
     let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
-    let limit_metrics = limit_metrics(&registry)?;
-    let forwarder = Arc::new(Forwarder::new(
-        dataplane.clone(),
-        settings.forwarder.clone(),
-    )?);
+    let limit_state = http::server::LimitState::new(&settings.limits, Some(&registry))
+        .map_err(anyhow::Error::from)?;
     let acceptor = match &settings.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             cert, key,
         )?)),
         None => None,
     };
-    let is_tls = acceptor.is_some();
-    let traffic_task = tokio::spawn(http::server::serve(
-        traffic,
-        acceptor,
-        move |req, remote| {
-            let f = forwarder.clone();
-            async move { f.serve(req, remote, is_tls).await }
-        },
-        shutdown_rx,
-        settings.drain_timeout,
-        settings.limits.clone(),
-        limit_metrics,
-    ));
+    let gate = Arc::new(TrafficGate {
+        allowed: settings.access.allowed_sources.clone(),
+        tokens: client_tokens,
+        sample: settings.access.access_log_sample,
+        dataplane: dataplane.clone(),
+    });
+    let (addr, traffic_task) = if settings.traffic_threads == 0 {
+        let traffic = bind(settings.listen).await?;
+        let addr = traffic.local_addr().map_err(anyhow::Error::from)?;
+        let forwarder = Arc::new(Forwarder::new(
+            dataplane.clone(),
+            settings.forwarder.clone(),
+        )?);
+        let task = tokio::spawn(serve_traffic(
+            traffic,
+            acceptor,
+            forwarder,
+            gate,
+            shutdown_rx.clone(),
+            settings.drain_timeout,
+            settings.limits.clone(),
+            limit_state,
+        ));
+        (addr, task)
+    } else {
+        traffic_threads::start(
+            &settings,
+            &dataplane,
+            acceptor,
+            gate,
+            shutdown_rx.clone(),
+            limit_state,
+        )
+        .await?
+    };
+    let mode = match &settings.source {
+        Source::File { path, .. } => admin::Mode::File(path.clone()),
+        Source::Controller(_) => admin::Mode::Controller,
+        Source::QuickStart(_) => admin::Mode::QuickStart,
+        Source::Static(_) => admin::Mode::Static,
+    };
     let admin = admin::Admin {
         dataplane: dataplane.clone(),
         registry,
         source: source_name,
+        mode,
+        // An exposed admin port guards its reads too when a token is configured (they name
+        // pools, backends and key ids).
+        protect_reads: !admin_addr.ip().is_loopback(),
+        token: settings.access.admin_token.clone().map(Arc::new),
+        allowed_sources: settings.access.admin_allowed_sources.clone(),
+        tx: tx.clone(),
+        version: version.clone(),
+        edits: Default::default(),
     };
     let admin_task = tokio::spawn(http::server::serve(
         admin_listener,
         None,
-        move |req, _remote| {
+        move |req, remote| {
             let a = admin.clone();
-            async move { a.handle(req).await }
+            async move { a.handle(req, remote).await }
         },
         admin_shutdown_rx,
         Duration::from_secs(1),
         http::server::Limits::admin(),
-        http::server::LimitMetrics::default(),
+        http::server::LimitState::new(&http::server::Limits::admin(), None)
+            .map_err(anyhow::Error::from)?,
     ));
     tracing::info!(%addr, %admin_addr, source = source_name, "keyway-proxy serving");
     Ok(Running {
@@ -212,29 +279,150 @@ pub async fn start(
     })
 }
 
-fn limit_metrics(registry: &prometheus::Registry) -> anyhow::Result<http::server::LimitMetrics> {
-    let rejected = prometheus::IntCounter::new(
-        "keyway_proxy_connections_rejected_total",
-        "Client connections refused because --max-connections were open",
-    )?;
-    let open = prometheus::IntGauge::new(
-        "keyway_proxy_open_connections",
-        "Client connections open on the traffic port",
-    )?;
-    registry.register(Box::new(rejected.clone()))?;
-    registry.register(Box::new(open.clone()))?;
-    Ok(http::server::LimitMetrics {
-        connections_rejected: Some(rejected),
-        open_connections: Some(open),
-    })
+/// The traffic port's accept loop on the current runtime: the access gate, then one
+/// forwarder.
+async fn serve_traffic(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    forwarder: Arc<Forwarder>,
+    gate: Arc<TrafficGate>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    limits: http::server::Limits,
+    limit_state: http::server::LimitState,
+) {
+    let is_tls = acceptor.is_some();
+    http::server::serve(
+        listener,
+        acceptor,
+        move |req, remote| {
+            let f = forwarder.clone();
+            let gate = gate.clone();
+            async move {
+                gate.serve(req, remote, |req| f.serve(req, remote, is_tls))
+                    .await
+            }
+        },
+        shutdown,
+        drain,
+        limits,
+        limit_state,
+    )
+    .await
 }
 
-async fn apply_snapshots(mut rx: SnapshotRx, dataplane: Arc<Dataplane>) {
+async fn apply_snapshots(
+    mut rx: SnapshotRx,
+    dataplane: Arc<Dataplane>,
+    mut last: Option<Arc<Snapshot>>,
+    version: Arc<AtomicU64>,
+    source: &'static str,
+) {
     while rx.changed().await.is_ok() {
         let snapshot = rx.borrow_and_update().clone();
         if let Some(s) = snapshot {
-            dataplane.apply(s);
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &s)) {
+                continue;
+            }
+            apply_logged(&dataplane, last.as_deref(), s.clone(), &version, source);
+            last = Some(s);
         }
+    }
+}
+
+/// Applies a snapshot, bumps the config version and logs what changed (ids only).
+fn apply_logged(
+    dataplane: &Dataplane,
+    old: Option<&Snapshot>,
+    new: Arc<Snapshot>,
+    version: &AtomicU64,
+    source: &'static str,
+) {
+    let changes = changes::Changes::between(old, &new);
+    dataplane.apply(new);
+    let v = version.fetch_add(1, Ordering::AcqRel) + 1;
+    changes.log(v, source);
+}
+
+/// Listener-level checks of the traffic port (source address, client token) and the sampled
+/// access log, around the forwarder.
+pub(crate) struct TrafficGate {
+    allowed: Vec<keyway_api::model::Cidr>,
+    tokens: Option<Arc<access::ClientTokens>>,
+    sample: f64,
+    dataplane: Arc<Dataplane>,
+}
+
+impl TrafficGate {
+    async fn serve<F, Fut>(
+        &self,
+        mut req: ::http::Request<hyper::body::Incoming>,
+        remote: SocketAddr,
+        next: F,
+    ) -> ::http::Response<crate::http::ProxyBody>
+    where
+        F: FnOnce(::http::Request<hyper::body::Incoming>) -> Fut,
+        Fut: std::future::Future<Output = ::http::Response<crate::http::ProxyBody>>,
+    {
+        use crate::http::error::Rejection;
+        let reject = |r: Rejection, msg: &str| {
+            self.dataplane
+                .metrics()
+                .rejected
+                .with_label_values(&[r.as_str()])
+                .inc();
+            r.response(msg)
+        };
+        if !keyway_api::model::Cidr::allows(&self.allowed, remote.ip()) {
+            tracing::debug!(remote = %remote.ip(), "traffic from a source not in --allowed-sources");
+            return reject(
+                Rejection::ForbiddenSource,
+                &format!("source {} is not allowed (--allowed-sources)", remote.ip()),
+            );
+        }
+        if let Some(tokens) = &self.tokens {
+            match tokens.check(req.headers()) {
+                // The client's Keyway token never goes upstream.
+                Some(header) => {
+                    req.headers_mut().remove(header);
+                    req.headers_mut().remove("x-keyway-token");
+                }
+                None => {
+                    return reject(
+                        Rejection::Unauthorized,
+                        "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
+                    );
+                }
+            }
+        }
+        if self.sample <= 0.0 || rand::random::<f64>() >= self.sample {
+            return next(req).await;
+        }
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = next(req).await;
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        tracing::info!(
+            access_log = true,
+            method = %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            remote = %remote.ip(),
+            request_id = %header("x-request-id"),
+            pool = %header("x-keyway-pool"),
+            backend = %header("x-keyway-backend"),
+            key_id = %header("x-keyway-key-id"),
+            "request"
+        );
+        resp
     }
 }
 

@@ -28,10 +28,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Validate a manifest file with the same code the proxy runs; print every problem.
+    /// Validate a manifest file with the same code the proxy runs; print every problem with
+    /// its field path and a hint. Exit 0 when valid, 64 when not.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print the manifests the KEYWAY_*_KEYS quick start builds, as multi-document YAML ready
+    /// to edit and run with --config or `kubectl apply`. Key values are `${KEYWAY_..._KEY_n}`
+    /// placeholders unless --include-secrets.
+    ExportConfig {
+        /// Write the key values themselves into the Secret.
+        #[arg(long)]
+        include_secrets: bool,
     },
 }
 
@@ -72,6 +81,14 @@ struct RunArgs {
     /// the public webpki roots).
     #[arg(long, env = "KEYWAY_CONTROLLER_CA")]
     controller_ca: Option<PathBuf>,
+    /// Controller mode: the same CA certificates as PEM text (the sidecar injector sets it).
+    #[arg(
+        long,
+        env = "KEYWAY_CONTROLLER_CA_PEM",
+        conflicts_with = "controller_ca",
+        allow_hyphen_values = true
+    )]
+    controller_ca_pem: Option<String>,
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
@@ -99,6 +116,11 @@ struct RunArgs {
     /// Add x-keyway-overhead-ms (time spent inside Keyway) to every response.
     #[arg(long, env = "KEYWAY_OVERHEAD_HEADER")]
     overhead_header: bool,
+    /// Traffic threads, each with its own event loop and upstream connections (a request
+    /// never changes threads). Default: one per CPU. Health checks, config and the admin port
+    /// run on one more, mostly idle, thread.
+    #[arg(long, env = "KEYWAY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -120,6 +142,30 @@ struct RunArgs {
     /// connections.
     #[arg(long, env = "KEYWAY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// Traffic port: client addresses allowed (CIDRs or IPs, comma-separated); others get 403.
+    #[arg(long, env = "KEYWAY_ALLOWED_SOURCES", value_parser = parse_cidrs, default_value = "")]
+    allowed_sources: CidrList,
+    /// Admin port: client addresses allowed (CIDRs or IPs, comma-separated).
+    #[arg(long, env = "KEYWAY_ADMIN_ALLOWED_SOURCES", value_parser = parse_cidrs, default_value = "")]
+    admin_allowed_sources: CidrList,
+    /// Traffic port: require one of these client tokens (one per line; re-read on change).
+    #[arg(long, env = "KEYWAY_CLIENT_TOKENS_FILE")]
+    client_tokens_file: Option<PathBuf>,
+    /// The admin API's bearer token, from a file (else KEYWAY_ADMIN_TOKEN). Without one,
+    /// admin writes are disabled.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Log this fraction of requests as access-log lines, e.g. 0.01.
+    #[arg(long, env = "KEYWAY_ACCESS_LOG_SAMPLE", default_value = "0")]
+    access_log_sample: f64,
+}
+
+/// A parsed `--allowed-sources` list.
+#[derive(Clone, Debug, Default)]
+struct CidrList(Vec<keyway_api::model::Cidr>);
+
+fn parse_cidrs(s: &str) -> Result<CidrList, String> {
+    keyway_api::model::Cidr::parse_list(s).map(CidrList)
 }
 
 /// `1048576`, `64Ki`, `32Mi`, `1Gi` (also `k`/`m`/`g` as powers of 1024).
@@ -159,9 +205,40 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     keyway_proxy::logging::init("warn,keyway_proxy=info,keyway_api=info");
-    if let Some(Command::Check { config }) = &cli.command {
-        return match keyway_proxy::config::file::load(config) {
-            Ok((snap, _)) => {
+    match &cli.command {
+        Some(Command::Check { config }) => return check(config),
+        Some(Command::ExportConfig { include_secrets }) => return export(*include_secrets),
+        None => {}
+    }
+    // Control work (config, health checks, admin port, controller stream) on this thread;
+    // traffic on its own threads (see `--worker-threads`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.run))
+}
+
+/// `keyway-proxy check`: every problem, its field path and a hint.
+fn check(config: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", config.display());
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let errors = keyway_api::manifest::Manifests::check(&text, &env);
+    if errors.is_empty() {
+        return match keyway_proxy::config::file::parse(&text) {
+            Ok(snap) => {
                 println!(
                     "{}: ok ({} pools, {} key pools)",
                     config.display(),
@@ -176,21 +253,61 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    println!("{}: invalid ({} problems)", config.display(), errors.len());
+    for e in &errors {
+        println!("- {e}");
+        if let Some(hint) = e.hint() {
+            println!("  hint: {hint}");
         }
-    };
-    runtime.block_on(run(cli.run))
+    }
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+/// `keyway-proxy export-config`.
+fn export(include_secrets: bool) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    match keyway_proxy::quickstart::QuickStart::from_env(&env) {
+        Ok(Some(qs)) => {
+            print!("{}", qs.manifests(include_secrets));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS)"
+            );
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("keyway-proxy export-config: {e}");
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
 }
 
 async fn run(args: RunArgs) -> ExitCode {
     let file_mode = args.config.is_some();
+    let admin_token = match keyway_proxy::access::admin_token(
+        args.admin_token_file.as_deref(),
+        std::env::var("KEYWAY_ADMIN_TOKEN").ok(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("keyway-proxy: {e}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    if !(0.0..=1.0).contains(&args.access_log_sample) {
+        eprintln!("keyway-proxy: --access-log-sample must be between 0 and 1");
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    }
+    let access = keyway_proxy::access::AccessSettings {
+        allowed_sources: args.allowed_sources.0,
+        admin_allowed_sources: args.admin_allowed_sources.0,
+        client_tokens_file: args.client_tokens_file,
+        admin_token,
+        access_log_sample: args.access_log_sample,
+    };
+    let mut quick_start = false;
     let source = match (args.config, args.controller) {
         (Some(path), _) => Source::File {
             path,
@@ -202,6 +319,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 && let Err(e) = keyway_proxy::discovery::read_ca(ca)
             {
                 eprintln!("keyway-proxy: --controller-ca: {e:#}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+            if let Some(pem) = &args.controller_ca_pem
+                && let Err(e) =
+                    keyway_proxy::discovery::ca_from_pem(pem.as_bytes(), "KEYWAY_CONTROLLER_CA_PEM")
+            {
+                eprintln!("keyway-proxy: --controller-ca-pem: {e:#}");
                 return ExitCode::from(EXIT_INVALID_CONFIG);
             }
             let default_token = Path::new(keyway_proxy::discovery::DEFAULT_TOKEN_FILE);
@@ -218,13 +342,39 @@ async fn run(args: RunArgs) -> ExitCode {
                     .token_file
                     .or_else(|| default_token.exists().then(|| default_token.to_path_buf())),
                 controller_ca: args.controller_ca,
+                controller_ca_pem: args.controller_ca_pem,
             })
         }
         (None, None) => {
-            eprintln!(
-                "keyway-proxy: give --config FILE (standalone) or --controller URL (Kubernetes); see --help"
-            );
-            return ExitCode::from(EXIT_INVALID_CONFIG);
+            let env = |name: &str| std::env::var(name).ok();
+            match keyway_proxy::quickstart::QuickStart::from_env(&env) {
+                Ok(Some(qs)) => match qs.snapshot() {
+                    Ok(snap) => {
+                        for (pool, key_ids, endpoints) in qs.summary() {
+                            tracing::info!(pool = %pool, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        }
+                        tracing::info!(manifest = %qs.manifests(false), "quick start: the equivalent manifests (keyway-proxy export-config prints them)");
+                        quick_start = true;
+                        Source::QuickStart(snap)
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            eprintln!("keyway-proxy: quick start: {e}");
+                        }
+                        return ExitCode::from(EXIT_INVALID_CONFIG);
+                    }
+                },
+                Ok(None) => {
+                    eprintln!(
+                        "keyway-proxy: give --config FILE (standalone), --controller URL (Kubernetes), or keys in the environment (KEYWAY_OPENAI_KEYS=sk-1,sk-2); see --help"
+                    );
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+                Err(e) => {
+                    eprintln!("keyway-proxy: {e}");
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+            }
         }
     };
     let settings = Settings {
@@ -234,12 +384,16 @@ async fn run(args: RunArgs) -> ExitCode {
         forwarder: ForwarderSettings {
             connect_timeout: args.connect_timeout,
             response_timeout: args.response_timeout,
-            expose_headers: args.expose_headers.unwrap_or(file_mode),
+            expose_headers: args.expose_headers.unwrap_or(file_mode || quick_start),
             overhead_header: args.overhead_header,
             upstream_ca: args.upstream_ca,
         },
         drain_timeout: args.drain_timeout,
         tls: args.tls_cert.zip(args.tls_key),
+        traffic_threads: args.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+        access,
         limits: keyway_proxy::http::server::Limits {
             max_connections: (args.max_connections > 0).then_some(args.max_connections),
             header_read_timeout: args.header_read_timeout,

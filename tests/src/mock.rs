@@ -524,15 +524,18 @@ async fn handle(
         }
     };
 
-    let mut response = match behavior {
-        Behavior::Normal => route(
+    let normal = || {
+        route(
             &shared,
             &parts.method,
             &path,
             query.as_deref(),
             &body,
             session.as_deref(),
-        ),
+        )
+    };
+    let mut response = match behavior {
+        Behavior::Normal => normal(),
         Behavior::Status {
             code,
             headers,
@@ -543,14 +546,7 @@ async fn handle(
                 () = tokio::time::sleep(delay) => {}
                 () = wait_shutdown(&mut shutdown) => return Err("mock upstream shutting down".into()),
             }
-            route(
-                &shared,
-                &parts.method,
-                &path,
-                query.as_deref(),
-                &body,
-                session.as_deref(),
-            )
+            normal()
         }
         Behavior::Hang => {
             wait_shutdown(&mut shutdown).await;
@@ -610,6 +606,7 @@ fn route(
     match (method, path) {
         (&Method::POST | &Method::GET, "/mcp") => mcp(shared, method, body, session),
         (&Method::POST, "/v1/chat/completions") => chat_completions(shared, body),
+        (&Method::POST, "/v1/messages") => anthropic_messages(shared, body),
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
             &json!({
@@ -637,6 +634,40 @@ fn route(
             }),
         ),
     }
+}
+
+/// Anthropic's Messages API shape: `usage.input_tokens`/`output_tokens` and its
+/// `anthropic-ratelimit-*` headers.
+fn anthropic_messages(shared: &Shared, body: &Bytes) -> Response<MockBody> {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("claude-test")
+        .to_owned();
+    let input_tokens = prompt_tokens(&request);
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({
+            "id": format!("msg_{}", shared.name),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": format!("hello from {}", shared.name)}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": input_tokens, "output_tokens": 3},
+        }),
+    );
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("anthropic-ratelimit-requests-limit", "50"),
+        ("anthropic-ratelimit-requests-remaining", "49"),
+        ("anthropic-ratelimit-tokens-limit", "100000"),
+        ("anthropic-ratelimit-tokens-remaining", "99000"),
+    ] {
+        h.insert(name, http::HeaderValue::from_static(value));
+    }
+    resp
 }
 
 fn chat_completions(shared: &Shared, body: &Bytes) -> Response<MockBody> {

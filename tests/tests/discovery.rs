@@ -142,6 +142,7 @@ async fn proxy_for_url(controller_url: &str, ns: &str) -> keyway_proxy::Running 
             backoff_max: Duration::from_millis(200),
             token_file: None,
             controller_ca: None,
+            controller_ca_pem: None,
         })),
         prometheus::Registry::new(),
     )
@@ -477,6 +478,7 @@ async fn tokens_decide_the_namespace_and_grants_decide_what_else_is_sent() {
             backoff_max: Duration::from_millis(200),
             token_file: Some(token),
             controller_ca: None,
+            controller_ca_pem: None,
         })),
         prometheus::Registry::new(),
     )

@@ -105,8 +105,8 @@ async fn metric(p: &FileProxy, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[tokio::test]
-async fn users_stick_to_a_cluster_and_move_only_when_it_turns_unhealthy_or_overloaded() {
+/// Two idle clusters serving the model, and a proxy over them that has seen both.
+async fn east_and_west(extra: &str) -> (MockUpstream, MockUpstream, FileProxy) {
     let east = MockUpstream::start("east").await.unwrap();
     let west = MockUpstream::start("west").await.unwrap();
     for c in [&east, &west] {
@@ -114,11 +114,17 @@ async fn users_stick_to_a_cluster_and_move_only_when_it_turns_unhealthy_or_overl
     }
     let p = FileProxy::start(&multi_cluster(
         &[("east", east.url()), ("west", west.url())],
-        "",
+        extra,
     ))
     .await;
     sees(&p, "east", true, 0).await;
     sees(&p, "west", true, 0).await;
+    (east, west, p)
+}
+
+#[tokio::test]
+async fn users_stick_to_a_cluster_and_move_only_when_it_turns_unhealthy_or_overloaded() {
+    let (east, west, p) = east_and_west("").await;
 
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
     let mut assigned = HashMap::new();
@@ -268,18 +274,10 @@ async fn two_replicas_with_the_memory_store_agree_on_first_assignments() {
 
 #[tokio::test]
 async fn token_rate_rebalancing_moves_new_users_off_the_busy_cluster() {
-    let east = MockUpstream::start("east").await.unwrap();
-    let west = MockUpstream::start("west").await.unwrap();
-    for c in [&east, &west] {
-        c.set_deep_health(deep(true, 1000, 0));
-    }
-    let p = FileProxy::start(&multi_cluster(
-        &[("east", east.url()), ("west", west.url())],
+    let (_east, _west, p) = east_and_west(
         "  balanceAlgorithm: {tokenRebalance: {imbalanceRatio: 1.5, maxFraction: 1.0}}",
-    ))
+    )
     .await;
-    sees(&p, "east", true, 0).await;
-    sees(&p, "west", true, 0).await;
     // One heavy user makes its cluster busy in tokens per minute.
     let busy = cluster_of(&p, "heavy").await;
     for _ in 0..60 {

@@ -268,3 +268,46 @@ async fn h2c_clients_are_served() {
     assert_eq!(resp.status(), 200);
     let _ = resp.into_body().collect().await.unwrap();
 }
+
+#[tokio::test]
+async fn traffic_threads_serve_concurrent_requests_and_drain_on_shutdown() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let b = MockUpstream::start("b").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyway.yaml");
+    std::fs::write(&path, two_backend_pool(&a.url(), &b.url(), KEYS, "")).unwrap();
+    let mut settings = support::settings(keyway_proxy::Source::File {
+        path,
+        reload_interval: Duration::from_millis(50),
+    });
+    settings.traffic_threads = 2;
+    let proxy = keyway_proxy::start(settings, prometheus::Registry::new())
+        .await
+        .unwrap();
+    let url = format!("http://{}", proxy.addr);
+    let calls = (0..64).map(|_| chat(&url, &[]));
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status, 200);
+    }
+    assert_eq!(a.request_count() + b.request_count(), 64);
+
+    // A slow request in flight when shutdown begins still completes.
+    a.set_behavior(Behavior::Delay(Duration::from_millis(300)));
+    b.set_behavior(Behavior::Delay(Duration::from_millis(300)));
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move { chat(&url, &[]).await }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request reached an upstream",
+        || async { a.request_count() + b.request_count() == 65 },
+    )
+    .await;
+    proxy.begin_shutdown();
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    tokio::time::timeout(Duration::from_secs(5), proxy.run_until(async {}))
+        .await
+        .expect("the traffic threads stop after draining")
+        .unwrap();
+}

@@ -37,6 +37,8 @@ fn spec(endpoints: &[&str]) -> LoadBalancerPoolSpec {
         timeouts: None,
         sse_keep_alive: None,
         allowed_proxy_namespaces: vec![],
+        provider: None,
+        allowed_sources: vec![],
         affinity: None,
         balance_algorithm: None,
     }
@@ -375,6 +377,41 @@ fn multi_cluster_errors_name_the_field() {
     s.mode = Mode::Balanced;
     s.balance_algorithm = Some(BalanceAlgorithmSpec::default());
     assert_eq!(field(&s), "spec.balanceAlgorithm");
+}
+
+#[test]
+fn provider_fills_backends_auth_routes_and_headers() {
+    let mut s = spec(&[]);
+    assert_eq!(pool(&id(), &s).unwrap_err().field, "spec.backends");
+    s.provider = Some(crate::spec::Provider::Anthropic);
+    let p = pool(&id(), &s).unwrap();
+    assert_eq!(
+        p.backends[0].endpoint.to_string(),
+        "https://api.anthropic.com:443"
+    );
+    assert_eq!(
+        p.auth,
+        Auth::Header {
+            name: "x-api-key".into(),
+            prefix: String::new()
+        }
+    );
+    assert_eq!(p.routes[0].path_prefix.as_deref(), Some("/v1/messages"));
+    assert_eq!(
+        p.default_headers,
+        vec![("anthropic-version".to_string(), "2023-06-01".to_string())]
+    );
+    s.provider = Some(crate::spec::Provider::OpenaiCompatible);
+    assert_eq!(pool(&id(), &s).unwrap_err().field, "spec.backends");
+}
+
+#[test]
+fn allowed_sources_are_parsed_and_named_on_error() {
+    let mut s = spec(&["http://a"]);
+    s.allowed_sources = vec!["10.0.0.0/8".into(), "bad".into()];
+    assert_eq!(pool(&id(), &s).unwrap_err().field, "spec.allowedSources[1]");
+    s.allowed_sources.pop();
+    assert_eq!(pool(&id(), &s).unwrap().allowed_sources.len(), 1);
 }
 
 #[test]

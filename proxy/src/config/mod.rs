@@ -2,6 +2,7 @@
 //! [`keyway_api::model::Snapshot`] into one watch channel; the data plane applies whatever
 //! arrives. An invalid config never reaches the channel: the last good one keeps serving.
 
+pub mod edit;
 pub mod file;
 
 use keyway_api::model::Snapshot;

@@ -39,6 +39,8 @@ pub struct DiscoverySettings {
     /// CA certificates (PEM) trusted for an `https://` controller URL, instead of the public
     /// roots.
     pub controller_ca: Option<PathBuf>,
+    /// The same as PEM text (e.g. from an environment variable set by the sidecar injector).
+    pub controller_ca_pem: Option<String>,
 }
 
 /// Runs forever, reconnecting as needed. `controller_url` may list several controller
@@ -195,9 +197,12 @@ fn endpoint(settings: &DiscoverySettings) -> anyhow::Result<Endpoint> {
         .keep_alive_while_idle(true);
     if settings.controller_url.starts_with("https://") {
         let tls = ClientTlsConfig::new().timeout(Duration::from_secs(10));
-        let tls = match &settings.controller_ca {
-            Some(path) => tls.ca_certificate(read_ca(path)?),
-            None => tls.with_webpki_roots(),
+        let tls = match (&settings.controller_ca, &settings.controller_ca_pem) {
+            (Some(path), _) => tls.ca_certificate(read_ca(path)?),
+            (None, Some(pem)) => {
+                tls.ca_certificate(ca_from_pem(pem.as_bytes(), "the controller CA PEM")?)
+            }
+            (None, None) => tls.with_webpki_roots(),
         };
         endpoint = endpoint
             .tls_config(tls)
@@ -211,10 +216,14 @@ fn endpoint(settings: &DiscoverySettings) -> anyhow::Result<Endpoint> {
 pub fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
     let pem = std::fs::read(path)
         .with_context(|| format!("reading the controller CA {}", path.display()))?;
+    ca_from_pem(&pem, &path.display().to_string())
+}
+
+/// PEM text checked to hold at least one certificate; `what` names its source in errors.
+pub fn ca_from_pem(pem: &[u8], what: &str) -> anyhow::Result<Certificate> {
     anyhow::ensure!(
-        String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
-        "{} holds no PEM certificate",
-        path.display()
+        String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----"),
+        "{what} holds no PEM certificate"
     );
     Ok(Certificate::from_pem(pem))
 }
@@ -340,6 +349,7 @@ mod tests {
             backoff_max: Duration::from_secs(10),
             token_file: None,
             controller_ca: None,
+            controller_ca_pem: None,
         };
         assert!(endpoint(&s).is_ok());
         s.controller_url = "not a url".into();

@@ -24,6 +24,10 @@ pub enum Rejection {
     NoCluster,
     /// A learned session's backend left the config.
     SessionGone,
+    /// The client's address is not in the allowed sources (listener or pool).
+    ForbiddenSource,
+    /// Client authentication is on and the request has no valid token.
+    Unauthorized,
 }
 
 // === impl Rejection ===
@@ -44,6 +48,8 @@ impl Rejection {
             Rejection::UpstreamStatus => "status",
             Rejection::NoCluster => "no_cluster",
             Rejection::SessionGone => "session_not_found",
+            Rejection::ForbiddenSource => "forbidden_source",
+            Rejection::Unauthorized => "unauthorized",
         }
     }
 
@@ -51,6 +57,8 @@ impl Rejection {
         match self {
             Rejection::NoRoute | Rejection::SessionGone => StatusCode::NOT_FOUND,
             Rejection::ClientBody => StatusCode::BAD_REQUEST,
+            Rejection::ForbiddenSource => StatusCode::FORBIDDEN,
+            Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::KeysUnavailable => StatusCode::TOO_MANY_REQUESTS,
             Rejection::UpstreamConnect

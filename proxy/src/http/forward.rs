@@ -132,12 +132,24 @@ impl Forwarder {
                 return self.reject(Rejection::ClientBody, "the request body could not be read");
             }
         };
-        let model = body.bytes().and_then(|b| peek_model(b));
+        let model = if router.needs_model() {
+            body.bytes().and_then(|b| peek_model(b))
+        } else {
+            None
+        };
 
         let Some(pool) = router.route(parts.uri.path(), &parts.headers, model.as_deref()) else {
             let msg = format!("no pool routes {} {}", parts.method, parts.uri.path());
             return self.reject(Rejection::NoRoute, &msg);
         };
+        if !keyway_api::model::Cidr::allows(&pool.model.allowed_sources, remote.ip()) {
+            let msg = format!(
+                "pool {} does not accept requests from {}; see its spec.allowedSources",
+                pool.label,
+                remote.ip()
+            );
+            return self.reject(Rejection::ForbiddenSource, &msg);
+        }
         let key_pool = match &pool.keys {
             Ok(kp) => kp.as_ref(),
             Err(name) => {
@@ -492,6 +504,16 @@ impl Forwarder {
             return Err(self.reject(Rejection::ClientBody, "the request body was already sent"));
         };
         headers.insert(header::HOST, backend_host(backend));
+        for (name, value) in &pool.model.default_headers {
+            if !headers.contains_key(name.as_str())
+                && let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                )
+            {
+                headers.insert(n, v);
+            }
+        }
         let uri = upstream_uri(backend, &prepared.path, query.as_deref()).map_err(|_| {
             self.reject(
                 Rejection::UpstreamProtocol,

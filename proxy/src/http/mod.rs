@@ -3,7 +3,7 @@
 pub mod auth;
 pub mod body;
 mod client;
-mod error;
+pub(crate) mod error;
 mod forward;
 mod headers;
 mod response;

@@ -44,13 +44,48 @@ pub struct Limits {
     pub max_request_body: Option<u64>,
 }
 
-/// Counters of what [`Limits`] refused (bounded labels, registered by the caller).
+/// What the limits share across every accept loop of one port (all traffic threads): the
+/// connection budget and the counters of what was refused.
 #[derive(Clone, Debug, Default)]
-pub struct LimitMetrics {
+pub struct LimitState {
+    /// One permit per open connection; `None`: unbounded.
+    permits: Option<Arc<Semaphore>>,
     /// `keyway_proxy_connections_rejected_total`.
-    pub connections_rejected: Option<prometheus::IntCounter>,
+    connections_rejected: Option<prometheus::IntCounter>,
     /// `keyway_proxy_open_connections`.
-    pub open_connections: Option<prometheus::IntGauge>,
+    open_connections: Option<prometheus::IntGauge>,
+}
+
+// === impl LimitState ===
+
+impl LimitState {
+    /// The budget for `limits`; with a registry, its counters are registered there.
+    pub fn new(
+        limits: &Limits,
+        registry: Option<&prometheus::Registry>,
+    ) -> prometheus::Result<Self> {
+        let mut state = Self {
+            permits: limits
+                .max_connections
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            ..Self::default()
+        };
+        if let Some(registry) = registry {
+            let rejected = prometheus::IntCounter::new(
+                "keyway_proxy_connections_rejected_total",
+                "Client connections refused because --max-connections were open",
+            )?;
+            let open = prometheus::IntGauge::new(
+                "keyway_proxy_open_connections",
+                "Client connections open on the traffic port",
+            )?;
+            registry.register(Box::new(rejected.clone()))?;
+            registry.register(Box::new(open.clone()))?;
+            state.connections_rejected = Some(rejected);
+            state.open_connections = Some(open);
+        }
+        Ok(state)
+    }
 }
 
 /// A connection that is not sent a request head in time is closed before protocol
@@ -121,15 +156,13 @@ pub async fn serve<H, F>(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     limits: Limits,
-    limit_metrics: LimitMetrics,
+    limit_state: LimitState,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = limits.builder();
-    let permits = limits
-        .max_connections
-        .map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let permits = limit_state.permits.clone();
     let limits = Arc::new(limits);
     let graceful = GracefulShutdown::new();
     let stop = async move {
@@ -155,7 +188,7 @@ pub async fn serve<H, F>(
                     Some(p) => match p.clone().try_acquire_owned() {
                         Ok(permit) => Some(permit),
                         Err(_) => {
-                            if let Some(c) = &limit_metrics.connections_rejected {
+                            if let Some(c) = &limit_state.connections_rejected {
                                 c.inc();
                             }
                             tracing::debug!(%remote, "connection limit reached; refusing");
@@ -164,7 +197,7 @@ pub async fn serve<H, F>(
                         }
                     },
                 };
-                let open = limit_metrics.open_connections.clone().map(OpenGuard::new);
+                let open = limit_state.open_connections.clone().map(OpenGuard::new);
                 let handler = handler.clone();
                 let first_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let seen = first_request.clone();

@@ -1,5 +1,5 @@
-//! An indexed binary min-heap of key slots: push, remove any slot, peek the minimum, all
-//! O(log n); the backing array doubles as a dense list of members for uniform sampling.
+//! An indexed binary min-heap of key slots: push, remove any slot, change a slot's priority,
+//! peek the minimum, all O(log n); the backing array doubles as a dense list of members for uniform sampling.
 
 /// Position marker for "not in the heap".
 const ABSENT: u32 = u32::MAX;
@@ -47,6 +47,24 @@ impl Heap {
         self.items.push((priority, slot));
         self.pos[slot as usize] = i as u32;
         self.sift_up(i);
+    }
+
+    /// Changes a member's priority in place (one sift instead of a remove and a push);
+    /// pushes it if it is not a member.
+    pub(super) fn update(&mut self, slot: u32, priority: u128) {
+        let i = self.pos.get(slot as usize).copied().unwrap_or(ABSENT);
+        if i == ABSENT {
+            self.push(slot, priority);
+            return;
+        }
+        let i = i as usize;
+        let old = self.items[i].0;
+        self.items[i].0 = priority;
+        if priority > old {
+            self.sift_down(i);
+        } else {
+            self.sift_up(i);
+        }
     }
 
     /// Removes `slot`, returning its priority if it was a member.

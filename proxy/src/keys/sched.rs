@@ -485,6 +485,13 @@ impl Sched {
         if target == current && !matches!(target, Place::Ready | Place::Paced) {
             return;
         }
+        if target == Place::Ready && current == Place::Ready {
+            // The common case after a pick: same heap, new priority. No timer depends on a
+            // ready key's generation, so it stays.
+            let p = self.priority(slot);
+            self.preferred.update(slot, p);
+            return;
+        }
         self.leave(slot, current);
         self.enter(slot, current, target);
     }

@@ -103,6 +103,8 @@ async fn main() -> ExitCode {
         tls: None,
         limits: Default::default(),
         shutdown_delay: Duration::ZERO,
+        traffic_threads: 0,
+        access: Default::default(),
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

@@ -14,18 +14,22 @@ pub struct FileProxy {
 
 impl FileProxy {
     pub async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, |_| {}).await
+    }
+
+    /// Like [`FileProxy::start`], with the settings adjusted by `tweak` first.
+    pub async fn start_with(yaml: &str, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyway.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let proxy = keyway_proxy::start(
-            settings(Source::File {
-                path: path.clone(),
-                reload_interval: Duration::from_millis(50),
-            }),
-            prometheus::Registry::new(),
-        )
-        .await
-        .unwrap();
+        let mut s = settings(Source::File {
+            path: path.clone(),
+            reload_interval: Duration::from_millis(50),
+        });
+        tweak(&mut s);
+        let proxy = keyway_proxy::start(s, prometheus::Registry::new())
+            .await
+            .unwrap();
         Self {
             proxy,
             path,
@@ -65,6 +69,8 @@ pub fn settings(source: Source) -> Settings {
         tls: None,
         limits: Default::default(),
         shutdown_delay: Duration::ZERO,
+        traffic_threads: 0,
+        access: Default::default(),
     }
 }
 

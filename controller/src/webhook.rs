@@ -1,0 +1,297 @@
+//! The sidecar injector: a mutating admission webhook served by the controller over HTTPS.
+//!
+//! - [`inject`]: pure; an `AdmissionReview` in, an `AdmissionReview` with a JSONPatch out.
+//! - [`certs`]: pure; the self-signed CA and serving certificate, when to renew them, the
+//!   `caBundle`.
+//! - [`reconcile`]: the Secret and the `MutatingWebhookConfiguration`, on every replica.
+//! - here: the HTTPS server (`POST /inject`), its certificate store and its metrics.
+//!
+//! Any replica serves the webhook; certificate writes use optimistic concurrency, so they do
+//! not need the leader.
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod certs;
+pub mod inject;
+pub mod reconcile;
+
+pub use inject::{Admitted, Injector};
+pub use reconcile::CertSettings;
+
+/// Largest admission request read (the API server's own limit for an object is 3 MiB).
+const MAX_BODY: usize = 4 << 20;
+/// A client that stalls its TLS handshake does not hold a connection for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `--webhook-*` and `--sidecar-*` configure.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub listen: SocketAddr,
+    pub certs: CertSettings,
+    pub injector: Injector,
+}
+
+/// The serving certificate, swapped in place when the Secret changes: no restart, no dropped
+/// connection.
+#[derive(Debug, Default)]
+pub struct ServingCert {
+    current: ArcSwapOption<CertifiedKey>,
+}
+
+/// The webhook's metrics, on the controller's registry.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// Admission requests, by result (`injected`, `skipped`, `already_injected`, `denied`,
+    /// `bad_request`).
+    pub injections: IntCounterVec,
+    /// Expiry of the certificates in use (unix seconds), by `cert` (`serving`, `ca`).
+    pub cert_expiry: IntGaugeVec,
+    /// `caBundle` patches of the webhook configuration, by result (`ok`, `error`).
+    pub ca_bundle_patches: IntCounterVec,
+    /// Certificates written to the Secret by this replica, by kind (`new_ca`, `rotate_ca`,
+    /// `new_serving`, `drop_previous_ca`).
+    pub cert_renewals: IntCounterVec,
+}
+
+// === impl ServingCert ===
+
+impl ServingCert {
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.current.store(Some(key));
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+}
+
+// === impl WebhookMetrics ===
+
+impl WebhookMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            injections: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_webhook_injections_total",
+                    "Sidecar injection admission requests, by result.",
+                ),
+                &["result"],
+            )?,
+            cert_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "keyway_controller_webhook_cert_expiry_timestamp_seconds",
+                    "When the webhook certificate in use expires (unix seconds), by cert (serving, ca).",
+                ),
+                &["cert"],
+            )?,
+            ca_bundle_patches: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_webhook_ca_bundle_patches_total",
+                    "caBundle patches of the MutatingWebhookConfiguration, by result.",
+                ),
+                &["result"],
+            )?,
+            cert_renewals: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_webhook_cert_renewals_total",
+                    "Webhook certificates written to the Secret by this replica, by kind.",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(m.injections.clone()))?;
+        registry.register(Box::new(m.cert_expiry.clone()))?;
+        registry.register(Box::new(m.ca_bundle_patches.clone()))?;
+        registry.register(Box::new(m.cert_renewals.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The running webhook: both tasks are critical (they end only on drain).
+pub struct Webhook {
+    pub server: JoinHandle<()>,
+    pub certs: JoinHandle<()>,
+    pub addr: SocketAddr,
+}
+
+/// Binds the listener (a bad address fails the start) and spawns the HTTPS server and the
+/// certificate keeper. Handshakes fail until the first certificate is loaded.
+pub async fn start(
+    settings: WebhookSettings,
+    client: kube::Client,
+    registry: &Registry,
+    drain: watch::Receiver<bool>,
+) -> anyhow::Result<Webhook> {
+    let metrics = WebhookMetrics::register(registry)?;
+    let serving = Arc::new(ServingCert::default());
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the webhook port {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let tls = server_config(serving.clone())?;
+    let keeper = reconcile::CertManager::new(client, settings.certs, serving, metrics.clone());
+    let certs = tokio::spawn(keeper.run(drain.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        tls,
+        Arc::new(settings.injector),
+        metrics,
+        drain,
+    ));
+    Ok(Webhook {
+        server,
+        certs,
+        addr,
+    })
+}
+
+/// rustls with ring, TLS 1.2 and 1.3, h2 and http/1.1, certificate from `serving`.
+pub fn server_config(serving: Arc<ServingCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `POST /inject` until `drain` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    injector: Arc<Injector>,
+    metrics: WebhookMetrics,
+    mut drain: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.wait_for(|d| *d) => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::warn!(%error, "webhook accept failed");
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let injector = injector.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, %remote, "webhook TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "webhook TLS handshake timed out");
+                        return;
+                    }
+                };
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let injector = injector.clone();
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(handle(req, &injector, &metrics).await) }
+            });
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%error, %remote, "webhook connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    injector: &Injector,
+    metrics: &WebhookMetrics,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/inject" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; the webhook is POST /inject\n",
+        );
+    }
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            metrics.injections.with_label_values(&["bad_request"]).inc();
+            return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}\n"));
+        }
+    };
+    match injector.admit(&body) {
+        Ok(admitted) => {
+            let (review, outcome) = (admitted.review, admitted.outcome);
+            metrics
+                .injections
+                .with_label_values(&[outcome.label()])
+                .inc();
+            if outcome != inject::Outcome::Skipped {
+                let response = &review["response"];
+                tracing::info!(
+                    result = outcome.label(),
+                    namespace = %admitted.namespace,
+                    pod = %admitted.name,
+                    uid = response["uid"].as_str().unwrap_or_default(),
+                    message = response["status"]["message"].as_str().unwrap_or_default(),
+                    "sidecar injection"
+                );
+            }
+            let mut r = Response::new(Full::new(Bytes::from(review.to_string())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            metrics.injections.with_label_values(&["bad_request"]).inc();
+            tracing::info!(error = %e, "refused a malformed admission request");
+            text(StatusCode::BAD_REQUEST, &format!("{e}\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(s.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests;

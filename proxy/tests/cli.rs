@@ -1,0 +1,256 @@
+//! The real `keyway-proxy` binary: `check`, `export-config`, and the quick start's JSON logs
+//! (every line parses, carries the stated fields and no key value).
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyway-proxy");
+const SECRETS: [&str; 4] = [
+    "sk-live-secret-1",
+    "sk-live-secret-2",
+    "sk-ant-secret-3",
+    "admin-token-0123456789",
+];
+
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    for var in [
+        "KEYWAY_CONFIG",
+        "KEYWAY_CONTROLLER",
+        "KEYWAY_OPENAI_KEYS",
+        "OPENAI_API_KEYS",
+        "KEYWAY_ANTHROPIC_KEYS",
+        "KEYWAY_GEMINI_KEYS",
+        "KEYWAY_TAVILY_KEYS",
+        "KEYWAY_ENDPOINTS",
+        "KEYWAY_LOG",
+        "RUST_LOG",
+        "KEYWAY_ADMIN_TOKEN",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+#[test]
+fn check_reports_every_problem_with_a_hint_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {name: keys}
+spec: {secretRef: {name: missing-secret}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: one}
+spec:
+  backends: [{name: a, endpoint: "ftp://nope"}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: two}
+spec:
+  backends: [{name: a, endpoint: "http://127.0.0.1:1"}]
+  retires: {maxRetries: 2}
+"#,
+    )
+    .unwrap();
+    let out = command()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{stdout}");
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("- ")).collect();
+    assert_eq!(problems.len(), 3, "{stdout}");
+    assert!(stdout.contains("invalid (3 problems)"), "{stdout}");
+    assert!(
+        stdout.contains("LoadBalancerPool default/two: spec.retires"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("spec.backends[0].endpoint"), "{stdout}");
+    assert!(stdout.contains("spec.secretRef.name"), "{stdout}");
+    assert_eq!(stdout.matches("  hint: ").count(), 3, "{stdout}");
+}
+
+#[test]
+fn export_config_prints_placeholders_that_check_accepts() {
+    let out = command()
+        .arg("export-config")
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1,sk-live-secret-2:2")
+        .env("KEYWAY_ANTHROPIC_KEYS", "sk-ant-secret-3")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    for s in SECRETS {
+        assert!(!yaml.contains(s), "{yaml}");
+    }
+    assert!(yaml.contains("${KEYWAY_OPENAI_KEY_2}"), "{yaml}");
+    assert!(yaml.contains("provider: anthropic"), "{yaml}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exported.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = command()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("KEYWAY_OPENAI_KEY_1", "v1")
+        .env("KEYWAY_OPENAI_KEY_2", "v2")
+        .env("KEYWAY_ANTHROPIC_KEY_1", "v3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let with = command()
+        .args(["export-config", "--include-secrets"])
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&with.stdout).contains("sk-live-secret-1"));
+    let none = command().arg("export-config").output().unwrap();
+    assert_eq!(none.status.code(), Some(64));
+}
+
+async fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn quick_start_logs_json_lines_without_key_values() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = tokio::process::Command::from(command());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--access-log-sample",
+        "1",
+    ])
+    .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1,sk-live-secret-2:2")
+    .env("KEYWAY_ANTHROPIC_KEYS", "sk-ant-secret-3")
+    .env(
+        "KEYWAY_ENDPOINTS",
+        format!(r#"{{"openai":["http://{closed}"]}}"#),
+    )
+    .env("KEYWAY_ADMIN_TOKEN", "admin-token-0123456789")
+    // No KEYWAY_LOG_FORMAT: stderr is a pipe, so JSON is the default.
+    .env_remove("KEYWAY_LOG_FORMAT")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // "keyway-proxy listening on http://A (admin http://B)"
+    let mut urls = line
+        .split("http://")
+        .skip(1)
+        .map(|s| s.trim_end_matches(|c: char| c == ')' || c.is_whitespace() || c == '('));
+    let traffic = urls.next().unwrap().split(' ').next().unwrap().to_string();
+    let admin = urls.next().unwrap().to_string();
+
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let r = http(&traffic, "POST", "/v1/chat/completions", "", body).await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    let auth = "authorization: Bearer admin-token-0123456789\r\n";
+    let r = http(&admin, "PUT", "/log-level", auth, "debug").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = http(
+        &admin,
+        "POST",
+        "/pools/openai/keys",
+        auth,
+        r#"{"id":"x","value":"y"}"#,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 409") && r.contains("export-config"),
+        "{r}"
+    );
+    let r = http(&admin, "GET", "/pools/openai", "", "").await;
+    assert!(r.contains("openai-1"), "{r}");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    let mut messages = Vec::new();
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        for s in SECRETS {
+            assert!(!line.contains(s), "a log line holds a secret: {line}");
+        }
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+                .contains(&v["severity"].as_str().unwrap()),
+            "{line}"
+        );
+        assert_eq!(v["component"], "proxy", "{line}");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+        messages.push(v);
+    }
+    let find = |msg: &str| {
+        messages
+            .iter()
+            .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with(msg)))
+            .unwrap_or_else(|| panic!("no {msg:?} line in:\n{stderr}"))
+    };
+    assert_eq!(find("quick start: pool built")["pool"], "openai");
+    let added = messages
+        .iter()
+        .find(|v| v["message"] == "key added" && v["key_id"] == "openai-2")
+        .unwrap_or_else(|| panic!("no key added line:\n{stderr}"));
+    assert_eq!(added["key_pool"], "default/openai");
+    assert_eq!(find("config applied")["version"], 1);
+    let failed = find("upstream request failed");
+    assert_eq!(failed["severity"], "WARNING");
+    assert_eq!(failed["pool"], "default/openai");
+    let access = messages
+        .iter()
+        .find(|v| v["access_log"] == true)
+        .unwrap_or_else(|| panic!("no access log line:\n{stderr}"));
+    assert_eq!(access["status"], 502);
+    assert_eq!(access["path"], "/v1/chat/completions");
+    find("log filter changed");
+}
