@@ -10,8 +10,11 @@ use keyway_api::model::Auth;
 use keyway_api::secret::SecretValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the harness.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("json_body", json_body),
     ("sse_usage", sse_usage),

@@ -218,7 +218,6 @@ pub async fn start(
             gate,
             shutdown_rx.clone(),
             settings.drain_timeout,
-            settings.limits.clone(),
             limit_state,
         ));
         (addr, task)
@@ -262,7 +261,6 @@ pub async fn start(
         },
         admin_shutdown_rx,
         Duration::from_secs(1),
-        http::server::Limits::admin(),
         http::server::LimitState::new(&http::server::Limits::admin(), None)
             .map_err(anyhow::Error::from)?,
     ));
@@ -288,7 +286,6 @@ async fn serve_traffic(
     gate: Arc<TrafficGate>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
-    limits: http::server::Limits,
     limit_state: http::server::LimitState,
 ) {
     let is_tls = acceptor.is_some();
@@ -305,7 +302,6 @@ async fn serve_traffic(
         },
         shutdown,
         drain,
-        limits,
         limit_state,
     )
     .await

@@ -52,7 +52,6 @@ pub(crate) async fn start(
         let shutdown = shutdown.clone();
         let drain = settings.drain_timeout;
         // One connection budget across every thread.
-        let limits = settings.limits.clone();
         let limit_state = limit_state.clone();
         let (tx, rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -78,7 +77,6 @@ pub(crate) async fn start(
                                 gate,
                                 shutdown,
                                 drain,
-                                limits,
                                 limit_state,
                             )
                             .await

@@ -40,12 +40,18 @@ spec:
 }
 
 async fn start(upstream: &str, limits: Limits) -> keyway_proxy::Running {
+    start_threads(upstream, limits, 0).await
+}
+
+/// `threads` traffic threads (0: the test's runtime).
+async fn start_threads(upstream: &str, limits: Limits, threads: usize) -> keyway_proxy::Running {
     let snapshot = keyway_api::manifest::Manifests::parse(&yaml(upstream), &|_| None)
         .unwrap()
         .resolve()
         .unwrap();
     let mut settings = support::settings(Source::Static(snapshot));
     settings.limits = limits;
+    settings.traffic_threads = threads;
     keyway_proxy::start(settings, prometheus::Registry::new())
         .await
         .unwrap()
@@ -80,14 +86,22 @@ fn status_of(response: &str) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_a_fast_503_and_slots_free_up() {
+    // On the test's runtime, and with two traffic threads sharing one budget.
+    for threads in [0, 2] {
+        connection_limit(threads).await;
+    }
+}
+
+async fn connection_limit(threads: usize) {
     let before = panics();
     let up = MockUpstream::start("a").await.unwrap();
-    let p = start(
+    let p = start_threads(
         &up.url(),
         Limits {
             max_connections: Some(4),
             ..limits()
         },
+        threads,
     )
     .await;
     let admin = format!("http://{}", p.admin_addr);

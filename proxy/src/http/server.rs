@@ -48,6 +48,7 @@ pub struct Limits {
 /// connection budget and the counters of what was refused.
 #[derive(Clone, Debug, Default)]
 pub struct LimitState {
+    pub limits: Limits,
     /// One permit per open connection; `None`: unbounded.
     permits: Option<Arc<Semaphore>>,
     /// `keyway_proxy_connections_rejected_total`.
@@ -65,6 +66,7 @@ impl LimitState {
         registry: Option<&prometheus::Registry>,
     ) -> prometheus::Result<Self> {
         let mut state = Self {
+            limits: limits.clone(),
             permits: limits
                 .max_connections
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
@@ -148,19 +150,18 @@ impl Limits {
 
 /// Serves `handler` on `listener` until `shutdown` turns true, then waits up to `drain` for
 /// open connections to finish.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-    limits: Limits,
     limit_state: LimitState,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let limits = limit_state.limits.clone();
     let builder = limits.builder();
     let permits = limit_state.permits.clone();
     let limits = Arc::new(limits);

@@ -115,12 +115,11 @@ pub fn panics() -> usize {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // Only panics in runtime worker threads (where the proxy's tasks run): a test's
+            // Only panics in runtime worker and traffic threads (where the proxy's tasks run): a test's
             // own failed assertion panics on its test thread and fails that test anyway.
-            if std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
-            {
+            if std::thread::current().name().is_some_and(|n| {
+                n.starts_with("tokio-runtime-worker") || n.starts_with("keyway-traffic")
+            }) {
                 COUNT.fetch_add(1, Ordering::SeqCst);
             }
             previous(info);
