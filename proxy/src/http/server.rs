@@ -23,6 +23,10 @@ use tokio::sync::{Semaphore, watch};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections over the limit being answered `503` at once; beyond that (a flood) they are
+/// closed without an answer, so refusing never holds more than this many sockets.
+const MAX_REFUSALS: usize = 1024;
+
 /// hyper's smallest read buffer; a header limit below it cannot be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -48,9 +52,12 @@ pub struct Limits {
 /// connection budget and the counters of what was refused.
 #[derive(Clone, Debug, Default)]
 pub struct LimitState {
+    /// The limits this state enforces.
     pub limits: Limits,
     /// One permit per open connection; `None`: unbounded.
     permits: Option<Arc<Semaphore>>,
+    /// One permit per connection being refused (`MAX_REFUSALS`).
+    refusals: Option<Arc<Semaphore>>,
     /// `keyway_proxy_connections_rejected_total`.
     connections_rejected: Option<prometheus::IntCounter>,
     /// `keyway_proxy_open_connections`.
@@ -70,6 +77,7 @@ impl LimitState {
             permits: limits
                 .max_connections
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            refusals: Some(Arc::new(Semaphore::new(MAX_REFUSALS))),
             ..Self::default()
         };
         if let Some(registry) = registry {
@@ -110,7 +118,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The admin port: no body or connection limit of its own, the same timeouts.
+    /// The admin port: its own small connection budget (so traffic-port floods and admin
+    /// scrapers never compete), no body limit, the same header limits and timeouts.
     pub fn admin() -> Self {
         Self {
             max_connections: Some(256),
@@ -161,10 +170,9 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let limits = limit_state.limits.clone();
+    let limits = Arc::new(limit_state.limits.clone());
     let builder = limits.builder();
     let permits = limit_state.permits.clone();
-    let limits = Arc::new(limits);
     let graceful = GracefulShutdown::new();
     let stop = async move {
         // The guard wait_for returns is not Send; drop it inside this future.
@@ -193,7 +201,17 @@ pub async fn serve<H, F>(
                                 c.inc();
                             }
                             tracing::debug!(%remote, "connection limit reached; refusing");
-                            tokio::spawn(refuse(stream, tls.is_none()));
+                            let refusal = limit_state
+                                .refusals
+                                .as_ref()
+                                .and_then(|r| r.clone().try_acquire_owned().ok());
+                            if let Some(refusal) = refusal {
+                                let plain = tls.is_none();
+                                tokio::spawn(async move {
+                                    refuse(stream, plain).await;
+                                    drop(refusal);
+                                });
+                            }
                             continue;
                         }
                     },
