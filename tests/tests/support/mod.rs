@@ -313,13 +313,14 @@ pub async fn stream_chat(
     (got, false)
 }
 
-/// A `keyway-proxy` process started from a manifest file on free ports; killed on drop.
+/// A `keyway-proxy` process started from a manifest file on free ports; killed on drop (its
+/// log is printed then if the test is failing).
 pub struct ProxyProcess {
     pub child: tokio::process::Child,
     pub url: String,
     pub admin: String,
     pub path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ProxyProcess {
@@ -335,7 +336,7 @@ impl ProxyProcess {
             .args(extra_args)
             .env("KEYWAY_LOG", "warn")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .kill_on_drop(true)
             .spawn()
             .expect("start keyway-proxy");
@@ -358,12 +359,17 @@ impl ProxyProcess {
             url,
             admin,
             path,
-            _dir: dir,
+            dir,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// What the proxy logged (stderr) so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -388,5 +394,18 @@ impl ProxyProcess {
             .map(|d| d.count())
             .unwrap_or(0);
         (rss, fds)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!("----- keyway-proxy log (last {} lines) -----", tail.len());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
