@@ -4,11 +4,23 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keyway/target
 export KEYWAY_CACHE ?= $(HOME)/.cache/keyway
 
-.PHONY: test tools build unit e2e fmt fmt-check clippy lint lint-helm generate demo
+.PHONY: test tools build unit e2e fmt fmt-check clippy lint lint-helm generate demo fuzz fuzz-smoke
 
-## Everything: tools for the e2e (built once, cached), all binaries, every test.
+## Everything: tools for the e2e (built once, cached), all binaries, every test, then every
+## fuzz target for a short bounded time (docs/reliability.md).
 test: tools build
 	cargo test --workspace --locked
+	$(MAKE) fuzz-smoke
+
+## cargo-fuzz (nightly; installed once into $(KEYWAY_CACHE)/tools): each target for
+## FUZZ_SECS seconds on the committed corpus. Without nightly it is skipped with a note; the
+## same targets run on stable in `cargo test` (tests/tests/hostile_input.rs).
+FUZZ_SECS ?= 10
+fuzz-smoke:
+	fuzz/run.sh $(FUZZ_SECS)
+
+## A longer fuzzing session: make fuzz FUZZ_SECS=600
+fuzz: fuzz-smoke
 
 ## kube-apiserver, etcd and helm built from their Go modules into $(KEYWAY_CACHE)/bin;
 ## prometheus/promtool and redis-server from Debian if missing; monitoring CRDs.

@@ -636,6 +636,10 @@ fn endpoint_with_query(raw: &str) -> Result<(), String> {
 }
 
 /// Validates an `ApiKeyPool` against its Secret's entries (`None`: the Secret does not exist).
+/// Keys one ApiKeyPool may hold: per-key scheduler state, `status.keys[]` and the
+/// per-key-id metric series all grow with it.
+pub const MAX_KEYS_PER_POOL: usize = 10_000;
+
 pub fn key_pool(
     id: &ObjectId,
     spec: &ApiKeyPoolSpec,
@@ -679,6 +683,19 @@ pub fn key_pool(
             format!(
                 "Secret {}/{secret_name} has no non-empty data entries; each entry is one key",
                 id.namespace
+            ),
+        ));
+    }
+    if keys.len() > MAX_KEYS_PER_POOL {
+        // Bounded so that per-key state, status and metrics stay bounded too.
+        return Err(ConfigError::new(
+            object,
+            "spec.secretRef.name",
+            Reason::InvalidSpec,
+            format!(
+                "Secret {}/{secret_name} has {} keys; an ApiKeyPool holds at most {MAX_KEYS_PER_POOL} (split it into several pools)",
+                id.namespace,
+                keys.len()
             ),
         ));
     }

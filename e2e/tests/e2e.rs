@@ -15,6 +15,7 @@ mod control_plane;
 mod key_status;
 mod leader_election;
 mod missing_secret;
+mod reliability;
 mod secure_push;
 mod sidecar_injection;
 mod validation;

@@ -100,7 +100,9 @@ impl Admin {
         match (read, segs.as_slice()) {
             (true, ["healthz"] | ["livez"]) => return text(StatusCode::OK, "ok\n"),
             (true, ["readyz"]) => {
-                return if self.dataplane.is_loaded() {
+                return if self.dataplane.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else if self.dataplane.is_loaded() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(

@@ -25,6 +25,8 @@ const MODEL_PEEK_BYTES: usize = 1 << 20;
 pub struct Dataplane {
     current: ArcSwap<Router>,
     loaded: std::sync::atomic::AtomicBool,
+    /// Shutdown has begun: `/readyz` fails so load balancers stop sending new traffic.
+    draining: std::sync::atomic::AtomicBool,
     registry: Mutex<Registry>,
     metrics: Metrics,
     health_client: OnceLock<Option<health::HealthClient>>,
@@ -133,6 +135,7 @@ impl Dataplane {
         Self {
             current: ArcSwap::from_pointee(Router::default()),
             loaded: Default::default(),
+            draining: Default::default(),
             registry: Default::default(),
             metrics,
             health_client: OnceLock::new(),
@@ -147,6 +150,20 @@ impl Dataplane {
     /// True once a snapshot has been applied.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Ready for new traffic: a snapshot is loaded and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.is_loaded() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the proxy as shutting down (`/readyz` answers 503 from now on).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -75,6 +75,11 @@ pub struct Settings {
     pub traffic_threads: usize,
     /// Source CIDRs, client tokens, the admin token, access logging.
     pub access: access::AccessSettings,
+    /// Bounds on the traffic port (connections, header size and time, body size).
+    pub limits: http::server::Limits,
+    /// After a shutdown signal, how long `/readyz` fails while the traffic port still accepts,
+    /// so load balancers stop routing here before the listener closes.
+    pub shutdown_delay: Duration,
 }
 
 /// Why the proxy could not start.
@@ -98,6 +103,11 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub dataplane: Arc<Dataplane>,
     shutdown: watch::Sender<bool>,
+    /// The admin port closes only after the traffic port drained, so `/readyz` can say
+    /// "shutting down" meanwhile.
+    admin_shutdown: watch::Sender<bool>,
+    shutdown_delay: Duration,
+    /// Traffic server first, then admin.
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -179,6 +189,9 @@ pub async fn start(
     let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+    let limit_state = http::server::LimitState::new(&settings.limits, Some(&registry))
+        .map_err(anyhow::Error::from)?;
     let acceptor = match &settings.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             cert, key,
@@ -205,10 +218,19 @@ pub async fn start(
             gate,
             shutdown_rx.clone(),
             settings.drain_timeout,
+            limit_state,
         ));
         (addr, task)
     } else {
-        traffic_threads::start(&settings, &dataplane, acceptor, gate, shutdown_rx.clone()).await?
+        traffic_threads::start(
+            &settings,
+            &dataplane,
+            acceptor,
+            gate,
+            shutdown_rx.clone(),
+            limit_state,
+        )
+        .await?
     };
     let mode = match &settings.source {
         Source::File { path, .. } => admin::Mode::File(path.clone()),
@@ -237,8 +259,10 @@ pub async fn start(
             let a = admin.clone();
             async move { a.handle(req, remote).await }
         },
-        shutdown_rx,
+        admin_shutdown_rx,
         Duration::from_secs(1),
+        http::server::LimitState::new(&http::server::Limits::admin(), None)
+            .map_err(anyhow::Error::from)?,
     ));
     tracing::info!(%addr, %admin_addr, source = source_name, "keyway-proxy serving");
     Ok(Running {
@@ -246,6 +270,8 @@ pub async fn start(
         admin_addr,
         dataplane,
         shutdown,
+        admin_shutdown,
+        shutdown_delay: settings.shutdown_delay,
         servers: vec![traffic_task, admin_task],
         background,
     })
@@ -260,6 +286,7 @@ async fn serve_traffic(
     gate: Arc<TrafficGate>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limit_state: http::server::LimitState,
 ) {
     let is_tls = acceptor.is_some();
     http::server::serve(
@@ -275,6 +302,7 @@ async fn serve_traffic(
         },
         shutdown,
         drain,
+        limit_state,
     )
     .await
 }
@@ -397,9 +425,12 @@ impl TrafficGate {
 // === impl Running ===
 
 impl Running {
-    /// Stops accepting and lets in-flight requests finish (up to the drain timeout).
+    /// Stops accepting and lets in-flight requests finish (up to the drain timeout); the admin
+    /// port closes too.
     pub fn begin_shutdown(&self) {
+        self.dataplane.set_draining();
         let _ = self.shutdown.send(true);
+        let _ = self.admin_shutdown.send(true);
     }
 
     /// Serves until `signal` completes, then drains and returns. A background task (config
@@ -409,7 +440,8 @@ impl Running {
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let servers = futures::future::join_all(std::mem::take(&mut self.servers));
+        let mut servers = std::mem::take(&mut self.servers).into_iter();
+        let (traffic, admin) = (servers.next(), servers.next());
         let background = futures::future::select_all(std::mem::take(&mut self.background));
         let failure = tokio::select! {
             _ = signal => None,
@@ -418,9 +450,21 @@ impl Running {
                 Err(e) => anyhow::anyhow!("background task {index} failed: {e}"),
             }),
         };
-        self.begin_shutdown();
-        for r in servers.await {
-            r?;
+        // Shutdown order: /readyz fails first; after the shutdown delay the traffic listener
+        // closes and in-flight requests (streams included) drain; then the admin port closes.
+        self.dataplane.set_draining();
+        tracing::info!(delay = ?self.shutdown_delay, "shutting down: /readyz now fails");
+        if failure.is_none() && !self.shutdown_delay.is_zero() {
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        let _ = self.shutdown.send(true);
+        if let Some(t) = traffic {
+            t.await?;
+        }
+        tracing::info!("traffic drained; stopping");
+        let _ = self.admin_shutdown.send(true);
+        if let Some(a) = admin {
+            a.await?;
         }
         failure.map_or(Ok(()), Err)
     }

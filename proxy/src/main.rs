@@ -124,6 +124,24 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// After SIGTERM, how long /readyz fails before the traffic listener closes (lets load
+    /// balancers stop routing here first).
+    #[arg(long, env = "KEYWAY_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+    /// Open client connections at once; more are answered 503 and closed (0: unbounded).
+    #[arg(long, env = "KEYWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest request body a client may declare (Content-Length), e.g. 32Mi; larger gets 413
+    /// (0: unbounded).
+    #[arg(long, env = "KEYWAY_MAX_REQUEST_BODY", default_value = "32Mi", value_parser = parse_bytes)]
+    max_request_body: u64,
+    /// Largest request head (request line and headers), e.g. 64Ki; larger gets 431.
+    #[arg(long, env = "KEYWAY_MAX_HEADER_BYTES", default_value = "64Ki", value_parser = parse_bytes)]
+    max_header_bytes: u64,
+    /// A request head must arrive within this time (slowloris); also closes idle keep-alive
+    /// connections.
+    #[arg(long, env = "KEYWAY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
     /// Traffic port: client addresses allowed (CIDRs or IPs, comma-separated); others get 403.
     #[arg(long, env = "KEYWAY_ALLOWED_SOURCES", value_parser = parse_cidrs, default_value = "")]
     allowed_sources: CidrList,
@@ -148,6 +166,24 @@ struct CidrList(Vec<keyway_api::model::Cidr>);
 
 fn parse_cidrs(s: &str) -> Result<CidrList, String> {
     keyway_api::model::Cidr::parse_list(s).map(CidrList)
+}
+
+/// `1048576`, `64Ki`, `32Mi`, `1Gi` (also `k`/`m`/`g` as powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 65536, 64Ki, 32Mi"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" | "k" | "K" => 1 << 10,
+        "Mi" | "m" | "M" => 1 << 20,
+        "Gi" | "g" | "G" => 1 << 30,
+        _ => return Err(format!("{s:?}: unit must be Ki, Mi or Gi")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -358,6 +394,13 @@ async fn run(args: RunArgs) -> ExitCode {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
         access,
+        limits: keyway_proxy::http::server::Limits {
+            max_connections: (args.max_connections > 0).then_some(args.max_connections),
+            header_read_timeout: args.header_read_timeout,
+            max_header_bytes: usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX),
+            max_request_body: (args.max_request_body > 0).then_some(args.max_request_body),
+        },
+        shutdown_delay: args.shutdown_delay,
     };
     let running = match keyway_proxy::start(settings, prometheus::Registry::new()).await {
         Ok(r) => r,

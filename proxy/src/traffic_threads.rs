@@ -22,6 +22,7 @@ pub(crate) async fn start(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     gate: Arc<crate::TrafficGate>,
     shutdown: watch::Receiver<bool>,
+    limit_state: crate::http::server::LimitState,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let n = settings.traffic_threads.max(1);
     let bind_err = |source| StartError::Bind {
@@ -50,6 +51,8 @@ pub(crate) async fn start(
         let gate = gate.clone();
         let shutdown = shutdown.clone();
         let drain = settings.drain_timeout;
+        // One connection budget across every thread.
+        let limit_state = limit_state.clone();
         let (tx, rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("keyway-traffic-{i}"))
@@ -67,7 +70,16 @@ pub(crate) async fn start(
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
-                            crate::serve_traffic(l, acceptor, forwarder, gate, shutdown, drain).await
+                            crate::serve_traffic(
+                                l,
+                                acceptor,
+                                forwarder,
+                                gate,
+                                shutdown,
+                                drain,
+                                limit_state,
+                            )
+                            .await
                         }
                         Err(error) => {
                             tracing::error!(%error, thread = i, "cannot register the traffic listener");

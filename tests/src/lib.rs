@@ -16,7 +16,7 @@ pub mod redis;
 use std::future::Future;
 use std::time::Duration;
 
-pub use mock::{Behavior, MockUpstream, RecordedRequest};
+pub use mock::{Behavior, MockUpstream, RawReply, RawUpstream, RecordedRequest};
 
 /// Interval between two evaluations of the predicate in [`eventually`].
 pub const EVENTUALLY_POLL_INTERVAL: Duration = Duration::from_millis(20);

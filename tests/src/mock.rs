@@ -25,8 +25,7 @@
 //! Every response produced by the mock carries the header
 //! [`UPSTREAM_HEADER`]` : NAME`.
 
-use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +61,7 @@ pub const STREAM_TOKEN: &str = "tok";
 /// running SSE stream) before aborting the connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-type MockBody = UnsyncBoxBody<Bytes, Infallible>;
+type MockBody = UnsyncBoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the mock does with a request (other than `GET /healthz`).
@@ -87,6 +86,12 @@ pub enum Behavior {
     /// Read the request, record it, then drop the connection (HTTP/1) or
     /// reset the stream (h2) without any response: a transport-level failure.
     Reset,
+    /// Answer normally, but send the body `chunk` bytes at a time, `interval` apart (a
+    /// slow upstream that is not silent).
+    Trickle { chunk: usize, interval: Duration },
+    /// A streamed chat completion (whatever the request asked) that sends `after` events
+    /// and then breaks off: the connection is cut mid-body, no `[DONE]`.
+    AbortStream { after: usize },
 }
 
 impl Behavior {
@@ -159,6 +164,8 @@ struct State {
     stream_interval: Duration,
     deep_health: Value,
     mcp_sessions: HashSet<String>,
+    /// Standing behaviours for requests carrying a given key (checked before the queue).
+    key_behaviors: HashMap<String, Behavior>,
 }
 
 impl Default for State {
@@ -171,6 +178,7 @@ impl Default for State {
             stream_interval: Duration::ZERO,
             deep_health: default_deep_health(),
             mcp_sessions: HashSet::new(),
+            key_behaviors: HashMap::new(),
         }
     }
 }
@@ -328,6 +336,16 @@ impl MockUpstream {
     pub fn fail_next(&self, n: usize, behavior: Behavior) {
         let mut state = self.shared.lock();
         state.queued.extend(std::iter::repeat_n(behavior, n));
+    }
+
+    /// Every request carrying API key `key` (as the mock extracts it) gets `behavior`, before
+    /// any queued or standing behaviour; `None` removes the rule.
+    pub fn set_key_behavior(&self, key: &str, behavior: Option<Behavior>) {
+        let mut state = self.shared.lock();
+        match behavior {
+            Some(b) => state.key_behaviors.insert(key.to_owned(), b),
+            None => state.key_behaviors.remove(key),
+        };
     }
 
     /// Number of `fail_next` behaviours not consumed yet.
@@ -489,9 +507,15 @@ async fn handle(
     };
     let behavior = {
         let mut state = shared.lock();
+        let by_key = recorded
+            .key
+            .as_ref()
+            .and_then(|k| state.key_behaviors.get(k).cloned());
         state.requests.push(recorded);
         if is_health {
             Behavior::Normal
+        } else if let Some(b) = by_key {
+            b
         } else {
             match state.queued.pop_front() {
                 Some(b) => b,
@@ -529,6 +553,40 @@ async fn handle(
             return Err("mock upstream shutting down (hung request)".into());
         }
         Behavior::Reset => return Err("mock upstream: Behavior::Reset".into()),
+        Behavior::Trickle { chunk, interval } => {
+            let resp = route(
+                &shared,
+                &parts.method,
+                &path,
+                query.as_deref(),
+                &body,
+                session.as_deref(),
+            );
+            trickle(resp, chunk.max(1), interval).await
+        }
+        Behavior::AbortStream { after } => {
+            let events = sse_events("chatcmpl-abort", 0, DEFAULT_MODEL, after + 5, false, 0);
+            let interval = shared.lock().stream_interval;
+            let frames = futures::stream::iter(events.into_iter().enumerate()).then(
+                move |(i, event)| async move {
+                    if i > 0 && !interval.is_zero() {
+                        tokio::time::sleep(interval).await;
+                    }
+                    if i >= after {
+                        return Err::<Frame<Bytes>, BoxError>(
+                            "mock upstream: Behavior::AbortStream".into(),
+                        );
+                    }
+                    Ok(Frame::data(event))
+                },
+            );
+            let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            r
+        }
     };
     response.headers_mut().insert(
         HeaderName::from_static(UPSTREAM_HEADER),
@@ -798,7 +856,7 @@ fn sse_response(
                     .unwrap_or_else(PoisonError::into_inner)
                     .completed = true;
             }
-            Ok::<_, Infallible>(Frame::data(event))
+            Ok::<_, BoxError>(Frame::data(event))
         }
     });
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
@@ -809,6 +867,24 @@ fn sse_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The same response with its body re-sent `chunk` bytes at a time, `interval` apart.
+async fn trickle(resp: Response<MockBody>, chunk: usize, interval: Duration) -> Response<MockBody> {
+    let (parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let pieces: Vec<Bytes> = bytes.chunks(chunk).map(Bytes::copy_from_slice).collect();
+    let frames =
+        futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, piece)| async move {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            Ok::<_, BoxError>(Frame::data(piece))
+        });
+    Response::from_parts(parts, StreamBody::new(frames).boxed_unsync())
 }
 
 /// Deterministic fake token count: whitespace-separated words in the text of
@@ -879,7 +955,9 @@ fn error_body(message: &str, kind: &str) -> Value {
 }
 
 fn full(body: impl Into<Bytes>) -> MockBody {
-    Full::new(body.into()).boxed_unsync()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
@@ -933,6 +1011,110 @@ fn status_response(code: u16, headers: &[(String, String)], body: String) -> Res
         }
     }
     response
+}
+
+/// A raw TCP "upstream" for what a well-behaved HTTP server cannot do: answer garbage,
+/// trickle a response head, or accept and never speak. Each connection's request head is read
+/// (up to `\r\n\r\n` or 64 KiB), then [`RawReply`] is played.
+pub struct RawUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// What a [`RawUpstream`] sends back.
+#[derive(Clone, Debug)]
+pub struct RawReply {
+    /// Bytes written after the request head was read.
+    pub bytes: Vec<u8>,
+    /// Pause before each byte (zero: all at once).
+    pub per_byte: Duration,
+    /// After the bytes, keep the connection open and silent instead of closing it.
+    pub then_hang: bool,
+}
+
+impl RawReply {
+    /// Writes `bytes` at once, then closes.
+    pub fn close_after(bytes: &[u8]) -> Self {
+        Self {
+            bytes: bytes.to_vec(),
+            per_byte: Duration::ZERO,
+            then_hang: false,
+        }
+    }
+}
+
+impl RawUpstream {
+    /// Starts on a free loopback port.
+    pub async fn start(reply: RawReply) -> io::Result<RawUpstream> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut stream, _)) = accepted else { continue };
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let reply = reply.clone();
+                        conns.spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut head = Vec::new();
+                            let mut buf = [0u8; 4096];
+                            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                                match stream.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            if reply.per_byte.is_zero() {
+                                let _ = stream.write_all(&reply.bytes).await;
+                            } else {
+                                for b in &reply.bytes {
+                                    tokio::time::sleep(reply.per_byte).await;
+                                    if stream.write_all(&[*b]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            if reply.then_hang {
+                                // Until the peer goes away.
+                                while let Ok(n) = stream.read(&mut buf).await {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Ok(RawUpstream {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

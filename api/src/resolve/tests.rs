@@ -413,3 +413,28 @@ fn allowed_sources_are_parsed_and_named_on_error() {
     s.allowed_sources.pop();
     assert_eq!(pool(&id(), &s).unwrap().allowed_sources.len(), 1);
 }
+
+#[test]
+fn key_pool_refuses_more_keys_than_the_maximum_with_a_field_error() {
+    let spec = ApiKeyPoolSpec {
+        secret_ref: LocalObjectRef { name: "s".into() },
+        ..Default::default()
+    };
+    let mut entries: BTreeMap<String, SecretValue> = (0..MAX_KEYS_PER_POOL)
+        .map(|i| (format!("k{i}"), SecretValue::new(format!("sk-{i}"))))
+        .collect();
+    assert_eq!(
+        key_pool(&id(), &spec, Some(&entries)).unwrap().keys.len(),
+        MAX_KEYS_PER_POOL
+    );
+    entries.insert("one-more".into(), SecretValue::new("sk-x"));
+    let err = key_pool(&id(), &spec, Some(&entries)).unwrap_err();
+    assert_eq!(err.field, "spec.secretRef.name");
+    assert_eq!(err.reason, Reason::InvalidSpec);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("10001 keys") && msg.contains("at most 10000"),
+        "{msg}"
+    );
+    assert!(!msg.contains("sk-"), "no key value in the error: {msg}");
+}

@@ -790,7 +790,7 @@ fn small_body(headers: &http::HeaderMap) -> bool {
 }
 
 /// The JSON body's `model`, for model routes. Other fields are skipped unparsed.
-fn peek_model(body: &[u8]) -> Option<String> {
+pub fn peek_model(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ModelOnly {
         model: Option<String>,

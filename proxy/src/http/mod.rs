@@ -1,6 +1,6 @@
 //! The traffic port: accept connections, route each request to a pool, forward it.
 
-pub(crate) mod auth;
+pub mod auth;
 pub mod body;
 mod client;
 pub(crate) mod error;
@@ -10,7 +10,7 @@ mod response;
 pub mod server;
 
 pub use client::UpstreamClient;
-pub use forward::{Forwarder, ForwarderSettings};
+pub use forward::{Forwarder, ForwarderSettings, peek_model};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

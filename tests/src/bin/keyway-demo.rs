@@ -101,6 +101,8 @@ async fn main() -> ExitCode {
         },
         drain_timeout: Duration::from_secs(5),
         tls: None,
+        limits: Default::default(),
+        shutdown_delay: Duration::ZERO,
         traffic_threads: 0,
         access: Default::default(),
     };
