@@ -189,6 +189,44 @@ async fn evacuation_propagates_quickly_and_survives_a_controller_crash() {
     .await;
     t.phase("degraded: evacuated");
 
+    // Add a cluster (a backend) with a JSON patch, as the README shows: the proxy serves it
+    // and the status counts it.
+    ns.kubectl_ok(&[
+        "patch",
+        "lbp",
+        "llm",
+        "--type=json",
+        "-p",
+        &format!(
+            r#"[{{"op":"add","path":"/spec/backends/-","value":{{"name":"added","role":"secondary","endpoint":"{}"}}}}]"#,
+            upstream.url()
+        ),
+    ])
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "the added backend is served and counted",
+        || async {
+            let served = status(&http, &proxy).await["pools"][0]["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["name"] == "added"));
+            let total = pools
+                .get("llm")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default()
+                .total_backends;
+            if served && total == 3 {
+                Ok(())
+            } else {
+                Err(format!("totalBackends {total:?}"))
+            }
+        },
+    )
+    .await;
+    t.phase("backend added by JSON patch");
+
     // Under load, kill -9 the controller: the proxy keeps serving its last snapshot.
     let url = format!("{}/v1/chat/completions", proxy.url);
     let load = {
