@@ -282,15 +282,7 @@ impl Registry {
                     self.affinity
                         .entry(p.id.clone())
                         .or_insert_with(|| {
-                            let store_kind = match a.store {
-                                model::AffinityStore::Memory => "memory",
-                                model::AffinityStore::Redis(_) => "redis",
-                            };
-                            Arc::new(AffinityStore::new(
-                                a.clone(),
-                                &label,
-                                metrics.clusters.store(&label, store_kind),
-                            ))
+                            Arc::new(AffinityStore::new(a.clone(), &label, &metrics.clusters))
                         })
                         .clone()
                 });

@@ -57,8 +57,14 @@ pub struct StoreMetrics {
 }
 
 impl AffinityStore {
-    /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`).
-    pub fn new(settings: model::Affinity, pool: &str, metrics: StoreMetrics) -> Self {
+    /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`) and labels the
+    /// store's metrics.
+    pub fn new(
+        settings: model::Affinity,
+        pool: &str,
+        metrics: &crate::metrics::ClusterMetrics,
+    ) -> Self {
+        let metrics = metrics.store(pool, kind(&settings.store));
         let memory = MemoryStore::new(settings.ttl, settings.max_entries as usize);
         let redis = match &settings.store {
             StoreKind::Memory => None,
@@ -80,11 +86,7 @@ impl AffinityStore {
 
     /// `memory` or `redis` (the metrics label).
     pub fn kind(&self) -> &'static str {
-        if self.redis.is_some() {
-            "redis"
-        } else {
-            "memory"
-        }
+        kind(&self.settings.store)
     }
 
     /// Entries in the local (memory) store.
@@ -134,6 +136,13 @@ impl AffinityStore {
         };
         self.memory.put(value, stored.clone(), Instant::now());
         stored
+    }
+}
+
+fn kind(store: &StoreKind) -> &'static str {
+    match store {
+        StoreKind::Memory => "memory",
+        StoreKind::Redis(_) => "redis",
     }
 }
 
