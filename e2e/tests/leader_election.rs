@@ -48,15 +48,7 @@ async fn metric(
         .get(&format!("{}/metrics", controller.admin_url))
         .await
         .map_err(|e| format!("GET /metrics: {e:#}"))?;
-    let text = r.text();
-    Ok(text
-        .lines()
-        .filter(|l| {
-            let name = l.split(['{', ' ']).next().unwrap_or_default();
-            name == metric && l.contains(filter)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(keyway_testkit::metrics::sum(&r.text(), metric, &[filter]))
 }
 
 async fn is_leader(http: &HttpClient, controller: &Controller) -> Result<bool, String> {

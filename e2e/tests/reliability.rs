@@ -10,6 +10,7 @@
 //!
 //! The API server stopping and restarting is `apiserver_outage.rs`.
 
+use keyway_e2e::cluster::TestNamespace;
 use keyway_e2e::http::{HttpClient, chat_request};
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use keyway_testkit::Behavior;
@@ -59,12 +60,39 @@ async fn metric(http: &HttpClient, admin: &str, name: &str, labels: &[&str]) -> 
     let Ok(r) = http.get(&format!("{admin}/metrics")).await else {
         return -1.0;
     };
-    r.text()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    keyway_testkit::metrics::sum(&r.text(), name, labels)
+}
+
+/// Patches the pool (`strategy: leastRequest`) and waits until the proxy serves the change:
+/// proof that the proxy's current control-plane stream carries config.
+async fn a_patch_reaches_the_proxy(ns: &TestNamespace, http: &HttpClient, proxy: &Proxy) {
+    ns.kubectl_ok(&[
+        "patch",
+        "lbp",
+        "llm",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"strategy":"leastRequest"}}"#,
+    ])
+    .await;
+    wait_for(
+        Duration::from_secs(15),
+        "patch reaches the proxy",
+        || async {
+            let s = http
+                .get(&format!("{}/status", proxy.admin_url))
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .map_err(|e| e.to_string())?;
+            if s["pools"][0]["strategy"] == "leastRequest" {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// Client load on the proxy until stopped: (sent, answered 200, first failure).
@@ -216,33 +244,7 @@ async fn controller_killed_and_restarted_under_load_fails_no_request_and_the_pro
     .await;
     let resynced = restarted.elapsed();
     // The new controller's config is live: a change made now reaches the proxy.
-    ns.kubectl_ok(&[
-        "patch",
-        "lbp",
-        "llm",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"strategy":"leastRequest"}}"#,
-    ])
-    .await;
-    wait_for(
-        Duration::from_secs(15),
-        "patch reaches the proxy",
-        || async {
-            let s = http
-                .get(&format!("{}/status", proxy.admin_url))
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .map_err(|e| e.to_string())?;
-            if s["pools"][0]["strategy"] == "leastRequest" {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .await;
+    a_patch_reaches_the_proxy(&ns, &http, &proxy).await;
     wait_requests(&upstream, 50, "load goes on after the resync").await;
     let (sent, ok, first) = load.stop().await;
     assert_eq!(ok, sent, "zero failed requests; first failure: {first:?}");
@@ -402,33 +404,7 @@ async fn a_silent_partition_to_the_controller_fails_no_request_and_the_proxy_rec
     .await;
     t.phase("partition detected, reconnected");
     // The new stream carries config: a change reaches the proxy.
-    ns.kubectl_ok(&[
-        "patch",
-        "lbp",
-        "llm",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"strategy":"leastRequest"}}"#,
-    ])
-    .await;
-    wait_for(
-        Duration::from_secs(15),
-        "patch reaches the proxy",
-        || async {
-            let s = http
-                .get(&format!("{}/status", proxy.admin_url))
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .map_err(|e| e.to_string())?;
-            if s["pools"][0]["strategy"] == "leastRequest" {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .await;
+    a_patch_reaches_the_proxy(&ns, &http, &proxy).await;
     let (sent, ok, first) = load.stop().await;
     assert_eq!(ok, sent, "zero failed requests; first failure: {first:?}");
     assert!(

@@ -281,11 +281,7 @@ async fn metric(controller: &Controller, metric: &str, filter: &str) -> f64 {
         .get(&format!("{}/metrics", controller.admin_url))
         .await
         .expect("GET /metrics");
-    r.text()
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(metric) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    keyway_testkit::metrics::sum(&r.text(), metric, &[filter])
 }
 
 /// The private keys' PEM bodies must appear nowhere in the controller's output.

@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod client;
+pub mod metrics;
 pub mod mock;
 pub mod redis;
 

@@ -97,12 +97,7 @@ async fn sees(p: &FileProxy, cluster: &str, healthy: bool, consumption: u64) {
 /// of `labels` (`name="value"` fragments).
 async fn metric(p: &FileProxy, name: &str, labels: &[&str]) -> f64 {
     let text = get(&format!("{}/metrics", p.admin())).await.unwrap().text();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    keyway_testkit::metrics::sum(&text, name, labels)
 }
 
 /// Two idle clusters serving the model, and a proxy over them that has seen both.

@@ -245,12 +245,7 @@ pub async fn metric(admin: &str, name: &str, labels: &[&str]) -> f64 {
         .await
         .map(|r| r.text())
         .unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    keyway_testkit::metrics::sum(&text, name, labels)
 }
 
 /// The `keyway-proxy` binary next to the test executable (`make test` builds every binary
