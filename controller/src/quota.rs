@@ -113,8 +113,10 @@ impl Serving {
 }
 
 /// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s share.
-/// `index` tells which peers are sent which pools, and so which key pools.
-pub fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[Peer<'_>]) {
+/// `index` tells which peers are sent which pools, and so which key pools. (Sessions use a
+/// shared [`ServingCache`]; this one-shot form is for tests.)
+#[cfg(test)]
+fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[Peer<'_>]) {
     Serving::compute(index, peers).apply(snapshot, me);
 }
 
