@@ -2,18 +2,18 @@
 //! reads a `watch::Receiver<Arc<Index>>`, so tests feed it directly, and asks an
 //! [`Authenticate`] who the caller is.
 
+use crate::allocator::{GRANT_TTL, GrantTable, RENEW_EVERY};
 use crate::auth::{self, Authenticate, Identity};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::proxies::{Proxies, Session};
-use crate::quota;
+use crate::proxies::{GrantValues, Proxies, Session};
 use anyhow::Context;
 use keyway_api::model::{self, ObjectId};
 use keyway_proto as pb;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,12 +34,105 @@ pub struct DiscoveryService {
     drain: watch::Receiver<bool>,
     /// Who a caller is; [`auth::NoAuth`] unless [`DiscoveryService::with_authenticator`].
     auth: Arc<dyn Authenticate>,
-    /// Quota shares' serving table, computed once per index and membership change.
-    serving: quota::ServingCache,
+    /// One snapshot per proxy selector and index, shared by the sessions that asked the same.
+    views: Views,
+    /// The quota grant table in force ([`crate::allocator`]); `None` until there is one.
+    grants: watch::Receiver<Option<Arc<GrantTable>>>,
+    /// Keeps the default (empty) grants channel open.
+    _grants_tx: Option<Arc<watch::Sender<Option<Arc<GrantTable>>>>>,
 }
 
 type SnapshotStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+/// What a proxy asked for: its namespace, extra namespaces and pool filter.
+type Selector = (String, Vec<String>, Vec<String>);
+
+/// The snapshot each selector gets from the current index, computed once per index change
+/// and shared (`Arc`) by every session with that selector, with its protobuf form and the
+/// deltas from the previous snapshot, also encoded once. Sessions hold `Arc`s into it, so
+/// memory grows with pools + proxies, not their product.
+#[derive(Clone, Default)]
+pub struct Views {
+    inner: Arc<Mutex<HashMap<Selector, View>>>,
+}
+
+struct View {
+    index: Arc<Index>,
+    snapshot: Arc<model::Snapshot>,
+    full: Option<Arc<pb::Snapshot>>,
+    /// Deltas to `snapshot` from earlier snapshots (by address), the last few.
+    deltas: Vec<(usize, Arc<pb::Snapshot>)>,
+}
+
+// === impl Views ===
+
+impl Views {
+    /// The snapshot for `selector` under `index` (the same `Arc` while its content stays).
+    pub fn snapshot(&self, index: &Arc<Index>, selector: &Selector) -> Arc<model::Snapshot> {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = m.get(selector)
+            && Arc::ptr_eq(&v.index, index)
+        {
+            return v.snapshot.clone();
+        }
+        let fresh = index.snapshot_for_proxy(&selector.0, &selector.1, &selector.2);
+        let v = m.entry(selector.clone()).or_insert_with(|| View {
+            index: index.clone(),
+            snapshot: Arc::new(model::Snapshot::default()),
+            full: None,
+            deltas: Vec::new(),
+        });
+        v.index = index.clone();
+        if *v.snapshot != fresh {
+            v.snapshot = Arc::new(fresh);
+            v.full = None;
+            v.deltas.clear();
+        }
+        let out = v.snapshot.clone();
+        // Forget selectors no session uses any more.
+        m.retain(|_, v| Arc::strong_count(&v.snapshot) > 1 || Arc::ptr_eq(&v.snapshot, &out));
+        out
+    }
+
+    /// The protobuf of `snapshot` (one of this cache's), whole or as a delta from `base`.
+    fn encoded(
+        &self,
+        selector: &Selector,
+        snapshot: &Arc<model::Snapshot>,
+        base: Option<&Arc<model::Snapshot>>,
+    ) -> Arc<pb::Snapshot> {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(v) = m
+            .get_mut(selector)
+            .filter(|v| Arc::ptr_eq(&v.snapshot, snapshot))
+        else {
+            // Not the cached one (a proxy whose quota is rewritten): encode it alone.
+            return Arc::new(match base {
+                Some(b) => pb::Snapshot::delta(0, 0, b, snapshot),
+                None => pb::Snapshot::from_model(0, snapshot),
+            });
+        };
+        match base {
+            None => v
+                .full
+                .get_or_insert_with(|| Arc::new(pb::Snapshot::from_model(0, snapshot)))
+                .clone(),
+            Some(b) => {
+                let key = Arc::as_ptr(b) as usize;
+                if let Some((_, d)) = v.deltas.iter().find(|(k, _)| *k == key) {
+                    return d.clone();
+                }
+                let d = Arc::new(pb::Snapshot::delta(0, 0, b, snapshot));
+                if v.deltas.len() >= 4 {
+                    v.deltas.remove(0);
+                }
+                v.deltas.push((key, d.clone()));
+                d
+            }
+        }
+    }
+}
 
 // === impl DiscoveryService ===
 
@@ -50,19 +143,29 @@ impl DiscoveryService {
         metrics: Metrics,
         drain: watch::Receiver<bool>,
     ) -> Self {
+        let (tx, grants) = watch::channel(None);
         Self {
             index,
             proxies,
             metrics,
             drain,
             auth: Arc::new(auth::NoAuth),
-            serving: quota::ServingCache::default(),
+            views: Views::default(),
+            grants,
+            _grants_tx: Some(Arc::new(tx)),
         }
     }
 
     /// Authenticates every stream with `auth` (the controller passes its `--proxy-auth`).
     pub fn with_authenticator(mut self, auth: Arc<dyn Authenticate>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Hands out quota from this grant table ([`crate::allocator`]).
+    pub fn with_grants(mut self, grants: watch::Receiver<Option<Arc<GrantTable>>>) -> Self {
+        self.grants = grants;
+        self._grants_tx = None;
         self
     }
 
@@ -103,23 +206,43 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             tracing::info!(?remote, user = %identity.user, code = ?status.code(), reason = status.message(), "refused a discovery stream");
         })?;
         let (tx, rx) = mpsc::channel(4);
+        let quota_identity = quota_identity(&identity, &hello.namespace);
         let session = self.proxies.register(
             hello.proxy_id.clone(),
+            quota_identity.clone(),
             hello.namespace.clone(),
             hello.namespaces.clone(),
             hello.pools.clone(),
         );
         tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, extra_namespaces = ?hello.namespaces, pools = ?hello.pools, user = %identity.user, "proxy connected");
         self.metrics.connected_proxies.inc();
-        tokio::spawn(run_session(hello, session, inbound, tx, self.clone()));
+        tokio::spawn(run_session(
+            hello,
+            quota_identity,
+            session,
+            inbound,
+            tx,
+            self.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Pushes a snapshot whenever this proxy's view of the index changes, and folds its replies
-/// into the registry, until either side goes away.
+/// Whom quota is shared by: the authenticated user (a ServiceAccount), or, without
+/// authentication, the namespace the proxy claims.
+fn quota_identity(identity: &Identity, namespace: &str) -> String {
+    match &identity.namespace {
+        Some(_) => identity.user.clone(),
+        None => format!("unauthenticated:{namespace}"),
+    }
+}
+
+/// Pushes a snapshot whenever this proxy's view of the index changes (a delta when the
+/// proxy accepts them), and its quota grants whenever they change or need renewing, and
+/// folds its replies into the registry, until either side goes away.
 async fn run_session(
     hello: pb::Hello,
+    quota_identity: String,
     session: Session,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
@@ -129,12 +252,26 @@ async fn run_session(
         mut index,
         metrics,
         mut drain,
-        serving,
+        views,
+        mut grants,
         ..
     } = service;
+    let selector: Selector = (
+        hello.namespace.clone(),
+        hello.namespaces.clone(),
+        hello.pools.clone(),
+    );
+    // Older proxies take a snapshot's quota as theirs: they are sent their grant in its
+    // place, in a snapshot of their own.
+    let legacy_quota = !hello.accepts_quota_grants;
     let mut version = 0u64;
-    let mut last_sent = None;
-    let mut membership = session.proxies().subscribe_membership();
+    let mut last_sent: Option<Arc<model::Snapshot>> = None;
+    let mut last_was_delta = false;
+    let mut resync = false;
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut grants_due = true;
+    let mut last_grants: Option<(u64, Arc<GrantValues>)> = None;
     index.mark_changed();
     let draining = async move {
         let _ = drain.wait_for(|d| *d).await.map(|_| ());
@@ -143,12 +280,21 @@ async fn run_session(
     loop {
         tokio::select! {
             changed = index.changed() => if changed.is_err() { break },
-            changed = membership.changed() => if changed.is_err() { break },
+            changed = grants.changed() => {
+                if changed.is_err() { break }
+                grants_due = true;
+            }
+            _ = renew.tick() => grants_due = true,
             msg = inbound.message() => {
                 match msg {
                     Ok(Some(m)) => {
-                        handle_reply(&hello, &session, &metrics, last_sent.as_ref(), m);
-                        continue;
+                        let nacked = handle_reply(&hello, &session, &metrics, last_sent.as_deref(), m);
+                        // A refused delta (the proxy lost its base): send it whole.
+                        if nacked && last_was_delta {
+                            resync = true;
+                        } else {
+                            continue;
+                        }
                     }
                     Ok(None) => break,
                     Err(status) => {
@@ -160,45 +306,159 @@ async fn run_session(
             _ = &mut draining => break,
             _ = tx.closed() => break,
         }
-        membership.borrow_and_update();
-        let snapshot = {
-            let idx = index.borrow_and_update().clone();
-            let mut snapshot =
-                idx.snapshot_for_proxy(&hello.namespace, &hello.namespaces, &hello.pools);
-            serving
-                .get(&idx, &session.proxies().peers())
-                .apply(&mut snapshot, &hello.proxy_id);
-            snapshot
+        let idx = index.borrow_and_update().clone();
+        let table = grants.borrow_and_update().clone();
+        let view = views.snapshot(&idx, &selector);
+        let snapshot = if legacy_quota {
+            let mut s = (*view).clone();
+            rewrite_quotas(&mut s, table.as_deref(), &quota_identity, &hello.proxy_id);
+            if last_sent.as_deref() == Some(&s) {
+                last_sent.clone().unwrap_or_else(|| Arc::new(s))
+            } else {
+                Arc::new(s)
+            }
+        } else {
+            view
         };
-        if last_sent.as_ref() == Some(&snapshot) {
+        // Shared views keep their `Arc` while their content stays: no deep comparison.
+        let unchanged = last_sent.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot));
+        if resync || !unchanged {
+            let base = if hello.accepts_deltas && !resync {
+                last_sent.as_ref()
+            } else {
+                None
+            };
+            let encoded = views.encoded(&selector, &snapshot, base);
+            let mut msg = (*encoded).clone();
+            let base_version = if base.is_some() { version } else { 0 };
+            version += 1;
+            msg.version = version;
+            msg.base_version = base_version;
+            let msg = pb::ControllerMessage {
+                message: Some(pb::controller_message::Message::Snapshot(msg)),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                break;
+            }
+            metrics.snapshots_sent.inc();
+            let served: BTreeSet<ObjectId> = snapshot.pools.iter().map(|p| p.id.clone()).collect();
+            let key_pools: BTreeSet<ObjectId> =
+                snapshot.key_pools.iter().map(|k| k.id.clone()).collect();
+            session.sent(version, served, key_pools);
+            tracing::debug!(proxy_id = %hello.proxy_id, version, delta = base.is_some(), pools = snapshot.pools.len(), "sent snapshot");
+            last_was_delta = base.is_some();
+            resync = false;
+            last_sent = Some(snapshot.clone());
+            grants_due = true;
+        }
+        if legacy_quota || !grants_due {
             continue;
         }
-        version += 1;
+        grants_due = false;
+        let Some(table) = table else { continue };
+        let (msg, values) = grants_for(&table, &snapshot, &quota_identity, &hello.proxy_id);
+        let values = Arc::new(values);
+        let changed = last_grants
+            .as_ref()
+            .is_none_or(|(v, old)| *v != table.version || **old != *values);
         let msg = pb::ControllerMessage {
-            message: Some(pb::controller_message::Message::Snapshot(
-                pb::Snapshot::from_model(version, &snapshot),
-            )),
+            message: Some(pb::controller_message::Message::Grants(msg)),
         };
         if tx.send(Ok(msg)).await.is_err() {
             break;
         }
-        metrics.snapshots_sent.inc();
-        let served: BTreeSet<ObjectId> = snapshot.pools.iter().map(|p| p.id.clone()).collect();
-        session.sent(version, served);
-        tracing::debug!(proxy_id = %hello.proxy_id, version, pools = snapshot.pools.len(), "sent snapshot");
-        last_sent = Some(snapshot);
+        if changed {
+            metrics.quota_grants_sent.inc();
+            session.granted(table.version, values.clone());
+            last_grants = Some((table.version, values));
+        }
     }
     metrics.connected_proxies.dec();
     tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, "proxy disconnected");
 }
 
+/// This proxy's grants for the quota keys of `snapshot`, as sent and as recorded.
+fn grants_for(
+    table: &GrantTable,
+    snapshot: &model::Snapshot,
+    identity: &str,
+    proxy: &str,
+) -> (pb::QuotaGrants, GrantValues) {
+    let served: BTreeSet<String> = snapshot
+        .key_pools
+        .iter()
+        .map(|k| format!("{}/{}/", k.id.namespace, k.id.name))
+        .collect();
+    let mut keys = Vec::new();
+    let mut values = GrantValues::new();
+    for e in table.for_proxy(identity, proxy).iter() {
+        let mut parts = e.key.splitn(3, '/');
+        let (Some(ns), Some(kp), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if !served.contains(&format!("{ns}/{kp}/")) {
+            continue;
+        }
+        values.insert(e.key.clone(), (e.rpm, e.tpm));
+        keys.push(pb::KeyGrant {
+            namespace: ns.to_owned(),
+            key_pool: kp.to_owned(),
+            key_id: id.to_owned(),
+            requests_per_minute: e.rpm.map(|v| v.min(u64::from(u32::MAX)) as u32),
+            tokens_per_minute: e.tpm,
+            fallback_requests_per_minute: e
+                .fallback_rpm
+                .map(|v| v.min(u64::from(u32::MAX)) as u32),
+            fallback_tokens_per_minute: e.fallback_tpm,
+        });
+    }
+    let msg = pb::QuotaGrants {
+        version: table.version,
+        ttl_ms: GRANT_TTL.as_millis() as u64,
+        keys,
+    };
+    (msg, values)
+}
+
+/// For proxies that do not take [`pb::QuotaGrants`]: each quota in `snapshot` becomes this
+/// proxy's grant (0 without one).
+fn rewrite_quotas(
+    snapshot: &mut model::Snapshot,
+    table: Option<&GrantTable>,
+    identity: &str,
+    proxy: &str,
+) {
+    let mine: HashMap<&str, (Option<u64>, Option<u64>)> = table
+        .map(|t| {
+            t.for_proxy(identity, proxy)
+                .iter()
+                .map(|e| (e.key.as_str(), (e.rpm, e.tpm)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for kp in &mut snapshot.key_pools {
+        for k in &mut kp.keys {
+            let key = crate::allocator::quota_key(&kp.id.namespace, &kp.id.name, &k.id);
+            let (rpm, tpm) = mine.get(key.as_str()).copied().unwrap_or((None, None));
+            if k.limits.requests_per_minute.is_some() {
+                k.limits.requests_per_minute =
+                    Some(rpm.unwrap_or(0).min(u64::from(u32::MAX)) as u32);
+            }
+            if k.limits.tokens_per_minute.is_some() {
+                k.limits.tokens_per_minute = Some(tpm.unwrap_or(0));
+            }
+        }
+    }
+}
+
+/// Folds a reply into the registry; true for a NACK.
 fn handle_reply(
     hello: &pb::Hello,
     session: &Session,
     metrics: &Metrics,
     last_sent: Option<&model::Snapshot>,
     msg: pb::ProxyMessage,
-) {
+) -> bool {
     match msg.message {
         Some(pb::proxy_message::Message::Ack(a)) => {
             metrics.snapshot_replies.with_label_values(&["ack"]).inc();
@@ -208,6 +468,7 @@ fn handle_reply(
             metrics.snapshot_replies.with_label_values(&["nack"]).inc();
             tracing::warn!(proxy_id = %hello.proxy_id, version = n.version, error = %n.error, "proxy rejected a snapshot");
             session.nacked(n.error);
+            return true;
         }
         Some(pb::proxy_message::Message::Report(report)) => {
             metrics.reports.inc();
@@ -217,6 +478,7 @@ fn handle_reply(
             tracing::debug!(proxy_id = %hello.proxy_id, "ignoring unexpected message");
         }
     }
+    false
 }
 
 /// Checks a Hello against the caller's identity: an authenticated proxy speaks only for the

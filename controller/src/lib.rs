@@ -5,6 +5,8 @@
 //! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
 //! - [`status`]: where status is written.
 //! - [`leader`]: leader election on a Lease; only the holder writes status and events.
+//! - [`replicas`]: what replicas share about their proxies (one ConfigMap each);
+//!   [`allocator`] and [`quota`]: the leader's demand-based quota grants.
 //! - [`webhook`]: the sidecar-injection admission webhook and its self-managed certificates.
 //! - [`runtime`]: wiring and task supervision.
 #![forbid(unsafe_code)]
@@ -12,6 +14,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod allocator;
 pub mod auth;
 pub mod crdgen;
 pub mod events;
@@ -21,6 +24,7 @@ pub mod leader;
 pub mod metrics;
 pub mod proxies;
 pub mod quota;
+pub mod replicas;
 pub mod runtime;
 pub mod status;
 pub mod watch;

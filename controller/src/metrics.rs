@@ -20,6 +20,14 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Times this replica became or stopped being the leader.
     pub leader_transitions: IntCounter,
+    /// Quota grant messages sent to proxies with new values.
+    pub quota_grants_sent: IntCounter,
+    /// Writes of this replica's report, by result (`ok`, `error`).
+    pub replica_report_writes: IntCounterVec,
+    /// Size of this replica's last report.
+    pub replica_report_bytes: IntGauge,
+    /// Other replicas whose reports are fresh.
+    pub replicas_seen: IntGauge,
 }
 
 impl Metrics {
@@ -63,7 +71,30 @@ impl Metrics {
                 "keyway_controller_leader_transitions_total",
                 "Times this replica became or stopped being the leader.",
             )?,
+            quota_grants_sent: IntCounter::new(
+                "keyway_controller_quota_grants_sent_total",
+                "Quota grant messages with new values sent to proxies.",
+            )?,
+            replica_report_writes: IntCounterVec::new(
+                Opts::new(
+                    "keyway_controller_replica_report_writes_total",
+                    "Writes of this replica's report (ConfigMap), by result.",
+                ),
+                &["result"],
+            )?,
+            replica_report_bytes: IntGauge::new(
+                "keyway_controller_replica_report_bytes",
+                "Size of this replica's last written report.",
+            )?,
+            replicas_seen: IntGauge::new(
+                "keyway_controller_replicas_seen",
+                "Other controller replicas whose reports are fresh.",
+            )?,
         };
+        registry.register(Box::new(m.quota_grants_sent.clone()))?;
+        registry.register(Box::new(m.replica_report_writes.clone()))?;
+        registry.register(Box::new(m.replica_report_bytes.clone()))?;
+        registry.register(Box::new(m.replicas_seen.clone()))?;
         registry.register(Box::new(m.connected_proxies.clone()))?;
         registry.register(Box::new(m.snapshots_sent.clone()))?;
         registry.register(Box::new(m.snapshot_replies.clone()))?;

@@ -2,7 +2,7 @@
 //! (`connectedProxies`), written by the discovery sessions.
 
 use keyway_api::model::ObjectId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -11,6 +11,8 @@ use tokio::sync::watch;
 #[derive(Clone, Debug, Default)]
 pub struct ProxyState {
     pub proxy_id: String,
+    /// Who it authenticated as (quota is shared per identity).
+    pub identity: String,
     pub namespace: String,
     /// Other namespaces it asked for (it is sent their pools that grant its namespace).
     pub namespaces: Vec<String>,
@@ -24,6 +26,33 @@ pub struct ProxyState {
     pub last_nack: Option<String>,
     /// The latest usage and health report (counters are totals since the proxy started).
     pub report: Option<keyway_proto::Report>,
+    /// Key pools in the last snapshot sent.
+    pub key_pools: BTreeSet<ObjectId>,
+    /// Quota grants sent and not yet superseded by an acknowledged newer version.
+    pub grants: GrantLog,
+}
+
+/// Quota key (`namespace/keyPool/keyId`) → (requests, tokens) per minute.
+pub type GrantValues = BTreeMap<String, (Option<u64>, Option<u64>)>;
+
+/// The quota grants sent to one proxy, oldest first, from the last one it acknowledged (its
+/// report's `quota_version`) on: what it may be using now.
+#[derive(Clone, Debug, Default)]
+pub struct GrantLog {
+    sent: Vec<(u64, Arc<GrantValues>)>,
+    /// The version its latest report says is in force.
+    pub acked: u64,
+}
+
+/// A proxy that disconnected, whose quota still counts until its lease and its last sliding
+/// minute have run out (it may still be serving, cut off from every controller).
+#[derive(Clone, Debug)]
+pub struct Departed {
+    pub proxy_id: String,
+    pub identity: String,
+    /// Per quota key: (requests, tokens) it may still hold.
+    pub held: BTreeMap<String, (u64, u64)>,
+    pub until: std::time::Instant,
 }
 
 /// Who a connected proxy is and what it asked for: what quota sharing needs, without the
@@ -40,6 +69,9 @@ pub struct Peer {
 #[derive(Clone)]
 pub struct Proxies {
     inner: Arc<Mutex<HashMap<u64, ProxyState>>>,
+    departed: Arc<Mutex<Vec<Departed>>>,
+    /// How long a departed proxy's quota keeps counting.
+    hold: std::time::Duration,
     /// The connected proxies' identities, rebuilt on connect and disconnect only and shared
     /// by every session (`Arc`), so a change does not clone every proxy's state per session.
     peers: Arc<Mutex<Arc<Vec<Peer>>>>,
@@ -61,6 +93,8 @@ impl Default for Proxies {
     fn default() -> Self {
         Self {
             inner: Default::default(),
+            departed: Default::default(),
+            hold: crate::allocator::HOLD_AFTER_DEPARTURE,
             peers: Default::default(),
             next_session: Arc::new(AtomicU64::new(1)),
             changed: watch::channel(0).0,
@@ -73,6 +107,7 @@ impl Proxies {
     pub fn register(
         &self,
         proxy_id: String,
+        identity: String,
         namespace: String,
         namespaces: Vec<String>,
         pools: Vec<String>,
@@ -83,6 +118,7 @@ impl Proxies {
                 id,
                 ProxyState {
                     proxy_id,
+                    identity,
                     namespace,
                     namespaces,
                     pools,
@@ -131,6 +167,19 @@ impl Proxies {
         self.lock().values().cloned().collect()
     }
 
+    /// Applies `f` to every connected proxy without cloning them.
+    pub fn with_each<R>(&self, mut f: impl FnMut(&ProxyState) -> R) -> Vec<R> {
+        self.lock().values().map(&mut f).collect()
+    }
+
+    /// Departed proxies whose quota still counts (expired ones are dropped).
+    pub fn departed(&self) -> Vec<Departed> {
+        let now = std::time::Instant::now();
+        let mut d = self.departed.lock().unwrap_or_else(|e| e.into_inner());
+        d.retain(|p| p.until > now);
+        d.clone()
+    }
+
     /// Connected proxies that were sent `pool`.
     pub fn serving(&self, pool: &ObjectId) -> usize {
         self.lock()
@@ -156,11 +205,21 @@ impl Proxies {
 // === impl Session ===
 
 impl Session {
-    pub fn sent(&self, version: u64, served: BTreeSet<ObjectId>) {
+    pub fn sent(&self, version: u64, served: BTreeSet<ObjectId>, key_pools: BTreeSet<ObjectId>) {
         self.proxies.update(|m| {
             if let Some(p) = m.get_mut(&self.id) {
                 p.sent_version = version;
                 p.served = served;
+                p.key_pools = key_pools;
+            }
+        });
+    }
+
+    /// Quota grants of `version` were sent.
+    pub fn granted(&self, version: u64, values: Arc<GrantValues>) {
+        self.proxies.update(|m| {
+            if let Some(p) = m.get_mut(&self.id) {
+                p.grants.record(version, values);
             }
         });
     }
@@ -177,6 +236,7 @@ impl Session {
     pub fn reported(&self, report: keyway_proto::Report) {
         self.proxies.update(|m| {
             if let Some(p) = m.get_mut(&self.id) {
+                p.grants.acknowledged(report.quota_version);
                 p.report = Some(report);
             }
         });
@@ -194,10 +254,78 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let id = self.id;
+        let mut gone = None;
         self.proxies.update(|m| {
-            m.remove(&id);
+            gone = m.remove(&id);
         });
+        if let Some(p) = gone {
+            let held = p.held();
+            if !held.is_empty() {
+                let departed = Departed {
+                    proxy_id: p.proxy_id,
+                    identity: p.identity,
+                    held,
+                    until: std::time::Instant::now() + self.proxies.hold,
+                };
+                let mut d = self.proxies.departed.lock().unwrap_or_else(|e| e.into_inner());
+                d.push(departed);
+            }
+        }
         self.proxies.membership_changed();
+    }
+}
+
+// === impl ProxyState ===
+
+impl ProxyState {
+    /// Per quota key of its grants: the (requests, tokens) it may be using: what it used in
+    /// its sliding minute, and any grant it may not have replaced yet.
+    pub fn held(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut held: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (_, values) in &self.grants.sent {
+            for (key, (rpm, tpm)) in values.iter() {
+                let h = held.entry(key.clone()).or_default();
+                h.0 = h.0.max(rpm.unwrap_or(0));
+                h.1 = h.1.max(tpm.unwrap_or(0));
+            }
+        }
+        for k in self.report.iter().flat_map(|r| &r.keys) {
+            let key = crate::allocator::quota_key(&k.namespace, &k.key_pool, &k.key_id);
+            if let Some(h) = held.get_mut(&key) {
+                h.0 = h.0.max(k.window_requests);
+                h.1 = h.1.max(k.window_tokens);
+            }
+        }
+        held
+    }
+}
+
+// === impl GrantLog ===
+
+impl GrantLog {
+    fn record(&mut self, version: u64, values: Arc<GrantValues>) {
+        if self.sent.last().is_some_and(|(v, old)| *v == version && **old == *values) {
+            return; // a renewal
+        }
+        self.sent.push((version, values));
+        // Bounded: a proxy that never acknowledges keeps only its latest grants and the
+        // largest ones (the largest is what it may use).
+        if self.sent.len() > 16 {
+            self.sent.drain(1..self.sent.len() - 8);
+        }
+    }
+
+    fn acknowledged(&mut self, version: u64) {
+        self.acked = version;
+        // Everything before the acknowledged version is superseded.
+        if let Some(pos) = self.sent.iter().rposition(|(v, _)| *v <= version) {
+            self.sent.drain(..pos);
+        }
+    }
+
+    /// The newest grants sent.
+    pub fn latest(&self) -> Option<&(u64, Arc<GrantValues>)> {
+        self.sent.last()
     }
 }
 

@@ -1,300 +1,193 @@
-//! Quota sharing: a key's `requestsPerMinute` and `tokensPerMinute` are global, so each proxy
-//! serving the key's pool gets an even share, and N replicas together stay within the quota.
-//! Shares are whole numbers that add up exactly to the quota (the remainder goes to the first
-//! proxies by id); a proxy whose share of a key is zero does not get that key at all.
+//! Quota allocation, in the spirit of YouTube's Doorman: a key's `requestsPerMinute` and
+//! `tokensPerMinute` are global, proxies report what they *want*, and the leader hands out
+//! *grants* that never add up to more than the quota. Pure: the leader's allocator task
+//! ([`crate::allocator`]) feeds it what every replica published.
+//!
+//! Per key and per dimension (requests, tokens), over the proxies serving the key:
+//!
+//! 1. **Floor.** Every proxy gets `min(quota / proxies, ceil(quota / 100))`, so an idle proxy
+//!    can start serving at once. With more proxies than the quota the floor is 0, and a proxy
+//!    gets capacity when it asks for it (see 3).
+//! 2. **Max-min fair share of the rest, by identity first.** What is left is water-filled over
+//!    the authenticated identities (ServiceAccounts) by their demand (the sum of their
+//!    proxies' wants beyond the floor), then within each identity over its proxies. A proxy
+//!    cannot claim more by inventing proxy ids: its identity's share does not grow with them.
+//!    Capacity nobody wants stays unallocated, ready for the next demand.
+//! 3. **Whole requests, fair over time.** Fractional shares (20 proxies on a 10 rpm key want
+//!    half a request per minute each) become whole units given to the proxies with the largest
+//!    accumulated fraction ("credit", deficit round robin), so every proxy gets its turn.
+//! 4. **Reclaim before grant.** A proxy may still use what it *holds*: its window usage and
+//!    every grant it may not have applied yet. Decreases apply at once; an increase only uses
+//!    room that no proxy holds: the sum over proxies of `max(held, grant)` never exceeds the
+//!    quota, so the requests started in any sliding minute never do either.
 
-use crate::index::Index;
-use keyway_api::model::{self, ObjectId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
-/// A connected proxy as the split sees it.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer<'a> {
-    pub id: &'a str,
-    pub namespace: &'a str,
-    /// Other namespaces it asked for (it gets their pools that grant its namespace).
-    pub namespaces: &'a [String],
-    /// The pools it asked for; empty means every pool of its namespace.
-    pub pools: &'a [String],
+/// A want with no bound (the proxy's requests found its grant spent).
+pub const UNBOUNDED: u64 = u64::MAX;
+
+/// One proxy serving a key, as the allocator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// The authenticated identity (`system:serviceaccount:<ns>:<name>`).
+    pub identity: String,
+    pub proxy: String,
+    /// Per minute; [`UNBOUNDED`] for "as much as possible".
+    pub want: u64,
+    /// What it may use now: window usage and grants it may not have applied yet.
+    pub held: u64,
+    /// Its grant in the table in force.
+    pub current: u64,
 }
 
-/// Which peers receive each key pool (sorted ids): computed once per index and membership,
-/// then shared by every session.
-#[derive(Debug, Default)]
-pub struct Serving {
-    by_key_pool: HashMap<ObjectId, Vec<String>>,
+/// Per-client credit (accumulated fractional share), kept by the leader between rounds.
+pub type Credits = HashMap<(String, String), f64>;
+
+/// The floor every proxy gets: `min(quota / n, ceil(quota / 100))`.
+pub fn floor(quota: u64, n: usize) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    (quota / n as u64).min(quota.div_ceil(100))
 }
 
-/// The latest [`Serving`] and what it was computed from, shared by the discovery sessions.
-#[derive(Clone, Default)]
-pub struct ServingCache {
-    latest: Arc<Mutex<Option<Cached>>>,
+/// The grants of `clients` for a key of `quota` (same order), given `others_held`: capacity
+/// held by proxies that get no grant this round (disconnected or on a replica that stopped
+/// publishing) whose usage or lease may still count.
+pub fn allocate(quota: u64, clients: &[Client], others_held: u64, credits: &mut Credits) -> Vec<u64> {
+    let targets = targets(quota, clients, credits);
+    constrain(quota, clients, &targets, others_held)
 }
 
-struct Cached {
-    index: Arc<Index>,
-    peers: Arc<Vec<crate::proxies::Peer>>,
-    serving: Arc<Serving>,
-}
-
-impl ServingCache {
-    /// The table for this index and membership, computed by the first session that asks.
-    pub fn get(&self, index: &Arc<Index>, peers: &Arc<Vec<crate::proxies::Peer>>) -> Arc<Serving> {
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = latest.as_ref()
-            && Arc::ptr_eq(&c.index, index)
-            && Arc::ptr_eq(&c.peers, peers)
-        {
-            return c.serving.clone();
+/// Max-min fair targets with floors (steps 1 to 3), ignoring what proxies hold.
+pub fn targets(quota: u64, clients: &[Client], credits: &mut Credits) -> Vec<u64> {
+    let n = clients.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let f = floor(quota, n);
+    let rest = (quota - f * n as u64) as f64;
+    let demand: Vec<f64> = clients
+        .iter()
+        .map(|c| match c.want {
+            UNBOUNDED => f64::INFINITY,
+            w => w.saturating_sub(f) as f64,
+        })
+        .collect();
+    // Level 1: identities.
+    let mut identities: Vec<&str> = clients.iter().map(|c| c.identity.as_str()).collect();
+    identities.sort_unstable();
+    identities.dedup();
+    let members = |id: &str| -> Vec<usize> {
+        (0..n).filter(|&i| clients[i].identity == id).collect()
+    };
+    let identity_demand: Vec<f64> = identities
+        .iter()
+        .map(|id| members(id).iter().map(|&i| demand[i]).sum())
+        .collect();
+    let identity_share = water_fill(rest, &identity_demand);
+    // Level 2: proxies of each identity.
+    let mut share = vec![0.0; n];
+    for (id, cap) in identities.iter().zip(identity_share) {
+        let idx = members(id);
+        let d: Vec<f64> = idx.iter().map(|&i| demand[i]).collect();
+        for (&i, s) in idx.iter().zip(water_fill(cap, &d)) {
+            share[i] = s;
         }
-        let borrowed: Vec<Peer<'_>> = peers
+    }
+    // Whole units: the integer parts, then the leftover units by credit.
+    let mut out: Vec<u64> = share.iter().map(|s| f + s.floor() as u64).collect();
+    let total: f64 = share.iter().sum();
+    let given: u64 = share.iter().map(|s| s.floor() as u64).sum();
+    let mut units = ((total + 1e-9).floor() as u64).saturating_sub(given);
+    let key = |c: &Client| (c.identity.clone(), c.proxy.clone());
+    let mut order: Vec<(f64, usize)> = share
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.fract() > 1e-9)
+        .map(|(i, s)| {
+            let credit = credits.get(&key(&clients[i])).copied().unwrap_or(0.0) + s.fract();
+            (credit, i)
+        })
+        .collect();
+    order.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| clients[a.1].proxy.cmp(&clients[b.1].proxy))
+    });
+    let mut next_credits = Credits::new();
+    for (credit, i) in order {
+        let credit = if units > 0 {
+            units -= 1;
+            out[i] += 1;
+            credit - 1.0
+        } else {
+            credit
+        };
+        // Bounded, so a long-starved proxy cannot bank an unbounded claim.
+        next_credits.insert(key(&clients[i]), credit.clamp(-1.0, 1.0));
+    }
+    *credits = next_credits;
+    out
+}
+
+/// Water-filling: max-min fair shares of `capacity` for `demands` (any may be infinite).
+pub fn water_fill(capacity: f64, demands: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by(|&a, &b| demands[a].total_cmp(&demands[b]));
+    let mut out = vec![0.0; demands.len()];
+    let mut left = capacity.max(0.0);
+    let mut k = demands.len();
+    for i in order {
+        let fair = left / k as f64;
+        let give = demands[i].max(0.0).min(fair);
+        out[i] = give;
+        left -= give;
+        k -= 1;
+    }
+    out
+}
+
+/// Step 4: moves each grant towards its target, decreases at once, increases only into room
+/// that no proxy holds. `others_held` is capacity held outside `clients`.
+pub fn constrain(quota: u64, clients: &[Client], targets: &[u64], others_held: u64) -> Vec<u64> {
+    let mut grants: Vec<u64> = clients
+        .iter()
+        .zip(targets)
+        .map(|(c, &t)| t.min(c.current))
+        .collect();
+    // `held` covers the grant in force until the proxy acknowledged a smaller one.
+    let claim = |c: &Client, g: u64| c.held.max(g);
+    let mut used: u64 = others_held
+        + clients
             .iter()
-            .map(|p| Peer {
-                id: &p.proxy_id,
-                namespace: &p.namespace,
-                namespaces: &p.namespaces,
-                pools: &p.pools,
-            })
+            .zip(&grants)
+            .map(|(c, &g)| claim(c, g))
+            .sum::<u64>();
+    // Floors first (every proxy can serve), then the largest shortfalls.
+    let f = floor(quota, clients.len());
+    for cap in [Some(f), None] {
+        let mut order: Vec<usize> = (0..clients.len())
+            .filter(|&i| targets[i] > grants[i])
             .collect();
-        let serving = Arc::new(Serving::compute(index, &borrowed));
-        *latest = Some(Cached {
-            index: index.clone(),
-            peers: peers.clone(),
-            serving: serving.clone(),
+        order.sort_by(|&a, &b| {
+            (targets[b] - grants[b])
+                .cmp(&(targets[a] - grants[a]))
+                .then_with(|| clients[a].proxy.cmp(&clients[b].proxy))
         });
-        serving
-    }
-}
-
-impl Serving {
-    /// For every key pool of the index, the peers sent at least one pool that uses it.
-    pub fn compute(index: &Index, peers: &[Peer<'_>]) -> Self {
-        let mut by_key_pool = HashMap::new();
-        for (ns, snap) in &index.namespaces {
-            for kp in &snap.key_pools {
-                let users: Vec<&model::Pool> = snap
-                    .pools
-                    .iter()
-                    .filter(|p| p.key_pool.as_deref() == Some(kp.id.name.as_str()))
-                    .collect();
-                let mut serving: Vec<String> = peers
-                    .iter()
-                    .filter(|peer| {
-                        users
-                            .iter()
-                            .any(|p| index.selects(p, peer.namespace, peer.namespaces, peer.pools))
-                    })
-                    .map(|peer| peer.id.to_string())
-                    .collect();
-                serving.sort_unstable();
-                serving.dedup();
-                by_key_pool.insert(ObjectId::new(ns.clone(), kp.id.name.clone()), serving);
+        for i in order {
+            let c = &clients[i];
+            let room = quota.saturating_sub(used);
+            let before = claim(c, grants[i]);
+            let target = cap.map_or(targets[i], |f| targets[i].min(f));
+            let raised = target.min(before + room);
+            if raised > grants[i] {
+                grants[i] = raised;
+                used += claim(c, raised) - before;
             }
         }
-        Self { by_key_pool }
     }
-
-    /// `me`'s rank among the peers that receive key pool `kp`, and how many there are.
-    fn position(&self, kp: &ObjectId, me: &str) -> (usize, usize) {
-        let serving = self.by_key_pool.get(kp).map_or(&[][..], Vec::as_slice);
-        match serving.binary_search_by(|id| id.as_str().cmp(me)) {
-            Ok(rank) => (rank, serving.len()),
-            // Not counted yet (e.g. connected a moment ago): it takes its place in the order.
-            Err(rank) => (rank, serving.len() + 1),
-        }
-    }
-
-    /// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s
-    /// share.
-    pub fn apply(&self, snapshot: &mut model::Snapshot, me: &str) {
-        apply(snapshot, |kp| self.position(kp, me));
-    }
-}
-
-/// Rewrites the key limits of `snapshot` (the one being sent to proxy `me`) to `me`'s share.
-/// `index` tells which peers are sent which pools, and so which key pools. (Sessions use a
-/// shared [`ServingCache`]; this one-shot form is for tests.)
-#[cfg(test)]
-fn share(snapshot: &mut model::Snapshot, index: &Index, me: &str, peers: &[Peer<'_>]) {
-    Serving::compute(index, peers).apply(snapshot, me);
-}
-
-fn apply(snapshot: &mut model::Snapshot, position: impl Fn(&ObjectId) -> (usize, usize)) {
-    for kp in &mut snapshot.key_pools {
-        let (rank, n) = position(&kp.id);
-        if n <= 1 {
-            continue;
-        }
-        kp.keys.retain_mut(|k| {
-            let rpm = k
-                .limits
-                .requests_per_minute
-                .map(|g| split(u64::from(g), rank, n));
-            let tpm = k.limits.tokens_per_minute.map(|g| split(g, rank, n));
-            if rpm == Some(0) || tpm == Some(0) {
-                return false;
-            }
-            k.limits.requests_per_minute = rpm.map(|v| v as u32);
-            k.limits.tokens_per_minute = tpm;
-            true
-        });
-    }
-}
-
-/// Share number `rank` of `n` of `total`: the shares add up to `total` exactly.
-fn split(total: u64, rank: usize, n: usize) -> u64 {
-    let n = n as u64;
-    total / n + u64::from((rank as u64) < total % n)
+    grants
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use keyway_api::manifest::Manifests;
-
-    fn snapshot() -> model::Snapshot {
-        let yaml = r#"
-apiVersion: v1
-kind: Secret
-metadata: {name: s, namespace: t}
-stringData: {k1: v1, k2: v2}
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata: {name: keys, namespace: t}
-spec:
-  secretRef: {name: s}
-  defaults: {requestsPerMinute: 7, tokensPerMinute: 1000}
-  keys: [{id: k2, requestsPerMinute: 2}]
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata: {name: p, namespace: t}
-spec:
-  apiKeyPoolRef: {name: keys}
-  backends: [{name: a, endpoint: "http://a"}]
-"#;
-        Manifests::parse(yaml, &|_| None)
-            .unwrap()
-            .resolve()
-            .unwrap()
-    }
-
-    fn peers<'a>(ids: &'a [&'a str], empty: &'a [String]) -> Vec<Peer<'a>> {
-        ids.iter()
-            .map(|id| Peer {
-                id,
-                namespace: "t",
-                namespaces: empty,
-                pools: empty,
-            })
-            .collect()
-    }
-
-    fn index(snapshot: &model::Snapshot) -> Index {
-        let mut idx = Index::default();
-        idx.namespaces.insert("t".into(), snapshot.clone());
-        idx
-    }
-
-    #[test]
-    fn shares_add_up_to_the_quota() {
-        let none: Vec<String> = vec![];
-        let ids = ["p-a", "p-b", "p-c"];
-        let base = snapshot();
-        let mut rpm_k1 = 0;
-        let mut tpm_k1 = 0;
-        let mut k2_holders = 0;
-        for me in ids {
-            let mut s = base.clone();
-            share(&mut s, &index(&base), me, &peers(&ids, &none));
-            let keys = &s.key_pools[0].keys;
-            rpm_k1 += keys[0].limits.requests_per_minute.unwrap();
-            tpm_k1 += keys[0].limits.tokens_per_minute.unwrap();
-            k2_holders += keys.iter().filter(|k| k.id == "k2").count();
-        }
-        assert_eq!(rpm_k1, 7);
-        assert_eq!(tpm_k1, 1000);
-        assert_eq!(
-            k2_holders, 2,
-            "2 rpm over 3 proxies: one proxy gets none of k2"
-        );
-    }
-
-    #[test]
-    fn a_single_proxy_keeps_the_whole_quota_and_other_namespaces_do_not_count() {
-        let none: Vec<String> = vec![];
-        let base = snapshot();
-        let mut s = base.clone();
-        let mut ps = peers(&["me"], &none);
-        ps.push(Peer {
-            id: "elsewhere",
-            namespace: "other",
-            namespaces: &none,
-            pools: &none,
-        });
-        share(&mut s, &index(&base), "me", &ps);
-        assert_eq!(s, base);
-    }
-
-    #[test]
-    fn peers_that_asked_for_other_pools_do_not_count() {
-        let none: Vec<String> = vec![];
-        let other = vec!["unrelated".to_string()];
-        let base = snapshot();
-        let mut s = base.clone();
-        let ps = vec![
-            Peer {
-                id: "me",
-                namespace: "t",
-                namespaces: &none,
-                pools: &none,
-            },
-            Peer {
-                id: "x",
-                namespace: "t",
-                namespaces: &none,
-                pools: &other,
-            },
-        ];
-        share(&mut s, &index(&base), "me", &ps);
-        assert_eq!(s, base);
-    }
-
-    #[test]
-    fn granted_peers_of_other_namespaces_take_a_share() {
-        let none: Vec<String> = vec![];
-        let t = vec!["t".to_string()];
-        let base = snapshot();
-        let mut idx = index(&base);
-        let ps = vec![
-            Peer {
-                id: "me",
-                namespace: "t",
-                namespaces: &none,
-                pools: &none,
-            },
-            Peer {
-                id: "guest",
-                namespace: "u",
-                namespaces: &t,
-                pools: &none,
-            },
-        ];
-        // Asking for namespace t is not enough: t/p does not grant u.
-        let mut s = base.clone();
-        share(&mut s, &idx, "me", &ps);
-        assert_eq!(s, base);
-        // Once granted, the guest is sent t/keys too, so the quota is split in two.
-        idx.grants
-            .insert(ObjectId::new("t", "p"), ["u".to_string()].into());
-        let mut s = base.clone();
-        share(&mut s, &idx, "me", &ps);
-        let mut g = base.clone();
-        share(&mut g, &idx, "guest", &ps);
-        // 7 rpm: the remainder goes to the first id ("guest").
-        assert_eq!(g.key_pools[0].keys[0].limits.requests_per_minute, Some(4));
-        assert_eq!(s.key_pools[0].keys[0].limits.requests_per_minute, Some(3));
-    }
-}
+mod tests;

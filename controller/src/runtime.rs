@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 /// What `run` needs.
 #[derive(Clone, Debug)]
@@ -79,23 +80,87 @@ pub async fn run(
         .leader
         .set(i64::from(settings.leader_election.is_none()));
     let proxies = Proxies::default();
-
-    let indexer = tokio::spawn(crate::watch::run_indexer(
-        stores.clone(),
-        changed,
-        index_tx,
-        synced_tx,
-        metrics.clone(),
+    // Every task here is critical: if one ends, the process exits non-zero (see
+    // `supervise`), so the pod restarts instead of limping on without it.
+    let mut critical: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    for (i, r) in reflectors.drain(..).enumerate() {
+        critical.push((["a watch (LoadBalancerPools) ended", "a watch (ApiKeyPools) ended", "a watch (Secrets) ended"].get(i).copied().unwrap_or("a watch ended"), r));
+    }
+    critical.push((
+        "the indexer ended",
+        tokio::spawn(crate::watch::run_indexer(
+            stores.clone(),
+            changed,
+            index_tx,
+            synced_tx,
+            metrics.clone(),
+        )),
     ));
-    let status = tokio::spawn(crate::status::run(
-        client.clone(),
-        stores,
-        index_rx.clone(),
-        proxies.clone(),
-        metrics.clone(),
-        settings.status_counter_interval,
-        leader_rx,
+    // What the other replicas publish about their proxies (none without leader election:
+    // a single replica knows every proxy itself).
+    let identity = settings
+        .leader_election
+        .as_ref()
+        .map_or_else(|| "single".to_owned(), |l| l.identity.clone());
+    let shared = crate::replicas::Shared::new(identity.clone());
+    critical.push((
+        "the status writer ended",
+        tokio::spawn(crate::status::run(
+            client.clone(),
+            stores,
+            index_rx.clone(),
+            proxies.clone(),
+            metrics.clone(),
+            settings.status_counter_interval,
+            leader_rx.clone(),
+            shared.clone(),
+        )),
     ));
+    // Quota: the leader computes grants; every replica forwards the newest table it knows.
+    let (own_table_tx, own_table_rx) = watch::channel(None);
+    let (table_tx, table_rx) = watch::channel(None);
+    critical.push((
+        "the quota allocator ended",
+        tokio::spawn(crate::allocator::run(
+            identity.clone(),
+            index_rx.clone(),
+            proxies.clone(),
+            shared.clone(),
+            leader_rx.clone(),
+            own_table_tx,
+        )),
+    ));
+    critical.push((
+        "the grant table follower ended",
+        tokio::spawn(follow_tables(own_table_rx.clone(), shared.clone(), table_tx)),
+    ));
+    if let Some(lease) = &settings.leader_election {
+        critical.push((
+            "the replica report watch ended",
+            tokio::spawn(crate::replicas::watch_reports(
+                client.clone(),
+                lease.namespace.clone(),
+                shared.clone(),
+            )),
+        ));
+        critical.push((
+            "the replica report writer ended",
+            tokio::spawn(crate::replicas::publish(
+                crate::replicas::Publisher {
+                    client: client.clone(),
+                    namespace: lease.namespace.clone(),
+                    identity: identity.clone(),
+                    proxies: proxies.clone(),
+                    index: index_rx.clone(),
+                    grants: own_table_rx,
+                    shared: shared.clone(),
+                    leader: leader_rx.clone(),
+                    metrics: metrics.clone(),
+                },
+                drain_rx.clone(),
+            )),
+        ));
+    }
     // Critical like the others: without it no replica would write status.
     let mut lease = settings.leader_election.clone().map(|lease| {
         let store = crate::leader::KubeLease::new(client.clone(), &lease);
@@ -136,11 +201,14 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the gRPC port {}", settings.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let service =
-        DiscoveryService::new(index_rx, proxies, metrics, drain_rx.clone()).with_authenticator(
-            crate::auth::authenticator(&settings.grpc_security.proxy_auth, client.clone()),
-        );
+    let service = DiscoveryService::new(index_rx, proxies, metrics, drain_rx.clone())
+        .with_authenticator(crate::auth::authenticator(
+            &settings.grpc_security.proxy_auth,
+            client.clone(),
+        ))
+        .with_grants(table_rx);
     let mut grpc_drain = drain_rx.clone();
+    let grpc_draining = drain_rx.clone();
     let grpc = tokio::spawn(
         grpc_server
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
@@ -153,16 +221,22 @@ pub async fn run(
                     let _ = grpc_drain.wait_for(|d| *d).await.map(|_| ());
                 },
             )
-            .map(|r| {
+            .map(move |r| {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
+                // Ending before the drain is a failure too: supervised below.
+                if !*grpc_draining.borrow() {
+                    tracing::error!("the gRPC server stopped");
+                }
             }),
     );
+    critical.push(("the gRPC server ended", grpc));
+    critical.push(("the admin server ended", admin));
     let _ = ready_tx.send(true);
     tracing::info!(%grpc_addr, admin = %settings.admin_listen, "keyway-controller ready");
 
-    let reflector_ended = futures::future::select_all(reflectors.iter_mut());
+    let tasks_ended = supervise(&mut critical);
     let lease_ended = async {
         match lease.as_mut() {
             Some(task) => drop(task.await),
@@ -181,19 +255,26 @@ pub async fn run(
     let mut lease_done = false;
     let failure = tokio::select! {
         _ = shutdown => None,
-        _ = reflector_ended => Some("a watch ended"),
-        _ = indexer => Some("the indexer ended"),
-        _ = status => Some("the status writer ended"),
+        what = tasks_ended => Some(what),
         _ = lease_ended => {
             lease_done = true;
             Some("the leader election ended")
         }
         what = webhook_ended => Some(what),
     };
+    if let Some(what) = failure {
+        tracing::error!("{what}; not ready, draining and exiting");
+    }
     let _ = ready_tx.send(false);
     let _ = drain_tx.send(true);
-    let _ = grpc.await;
-    let _ = admin.await;
+    // The servers stop at the drain; the other tasks are ended.
+    for (what, task) in critical {
+        if what == "the gRPC server ended" || what == "the admin server ended" {
+            let _ = task.await;
+        } else {
+            task.abort();
+        }
+    }
     if let Some(w) = webhook {
         w.server.abort();
         w.certs.abort();
@@ -206,6 +287,47 @@ pub async fn run(
     match failure {
         None => Ok(()),
         Some(what) => anyhow::bail!("{what} unexpectedly; exiting so the pod restarts"),
+    }
+}
+
+/// Completes with the name of the first of `tasks` to end (return or panic). Each task is
+/// critical: the caller stops being ready and exits.
+pub async fn supervise(tasks: &mut [(&'static str, JoinHandle<()>)]) -> &'static str {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    let (_, i, _) = futures::future::select_all(tasks.iter_mut().map(|(_, t)| t)).await;
+    tasks[i].0
+}
+
+/// Publishes on `out` the newest grant table known: this replica's own while it leads, else
+/// the newest another replica published. A previous leader's table keeps being forwarded
+/// (and renewed) until the new leader publishes its own.
+async fn follow_tables(
+    mut own: watch::Receiver<Option<Arc<crate::allocator::GrantTable>>>,
+    shared: crate::replicas::Shared,
+    out: watch::Sender<Option<Arc<crate::allocator::GrantTable>>>,
+) {
+    let mut others = shared.subscribe();
+    loop {
+        let mine = own.borrow_and_update().clone();
+        let theirs = shared.newest_table();
+        let newest = match (mine, theirs) {
+            (Some(a), Some(b)) => Some(if a.version >= b.version { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let differs = match (&*out.borrow(), &newest) {
+            (Some(a), Some(b)) => a.version != b.version || a.entries != b.entries,
+            (None, None) => false,
+            _ => true,
+        };
+        if differs {
+            out.send_replace(newest);
+        }
+        tokio::select! {
+            r = own.changed() => if r.is_err() { return },
+            r = others.changed() => if r.is_err() { return },
+        }
     }
 }
 

@@ -40,8 +40,10 @@ pub async fn run(
     metrics: Metrics,
     counter_interval: Duration,
     mut leader: watch::Receiver<bool>,
+    shared: crate::replicas::Shared,
 ) {
     let mut proxies_changed = proxies.subscribe();
+    let mut others_changed = shared.subscribe();
     let events = Events::new(client.clone());
     // NACKs already turned into events, by (proxy, error).
     let mut nacks_seen: HashSet<(String, String)> = HashSet::new();
@@ -51,6 +53,7 @@ pub async fn run(
         tokio::select! {
             r = index.changed() => if r.is_err() { return },
             r = proxies_changed.changed() => if r.is_err() { return },
+            r = others_changed.changed() => if r.is_err() { return },
             r = leader.changed() => {
                 if r.is_err() { return }
                 // Leader election: a new leader forgets what it wrote in an earlier term.
@@ -68,24 +71,50 @@ pub async fn run(
         }
         let idx = index.borrow_and_update().clone();
         proxies_changed.borrow_and_update();
-        let connected = proxies.list();
-        let views = aggregate::build(&connected, unix_ms_rfc3339);
+        others_changed.borrow_and_update();
+        // Every replica's proxies: this one's as they are now, the others' as published.
+        let others = shared.fresh();
+        metrics.replicas_seen.set(others.len() as i64);
+        let mut folded = aggregate::fold(&proxies.list());
+        for r in &others {
+            folded.merge(&r.aggregate);
+        }
+        let views = folded.views(unix_ms_rfc3339);
+        let connected = all_proxies(&proxies, &others);
+        let served_by = |p: &crate::replicas::ProxyEntry| -> Vec<ObjectId> {
+            idx.namespaces
+                .values()
+                .flat_map(|n| &n.pools)
+                .filter(|m| idx.selects(m, &p.namespace, &p.namespaces, &p.pools))
+                .map(|m| m.id.clone())
+                .collect()
+        };
+        let mut serving: HashMap<ObjectId, usize> = HashMap::new();
+        let mut nacks: HashMap<ObjectId, (String, String)> = HashMap::new();
+        for p in &connected {
+            for id in served_by(p) {
+                *serving.entry(id.clone()).or_default() += 1;
+                if let Some(err) = &p.nack {
+                    nacks.entry(id).or_insert_with(|| (p.id.clone(), err.clone()));
+                }
+            }
+        }
         nacks_seen.retain(|(id, err)| {
             connected
                 .iter()
-                .any(|p| &p.proxy_id == id && p.last_nack.as_ref() == Some(err))
+                .any(|p| &p.id == id && p.nack.as_ref() == Some(err))
         });
         for p in &connected {
-            let Some(err) = &p.last_nack else { continue };
-            if !nacks_seen.insert((p.proxy_id.clone(), err.clone())) {
+            let Some(err) = &p.nack else { continue };
+            if !nacks_seen.insert((p.id.clone(), err.clone())) {
                 continue;
             }
-            for id in &p.served {
+            for id in &served_by(p) {
                 let uid = stores
                     .pools
                     .get(&ObjectRef::new(&id.name).within(&id.namespace))
                     .and_then(|o| o.metadata.uid.clone());
-                let notice = events::config_rejected(&p.proxy_id, err);
+                let notice = events::config_rejected(&p.id, err);
                 events
                     .publish("LoadBalancerPool", id, uid, vec![notice])
                     .await;
@@ -110,12 +139,10 @@ pub async fn run(
                 keys: model
                     .and_then(|m| m.key_pool.as_ref())
                     .and_then(|k| views.key_pools.get(&ObjectId::new(&id.namespace, k))),
-                nack: connected
-                    .iter()
-                    .filter(|p| p.served.contains(id))
-                    .find_map(|p| p.last_nack.as_deref().map(|e| (p.proxy_id.as_str(), e))),
+                nack: nacks.get(id).map(|(p, e)| (p.as_str(), e.as_str())),
             };
-            let mut desired = pool_status(res, proxies.serving(id), views.pools.get(id), previous);
+            let connected = serving.get(id).copied().unwrap_or(0);
+            let mut desired = pool_status(res, connected, views.pools.get(id), previous);
             let (st, reason, message) = degraded(&health);
             desired.conditions.push(condition(
                 "Degraded",
@@ -170,6 +197,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Every replica's connected proxies, each counted once: this replica's own and the fresh
+/// reports of the others. A proxy that just moved to another replica can be in two reports
+/// for up to [`crate::replicas::FRESH_FOR`]; it is the same (identity, id), so it counts once.
+fn all_proxies(
+    proxies: &Proxies,
+    others: &[Arc<crate::replicas::ReplicaReport>],
+) -> Vec<crate::replicas::ProxyEntry> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let own = crate::replicas::own_proxies(proxies);
+    for p in own.into_iter().chain(others.iter().flat_map(|r| r.proxies.iter().cloned())) {
+        if seen.insert((p.identity.clone(), p.id.clone())) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The last status written per object, and when.

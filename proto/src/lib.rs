@@ -44,8 +44,117 @@ impl Snapshot {
             version,
             pools: snap.pools.iter().map(Pool::from).collect(),
             key_pools: snap.key_pools.iter().map(KeyPool::from).collect(),
+            ..Default::default()
         }
     }
+
+    /// The delta from `base` (sent as version `base_version`) to `next`: the pools and key
+    /// pools that are new or changed, and the ids of those that went. Both must be
+    /// normalized (sorted by id). O(pools + key pools).
+    pub fn delta(
+        version: u64,
+        base_version: u64,
+        base: &model::Snapshot,
+        next: &model::Snapshot,
+    ) -> Self {
+        let (pools, removed_pools) = diff(&base.pools, &next.pools, |p| &p.id);
+        let (key_pools, removed_key_pools) = diff(&base.key_pools, &next.key_pools, |k| &k.id);
+        Snapshot {
+            version,
+            base_version,
+            pools: pools.into_iter().map(Pool::from).collect(),
+            key_pools: key_pools.into_iter().map(KeyPool::from).collect(),
+            removed_pools,
+            removed_key_pools,
+        }
+    }
+}
+
+/// Items of `next` not equal in `base`, and ids of `base` missing from `next`; both sorted.
+fn diff<'a, T: PartialEq>(
+    base: &'a [T],
+    next: &'a [T],
+    id: impl Fn(&T) -> &ObjectId,
+) -> (Vec<&'a T>, Vec<ObjectRef>) {
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < base.len() || j < next.len() {
+        let order = match (base.get(i), next.get(j)) {
+            (Some(b), Some(n)) => id(b).cmp(id(n)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let gone = id(&base[i]);
+                removed.push(ObjectRef {
+                    namespace: gone.namespace.clone(),
+                    name: gone.name.clone(),
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                changed.push(&next[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if base[i] != next[j] {
+                    changed.push(&next[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (changed, removed)
+}
+
+/// Applies a delta [`Snapshot`] (`base_version` > 0) on top of `base`, validating only what
+/// it carries. Fails like [`TryFrom`] on an invalid pool or key pool.
+pub fn apply_delta(
+    base: &model::Snapshot,
+    delta: Snapshot,
+) -> Result<model::Snapshot, InvalidSnapshot> {
+    let changed = model::Snapshot::try_from(Snapshot {
+        pools: delta.pools,
+        key_pools: delta.key_pools,
+        ..Default::default()
+    })?;
+    let replaced_pools: std::collections::HashSet<&ObjectId> =
+        changed.pools.iter().map(|p| &p.id).collect();
+    let replaced_keys: std::collections::HashSet<&ObjectId> =
+        changed.key_pools.iter().map(|k| &k.id).collect();
+    let removed_pools: std::collections::HashSet<(&str, &str)> = delta
+        .removed_pools
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let removed_keys: std::collections::HashSet<(&str, &str)> = delta
+        .removed_key_pools
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let mut pools: Vec<model::Pool> = base
+        .pools
+        .iter()
+        .filter(|p| {
+            !replaced_pools.contains(&p.id)
+                && !removed_pools.contains(&(p.id.namespace.as_str(), p.id.name.as_str()))
+        })
+        .cloned()
+        .collect();
+    let mut key_pools: Vec<model::KeyPool> = base
+        .key_pools
+        .iter()
+        .filter(|k| {
+            !replaced_keys.contains(&k.id)
+                && !removed_keys.contains(&(k.id.namespace.as_str(), k.id.name.as_str()))
+        })
+        .cloned()
+        .collect();
+    pools.extend(changed.pools);
+    key_pools.extend(changed.key_pools);
+    Ok(model::Snapshot { pools, key_pools }.normalized())
 }
 
 impl From<&model::Pool> for Pool {

@@ -80,6 +80,7 @@ fn reports_about_objects_not_sent_are_dropped() {
             pool: "llm".into(),
             active_backend: "x".into(),
         }],
+        ..Default::default()
     };
     let kept = entitled_report(report.clone(), Some(&sent));
     assert_eq!(kept.backends.len(), 1);

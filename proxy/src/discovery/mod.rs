@@ -12,12 +12,14 @@ use anyhow::Context;
 use keyway_api::model;
 use keyway_proto as pb;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+mod quota;
 
 /// Where Kubernetes mounts a pod's ServiceAccount token.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -63,13 +65,18 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
             "no --token-file: connecting without a ServiceAccount token; a controller that authenticates proxies refuses the stream"
         );
     }
+    // The config and quota leases outlive a stream: a lease runs out on its own schedule,
+    // whether or not a controller is connected.
+    let state = Arc::new(Mutex::new(State::default()));
+    let expiry = tokio::spawn(expire_leases(state.clone(), tx.clone()));
+    let _expiry = AbortOnDrop(expiry);
     loop {
         let mut settings = settings.clone();
         if let Some(url) = urls.get(attempt % urls.len().max(1)) {
             settings.controller_url = url.clone();
         }
         attempt = attempt.wrapping_add(1);
-        let got_snapshot = match stream_once(&settings, &tx, &dataplane).await {
+        let got_snapshot = match stream_once(&settings, &tx, &dataplane, &state).await {
             Ok(got) => {
                 tracing::warn!(controller = %settings.controller_url, "controller closed the stream");
                 got
@@ -103,12 +110,79 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
     }
 }
 
+/// What the controller sent, kept across streams.
+#[derive(Default)]
+struct State {
+    /// The last snapshot applied, with the global quotas the controller sent, and its version
+    /// on the current stream (0: none on this stream yet; deltas need it).
+    base: Option<Arc<model::Snapshot>>,
+    base_version: u64,
+    /// The quota leases in force.
+    grants: Option<quota::Grants>,
+    /// The lease expiry has been applied (the fallbacks are in force).
+    expiry_applied: bool,
+    starved: quota::Starved,
+}
+
+impl State {
+    /// Publishes the config with this proxy's quota grants in place of the global quotas.
+    fn publish(&mut self, tx: &SnapshotTx) {
+        let now = Instant::now();
+        if let Some(base) = &self.base {
+            let effective = quota::effective(base, self.grants.as_ref(), now);
+            tx.send_replace(Some(Arc::new(effective)));
+        }
+        self.expiry_applied = self.grants.as_ref().is_some_and(|g| g.expired(now));
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Applies each key's fallback once its lease has run out without a renewal.
+async fn expire_leases(state: Arc<Mutex<State>>, tx: SnapshotTx) {
+    loop {
+        let wake = {
+            let mut st = lock(&state);
+            match st.grants.as_ref().map(|g| g.expires) {
+                Some(at) if !st.expiry_applied && Instant::now() >= at => {
+                    tracing::warn!(
+                        "the quota lease ran out without a renewal from a controller; serving each key's fallback share"
+                    );
+                    st.publish(&tx);
+                    None
+                }
+                Some(at) if !st.expiry_applied => Some(at),
+                _ => None,
+            }
+        };
+        let sleep = wake.map_or(Duration::from_millis(500), |at| {
+            at.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500))
+        });
+        tokio::time::sleep(sleep.max(Duration::from_millis(10))).await;
+    }
+}
+
 /// One stream's life. Returns whether any snapshot arrived (to reset the backoff).
 async fn stream_once(
     settings: &DiscoverySettings,
     tx: &SnapshotTx,
     dataplane: &Dataplane,
+    state: &Mutex<State>,
 ) -> Result<bool, (bool, anyhow::Error)> {
+    // Deltas are relative to this stream's versions.
+    lock(state).base_version = 0;
     let mut got_snapshot = false;
     let endpoint = endpoint(settings).map_err(|e| (false, e))?;
     // Read before dialling: a missing token is this proxy's problem, not the controller's.
@@ -131,6 +205,8 @@ async fn stream_once(
             namespaces: settings.namespaces.clone(),
             pools: settings.pools.clone(),
             build_version: env!("CARGO_PKG_VERSION").to_string(),
+            accepts_deltas: true,
+            accepts_quota_grants: true,
         })),
     };
     out_tx.send(hello).await.map_err(|e| (false, e.into()))?;
@@ -155,8 +231,14 @@ async fn stream_once(
     dataplane.metrics().controller_connected.set(1);
     tracing::info!(controller = %settings.controller_url, proxy_id = %settings.proxy_id, "connected to the controller");
 
-    let mut report = tokio::time::interval(settings.report_interval);
-    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Reports go out every report interval, and sooner (at most every QUICK_REPORT) when
+    // requests starve for quota or new grants were applied: demand and acknowledgements
+    // then reach the quota allocator within about a second.
+    const QUICK_REPORT: Duration = Duration::from_secs(1);
+    let mut check = tokio::time::interval(QUICK_REPORT.min(settings.report_interval));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_report: Option<Instant> = None;
+    let mut report_soon = false;
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -165,18 +247,46 @@ async fn stream_once(
                     Ok(None) => return Ok(got_snapshot),
                     Err(status) => return Err((got_snapshot, status.into())),
                 };
-                let Some(pb::controller_message::Message::Snapshot(snapshot)) = msg.message else {
-                    continue;
+                let reply = match msg.message {
+                    Some(pb::controller_message::Message::Snapshot(snapshot)) => {
+                        got_snapshot = true;
+                        apply(snapshot, tx, dataplane, state)
+                    }
+                    Some(pb::controller_message::Message::Grants(grants)) => {
+                        let version = grants.version;
+                        let mut st = lock(state);
+                        st.grants = Some(quota::Grants::new(grants, Instant::now()));
+                        st.publish(tx);
+                        tracing::debug!(version, "applied quota grants");
+                        report_soon = true;
+                        continue;
+                    }
+                    None => continue,
                 };
-                got_snapshot = true;
-                let reply = apply(snapshot, tx, dataplane);
                 if out_tx.send(reply).await.is_err() {
                     return Ok(got_snapshot);
                 }
             }
-            _ = report.tick() => {
+            _ = check.tick() => {
+                let due = last_report.is_none_or(|at| at.elapsed() >= settings.report_interval);
+                let quick = last_report.is_none_or(|at| at.elapsed() >= QUICK_REPORT);
+                let starving = dataplane
+                    .router()
+                    .key_pools
+                    .iter()
+                    .any(|kp| kp.engine.quota_starved() > 0 && kp.engine.queue_len() > 0);
+                if !(due || (quick && (report_soon || starving))) {
+                    continue;
+                }
+                report_soon = false;
+                last_report = Some(Instant::now());
+                let report = {
+                    let mut st = lock(state);
+                    let version = st.grants.as_ref().map_or(0, |g| g.version);
+                    usage_report(dataplane, &mut st.starved, version)
+                };
                 let msg = pb::ProxyMessage {
-                    message: Some(pb::proxy_message::Message::Report(usage_report(dataplane))),
+                    message: Some(pb::proxy_message::Message::Report(report)),
                 };
                 if out_tx.send(msg).await.is_err() {
                     return Ok(got_snapshot);
@@ -241,12 +351,37 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token.to_owned())
 }
 
-/// Validates and publishes a snapshot; the answer is the ACK or NACK to send.
-fn apply(snapshot: pb::Snapshot, tx: &SnapshotTx, dataplane: &Dataplane) -> pb::ProxyMessage {
+/// Validates and publishes a snapshot (whole, or a delta on the stream's previous one); the
+/// answer is the ACK or NACK to send.
+fn apply(
+    snapshot: pb::Snapshot,
+    tx: &SnapshotTx,
+    dataplane: &Dataplane,
+    state: &Mutex<State>,
+) -> pb::ProxyMessage {
     let version = snapshot.version;
-    let message = match model::Snapshot::try_from(snapshot) {
+    let mut st = lock(state);
+    let decoded = if snapshot.base_version == 0 {
+        model::Snapshot::try_from(snapshot)
+    } else {
+        match &st.base {
+            Some(base) if st.base_version == snapshot.base_version => {
+                pb::apply_delta(base, snapshot)
+            }
+            _ => Err(pb::InvalidSnapshot {
+                path: "baseVersion".into(),
+                message: format!(
+                    "a delta on version {} but this proxy holds version {}; send it whole",
+                    snapshot.base_version, st.base_version
+                ),
+            }),
+        }
+    };
+    let message = match decoded {
         Ok(model) => {
-            tx.send_replace(Some(Arc::new(model)));
+            st.base = Some(Arc::new(model));
+            st.base_version = version;
+            st.publish(tx);
             dataplane
                 .metrics()
                 .config_updates
@@ -273,9 +408,12 @@ fn apply(snapshot: pb::Snapshot, tx: &SnapshotTx, dataplane: &Dataplane) -> pb::
     }
 }
 
-fn usage_report(dataplane: &Dataplane) -> pb::Report {
+fn usage_report(dataplane: &Dataplane, starved: &mut quota::Starved, version: u64) -> pb::Report {
     let router = dataplane.router();
-    let mut report = pb::Report::default();
+    let mut report = pb::Report {
+        quota_version: version,
+        ..Default::default()
+    };
     let now = std::time::Instant::now();
     for pool in &router.pools {
         report.pools.push(pb::PoolReport {
@@ -298,6 +436,7 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
         }
     }
     for kp in &router.key_pools {
+        let starving = starved.grew(&kp.id, kp.engine.quota_starved());
         for k in kp.keys() {
             report.keys.push(pb::KeyReport {
                 namespace: kp.id.namespace.clone(),
@@ -310,6 +449,10 @@ fn usage_report(dataplane: &Dataplane) -> pb::Report {
                 until_unix_ms: k.until_unix_ms.unwrap_or(0),
                 tokens: k.tokens,
                 last_used_unix_ms: k.last_used_unix_ms.unwrap_or(0),
+                window_requests: k.requests_this_minute,
+                window_tokens: k.tokens_this_minute,
+                wanted_requests: quota::wants(k.requests_this_minute, starving),
+                wanted_tokens: quota::wants(k.tokens_this_minute, starving),
             });
         }
     }

@@ -367,6 +367,8 @@ struct Shared {
     clock: Clock,
     /// Wakes waiters to recompute their sleep (an earlier timer, an update).
     rearm: Notify,
+    /// Requests that found every usable key's quota spent (see [`KeyPool::quota_starved`]).
+    starved: AtomicU64,
 }
 
 /// Milliseconds since the pool was created (plus a skew that tests advance).
@@ -409,6 +411,17 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Counts a request that found every usable key's quota spent: the demand a quota grant
+    /// did not meet.
+    fn note_unmet(&self, u: Unavailable) -> Unavailable {
+        if u.reason == UnavailableReason::Exhausted {
+            self.starved.fetch_add(1, Ordering::Relaxed);
+        }
+        u
+    }
+}
+
 // === impl KeyPool ===
 
 impl KeyPool {
@@ -424,6 +437,7 @@ impl KeyPool {
                 sched: Mutex::new(sched),
                 clock,
                 rearm: Notify::new(),
+                starved: AtomicU64::new(0),
             }),
         }
     }
@@ -450,7 +464,7 @@ impl KeyPool {
             let excl = s.resolve(exclude);
             match s.pick(now, affinity, &excl) {
                 Some(slot) => Ok(Lease::new(shared.clone(), s.reserve(slot, now))),
-                None => Err(s.unavailable(now, &excl)),
+                None => Err(shared.note_unmet(s.unavailable(now, &excl))),
             }
         })
     }
@@ -481,7 +495,7 @@ impl KeyPool {
             if let Some(slot) = s.pick(now, affinity, &excl) {
                 return Err(Ok(Lease::new(shared.clone(), s.reserve(slot, now))));
             }
-            let u = s.unavailable(now, &excl);
+            let u = shared.note_unmet(s.unavailable(now, &excl));
             let (max_len, max_wait) = s.queue_limits();
             let hopeless = match u.reason {
                 UnavailableReason::NoKeys => true,
@@ -555,6 +569,13 @@ impl KeyPool {
     pub fn snapshot(&self) -> Vec<KeyStatus> {
         let sys_now = SystemTime::now();
         self.shared.run(|s, now, _| s.snapshot(now, sys_now))
+    }
+
+    /// Requests so far that found every usable key's quota spent (they waited or were
+    /// refused): monotonic. In controller mode an increase means the proxy wants more quota
+    /// than it was granted.
+    pub fn quota_starved(&self) -> u64 {
+        self.shared.starved.load(Ordering::Relaxed)
     }
 
     /// Requests waiting in [`KeyPool::acquire`].

@@ -152,13 +152,12 @@ impl Key {
         }
     }
 
-    /// Configured out of rotation.
+    /// Configured out of rotation. A requests or tokens quota of 0 is not: it is a quota
+    /// grant of nothing for now (controller mode), so the key counts as exhausted with no
+    /// known return and requests wait for the next grant (`KeyPool::update`).
     fn unused(&self) -> bool {
         let l = &self.limits;
-        l.weight == 0
-            || l.requests_per_minute == Some(0)
-            || l.tokens_per_minute == Some(0)
-            || l.max_concurrent == Some(0)
+        l.weight == 0 || l.max_concurrent == Some(0)
     }
 }
 
@@ -831,7 +830,10 @@ impl Sched {
                 retry_after: None,
             };
         }
-        let in_ms = |at: u64| Some(Duration::from_millis(at.saturating_sub(now)));
+        // u64::MAX: a quota of 0, which returns only with a new grant (unknown).
+        let in_ms = |at: u64| {
+            (at != u64::MAX).then(|| Duration::from_millis(at.saturating_sub(now)))
+        };
         let earliest = self.earliest(excl);
         if c.capacity > 0 || c.ready > 0 {
             // A busy key frees up whenever a request ends: the earliest timed key (if any) is
@@ -1119,7 +1121,7 @@ impl Sched {
             let k = &mut self.keys[slot as usize];
             let state = if k.unused() {
                 KeyState::Disabled {
-                    reason: "weight or a limit of 0: takes no traffic".to_owned(),
+                    reason: "weight or maxConcurrent of 0: takes no traffic".to_owned(),
                     until: None,
                 }
             } else {

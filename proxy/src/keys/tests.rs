@@ -595,6 +595,37 @@ async fn acquire_waits_for_a_window_to_roll() {
     assert_eq!(waiter.await.unwrap().unwrap(), "a");
 }
 
+/// A quota grant of 0 (controller mode, before a grant arrives): requests wait for the next
+/// grant instead of failing, and count as starved demand.
+#[tokio::test]
+async fn a_quota_of_zero_waits_for_a_grant() {
+    let zero = KeyLimits {
+        requests_per_minute: Some(0),
+        ..KeyLimits::default()
+    };
+    let p = Arc::new(KeyPool::new(
+        PoolSettings::default(),
+        vec![limited("a", zero)],
+    ));
+    let u = p.try_acquire(None, &[]).unwrap_err();
+    assert_eq!(u.reason, UnavailableReason::Exhausted);
+    assert_eq!(u.retry_after, None, "returns only with a grant: unknown");
+    assert_eq!(p.quota_starved(), 1);
+    let waiter = tokio::spawn({
+        let p = p.clone();
+        async move { p.acquire(None, &[]).await.map(|l| l.id().to_owned()) }
+    });
+    queued(&p, 1).await;
+    assert_eq!(p.quota_starved(), 2);
+    let granted = KeyLimits {
+        requests_per_minute: Some(1),
+        ..KeyLimits::default()
+    };
+    p.update(PoolSettings::default(), vec![limited("a", granted)]);
+    assert_eq!(waiter.await.unwrap().unwrap(), "a");
+    assert_eq!(status(&p, "a").state, KeyState::Active);
+}
+
 #[tokio::test]
 async fn acquire_fails_at_once_when_nothing_frees_in_time() {
     let p = KeyPool::new(
