@@ -205,6 +205,7 @@ async fn open(
             namespaces: extra.iter().map(|s| (*s).to_owned()).collect(),
             pools: vec![],
             build_version: "e2e".into(),
+            ..Default::default()
         })),
     })
     .await

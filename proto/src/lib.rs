@@ -772,7 +772,7 @@ spec:
                 }),
                 ..Default::default()
             }],
-            key_pools: vec![],
+            ..Default::default()
         };
         let err = model::Snapshot::try_from(wire).unwrap_err();
         assert!(
@@ -780,6 +780,54 @@ spec:
                 .starts_with("pools[0].backends[0].endpoint:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_delta_carries_only_what_changed_and_rebuilds_the_snapshot() {
+        let yaml = |weight: u32, third: bool| {
+            let mut y = format!(
+                r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: s, namespace: t}}
+stringData: {{k: v}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {{name: keys, namespace: t}}
+spec: {{secretRef: {{name: s}}}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: a, namespace: t}}
+spec:
+  apiKeyPoolRef: {{name: keys}}
+  backends: [{{name: x, endpoint: "http://x", weight: {weight}}}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: b, namespace: t}}
+spec:
+  backends: [{{name: x, endpoint: "http://x"}}]
+"#
+            );
+            if third {
+                y.push_str(
+                    "---\napiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: c, namespace: t}\nspec:\n  backends: [{name: x, endpoint: \"http://x\"}]\n",
+                );
+            }
+            Manifests::parse(&y, &|_| None).unwrap().resolve().unwrap()
+        };
+        let base = yaml(1, true);
+        let next = yaml(2, false);
+        let delta = Snapshot::delta(5, 4, &base, &next);
+        assert_eq!(delta.base_version, 4);
+        let names: Vec<&str> = delta.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a"], "only the changed pool travels");
+        assert!(delta.key_pools.is_empty());
+        assert_eq!(delta.removed_pools.len(), 1);
+        assert_eq!(delta.removed_pools[0].name, "c");
+        assert_eq!(apply_delta(&base, delta).unwrap(), next);
     }
 
     #[test]
