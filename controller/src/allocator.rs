@@ -110,6 +110,7 @@ impl GrantTable {
 struct Seen {
     want: [u64; 2],
     held: [u64; 2],
+    used: [u64; 2],
     /// Newest grant version forwarded to it.
     forwarded: u64,
     live: bool,
@@ -137,6 +138,7 @@ fn gather(
             s.want = [s.want[0].max(e.wants[0]), s.want[1].max(e.wants[1])];
         }
         s.held = [s.held[0].max(e.held[0]), s.held[1].max(e.held[1])];
+        s.used = [s.used[0].max(e.used[0]), s.used[1].max(e.used[1])];
         s.forwarded = s.forwarded.max(e.version);
     };
     for e in crate::replicas::own_quota_entries(proxies, quotas) {
@@ -182,7 +184,7 @@ pub fn compute(
             }
             if s.live {
                 let cur = current.and_then(|t| t.grant(identity, proxy, &key));
-                live.push((identity, proxy, s.want, held, cur.cloned()));
+                live.push((identity, proxy, s.want, held, s.used, cur.cloned()));
             } else {
                 others_held[0] += held[0];
                 others_held[1] += held[1];
@@ -193,11 +195,12 @@ pub fn compute(
             let Some(q) = q else { continue };
             let clients: Vec<Client> = live
                 .iter()
-                .map(|(identity, proxy, want, held, cur)| Client {
+                .map(|(identity, proxy, want, held, used, cur)| Client {
                     identity: (*identity).clone(),
                     proxy: (*proxy).clone(),
                     want: want[d],
                     held: held[d],
+                    used: used[d],
                     current: cur
                         .as_ref()
                         .and_then(|c| if d == 0 { c.rpm } else { c.tpm })

@@ -36,6 +36,8 @@ pub struct Client {
     pub want: u64,
     /// What it may use now: window usage and grants it may not have applied yet.
     pub held: u64,
+    /// What it used in its sliding minute (at most `held`).
+    pub used: u64,
     /// Its grant in the table in force.
     pub current: u64,
 }
@@ -110,8 +112,16 @@ pub fn targets(quota: u64, clients: &[Client], credits: &mut Credits) -> Vec<u64
             (credit, i)
         })
         .collect();
+    // A proxy keeps a unit it holds and has not used yet: a grant is not taken back before
+    // it could reach the proxy. Then the largest credit.
+    let keeps = |i: usize| {
+        let c = &clients[i];
+        c.current > out[i] && c.used < c.current
+    };
     order.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
+        keeps(b.1)
+            .cmp(&keeps(a.1))
+            .then_with(|| b.0.total_cmp(&a.0))
             .then_with(|| clients[a.1].proxy.cmp(&clients[b.1].proxy))
     });
     let mut next_credits = Credits::new();

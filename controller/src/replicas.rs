@@ -93,6 +93,9 @@ pub struct QuotaEntry {
     pub wants: [u64; 2],
     #[serde(rename = "h")]
     pub held: [u64; 2],
+    /// Used in its sliding minute.
+    #[serde(rename = "u", default)]
+    pub used: [u64; 2],
     /// The newest grant version forwarded to it.
     #[serde(rename = "v")]
     pub version: u64,
@@ -234,6 +237,10 @@ pub fn own_quota_entries(
                         r.map_or(0, |k| k.wanted_tokens),
                     ],
                     held: [h.0, h.1],
+                    used: [
+                        r.map_or(0, |k| k.window_requests),
+                        r.map_or(0, |k| k.window_tokens),
+                    ],
                     version,
                     live: true,
                 });
@@ -250,6 +257,7 @@ pub fn own_quota_entries(
                 key,
                 wants: [0, 0],
                 held: [rpm, tpm],
+                used: [rpm, tpm],
                 version: 0,
                 live: false,
             });

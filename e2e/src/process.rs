@@ -361,9 +361,13 @@ impl Proxy {
         let (process, (url, admin_url)) = start_ready("keyway-proxy", || {
             let listen = format!("127.0.0.1:{}", crate::free_port());
             let admin = format!("127.0.0.1:{}", crate::free_port());
-            let mut args: Vec<String> = [
-                "--controller",
-                &controller.grpc_url,
+            // `--controller` in `extra_args` (several replicas' URLs) replaces the default.
+            let mut args: Vec<String> = if extra_args.contains(&"--controller") {
+                Vec::new()
+            } else {
+                vec!["--controller".to_owned(), controller.grpc_url.clone()]
+            };
+            args.extend([
                 "--namespace",
                 namespace,
                 "--proxy-id",
@@ -374,8 +378,7 @@ impl Proxy {
                 &admin,
             ]
             .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+            .map(|s| (*s).to_owned()));
             args.extend(extra_args.iter().map(|s| (*s).to_owned()));
             let process = Process::spawn("proxy", &binary, &args, &[("KEYWAY_LOG", "debug")]);
             let admin_url = format!("http://{admin}");

@@ -940,6 +940,10 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
             false,
         ),
         ("update", other_lease.as_str(), rel_ns.name(), false),
+        // Replica reports: ConfigMaps of the release namespace only.
+        ("patch", "configmaps", rel_ns.name(), true),
+        ("watch", "configmaps", rel_ns.name(), true),
+        ("patch", "configmaps", watched.name(), false),
         ("list", "pods", rel_ns.name(), false),
         // The webhook configuration: only the chart's own, by name.
         (

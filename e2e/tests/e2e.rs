@@ -16,6 +16,7 @@ mod key_status;
 mod leader_election;
 mod missing_secret;
 mod reliability;
+mod replicas;
 mod secure_push;
 mod sidecar_injection;
 mod validation;

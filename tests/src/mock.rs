@@ -137,6 +137,8 @@ pub struct RecordedRequest {
     /// stripped, case-insensitively), else `x-api-key`, else `x-goog-api-key`,
     /// else the `key` query parameter. Empty values are treated as absent.
     pub key: Option<String>,
+    /// When it arrived (for checks over sliding windows of time).
+    pub at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -504,6 +506,7 @@ async fn handle(
         headers: parts.headers,
         body: body.clone(),
         key,
+        at: std::time::Instant::now(),
     };
     let behavior = {
         let mut state = shared.lock();

@@ -6,6 +6,7 @@ fn client(identity: &str, proxy: &str, want: u64, held: u64, current: u64) -> Cl
         proxy: proxy.into(),
         want,
         held,
+        used: 0,
         current,
     }
 }
@@ -86,6 +87,28 @@ fn more_proxies_than_quota_take_turns() {
 }
 
 #[test]
+fn a_unit_not_yet_used_stays_with_its_proxy() {
+    let mut credits = Credits::new();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| client(&format!("sa-{i}"), &format!("p{i}"), UNBOUNDED, 0, 0))
+        .collect();
+    // 2 units for 4 wanting proxies: p0 and p1 get them first.
+    assert_eq!(targets(2, &clients, &mut credits), vec![1, 1, 0, 0]);
+    // They hold them but have not used them (the grant is on its way): they keep them,
+    // although p2 and p3 now have more credit.
+    for c in &mut clients[..2] {
+        c.current = 1;
+        c.held = 1;
+    }
+    assert_eq!(targets(2, &clients, &mut credits), vec![1, 1, 0, 0]);
+    // Once used, the units move on to the others as the minute frees them.
+    for c in &mut clients[..2] {
+        c.used = 1;
+    }
+    assert_eq!(targets(2, &clients, &mut credits), vec![0, 0, 1, 1]);
+}
+
+#[test]
 fn grants_never_exceed_the_quota_while_capacity_is_held() {
     let mut credits = Credits::new();
     // a held 9 (used it in the last minute); it goes idle, b becomes busy.
@@ -159,6 +182,7 @@ fn random_rounds_keep_the_sum_of_claims_within_the_quota() {
             // The proxy applies the grant; its usage decays towards it over time.
             let usage = if rand(2) == 0 { g } else { c.held.min(g + rand(3)) };
             c.current = g;
+            c.used = usage;
             c.held = usage.max(g);
         }
     }
