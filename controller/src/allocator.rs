@@ -101,7 +101,9 @@ impl GrantTable {
     }
 
     fn grant(&self, identity: &str, proxy: &str, key: &str) -> Option<&GrantEntry> {
-        self.for_proxy(identity, proxy).iter().find(|e| e.key == key)
+        self.for_proxy(identity, proxy)
+            .iter()
+            .find(|e| e.key == key)
     }
 }
 
@@ -225,9 +227,7 @@ pub fn compute(
             });
         }
     }
-    entries.sort_by(|a, b| {
-        (&a.identity, &a.proxy, &a.key).cmp(&(&b.identity, &b.proxy, &b.key))
-    });
+    entries.sort_by(|a, b| (&a.identity, &a.proxy, &a.key).cmp(&(&b.identity, &b.proxy, &b.key)));
     GrantTable {
         version,
         leader: leader.to_owned(),
@@ -262,7 +262,13 @@ pub async fn run(
             let idx = index.borrow_and_update().clone();
             let version = next_version(previous.back().map_or(0, |t| t.version));
             let table = compute(
-                &identity, version, &idx, &proxies, &others, &previous, &mut credits,
+                &identity,
+                version,
+                &idx,
+                &proxies,
+                &others,
+                &previous,
+                &mut credits,
             );
             if previous.back().is_none_or(|p| p.entries != table.entries) {
                 let table = Arc::new(table);

@@ -321,7 +321,9 @@ async fn run_session(
             view
         };
         // Shared views keep their `Arc` while their content stays: no deep comparison.
-        let unchanged = last_sent.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot));
+        let unchanged = last_sent
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &snapshot));
         if resync || !unchanged {
             let base = if hello.accepts_deltas && !resync {
                 last_sent.as_ref()
@@ -406,9 +408,7 @@ fn grants_for(
             key_id: id.to_owned(),
             requests_per_minute: e.rpm.map(|v| v.min(u64::from(u32::MAX)) as u32),
             tokens_per_minute: e.tpm,
-            fallback_requests_per_minute: e
-                .fallback_rpm
-                .map(|v| v.min(u64::from(u32::MAX)) as u32),
+            fallback_requests_per_minute: e.fallback_rpm.map(|v| v.min(u64::from(u32::MAX)) as u32),
             fallback_tokens_per_minute: e.fallback_tpm,
         });
     }

@@ -267,7 +267,11 @@ impl Drop for Session {
                     held,
                     until: std::time::Instant::now() + self.proxies.hold,
                 };
-                let mut d = self.proxies.departed.lock().unwrap_or_else(|e| e.into_inner());
+                let mut d = self
+                    .proxies
+                    .departed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 d.push(departed);
             }
         }
@@ -304,7 +308,11 @@ impl ProxyState {
 
 impl GrantLog {
     fn record(&mut self, version: u64, values: Arc<GrantValues>) {
-        if self.sent.last().is_some_and(|(v, old)| *v == version && **old == *values) {
+        if self
+            .sent
+            .last()
+            .is_some_and(|(v, old)| *v == version && **old == *values)
+        {
             return; // a renewal
         }
         self.sent.push((version, values));

@@ -56,7 +56,12 @@ pub fn floor(quota: u64, n: usize) -> u64 {
 /// The grants of `clients` for a key of `quota` (same order), given `others_held`: capacity
 /// held by proxies that get no grant this round (disconnected or on a replica that stopped
 /// publishing) whose usage or lease may still count.
-pub fn allocate(quota: u64, clients: &[Client], others_held: u64, credits: &mut Credits) -> Vec<u64> {
+pub fn allocate(
+    quota: u64,
+    clients: &[Client],
+    others_held: u64,
+    credits: &mut Credits,
+) -> Vec<u64> {
     let targets = targets(quota, clients, credits);
     constrain(quota, clients, &targets, others_held)
 }
@@ -80,9 +85,8 @@ pub fn targets(quota: u64, clients: &[Client], credits: &mut Credits) -> Vec<u64
     let mut identities: Vec<&str> = clients.iter().map(|c| c.identity.as_str()).collect();
     identities.sort_unstable();
     identities.dedup();
-    let members = |id: &str| -> Vec<usize> {
-        (0..n).filter(|&i| clients[i].identity == id).collect()
-    };
+    let members =
+        |id: &str| -> Vec<usize> { (0..n).filter(|&i| clients[i].identity == id).collect() };
     let identity_demand: Vec<f64> = identities
         .iter()
         .map(|id| members(id).iter().map(|&i| demand[i]).sum())

@@ -398,12 +398,18 @@ pub async fn publish(mut p: Publisher, mut stop: watch::Receiver<bool>) {
         });
         match api.patch(&name, &params, &Patch::Apply(&body)).await {
             Ok(_) => {
-                p.metrics.replica_report_writes.with_label_values(&["ok"]).inc();
+                p.metrics
+                    .replica_report_writes
+                    .with_label_values(&["ok"])
+                    .inc();
                 p.metrics.replica_report_bytes.set(text.len() as i64);
                 last_written = Some(text);
             }
             Err(error) => {
-                p.metrics.replica_report_writes.with_label_values(&["error"]).inc();
+                p.metrics
+                    .replica_report_writes
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(%error, configmap = %name, "cannot write this replica's report; retrying");
             }
         }

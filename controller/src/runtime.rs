@@ -84,7 +84,17 @@ pub async fn run(
     // `supervise`), so the pod restarts instead of limping on without it.
     let mut critical: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     for (i, r) in reflectors.drain(..).enumerate() {
-        critical.push((["a watch (LoadBalancerPools) ended", "a watch (ApiKeyPools) ended", "a watch (Secrets) ended"].get(i).copied().unwrap_or("a watch ended"), r));
+        critical.push((
+            [
+                "a watch (LoadBalancerPools) ended",
+                "a watch (ApiKeyPools) ended",
+                "a watch (Secrets) ended",
+            ]
+            .get(i)
+            .copied()
+            .unwrap_or("a watch ended"),
+            r,
+        ));
     }
     critical.push((
         "the indexer ended",
@@ -132,7 +142,11 @@ pub async fn run(
     ));
     critical.push((
         "the grant table follower ended",
-        tokio::spawn(follow_tables(own_table_rx.clone(), shared.clone(), table_tx)),
+        tokio::spawn(follow_tables(
+            own_table_rx.clone(),
+            shared.clone(),
+            table_tx,
+        )),
     ));
     if let Some(lease) = &settings.leader_election {
         critical.push((

@@ -32,6 +32,7 @@ pub const FIELD_MANAGER: &str = "keyway-controller";
 /// Only while `leader` is true (this replica holds the Lease) is anything written: status or
 /// events. On becoming leader the caches of what was written are dropped and a round runs at
 /// once, so the new leader compares against the API's status, not against its own old writes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     stores: Stores,
@@ -95,7 +96,9 @@ pub async fn run(
             for id in served_by(p) {
                 *serving.entry(id.clone()).or_default() += 1;
                 if let Some(err) = &p.nack {
-                    nacks.entry(id).or_insert_with(|| (p.id.clone(), err.clone()));
+                    nacks
+                        .entry(id)
+                        .or_insert_with(|| (p.id.clone(), err.clone()));
                 }
             }
         }
@@ -209,7 +212,10 @@ fn all_proxies(
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let own = crate::replicas::own_proxies(proxies);
-    for p in own.into_iter().chain(others.iter().flat_map(|r| r.proxies.iter().cloned())) {
+    for p in own
+        .into_iter()
+        .chain(others.iter().flat_map(|r| r.proxies.iter().cloned()))
+    {
         if seen.insert((p.identity.clone(), p.id.clone())) {
             out.push(p);
         }

@@ -367,18 +367,20 @@ impl Proxy {
             } else {
                 vec!["--controller".to_owned(), controller.grpc_url.clone()]
             };
-            args.extend([
-                "--namespace",
-                namespace,
-                "--proxy-id",
-                &id,
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned()));
+            args.extend(
+                [
+                    "--namespace",
+                    namespace,
+                    "--proxy-id",
+                    &id,
+                    "--listen",
+                    &listen,
+                    "--admin-listen",
+                    &admin,
+                ]
+                .iter()
+                .map(|s| (*s).to_owned()),
+            );
             args.extend(extra_args.iter().map(|s| (*s).to_owned()));
             let process = Process::spawn("proxy", &binary, &args, &[("KEYWAY_LOG", "debug")]);
             let admin_url = format!("http://{admin}");

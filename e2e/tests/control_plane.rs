@@ -84,13 +84,19 @@ async fn three_proxies_share_a_keys_quota() {
                 answered += 1;
                 by_proxy[i] += 1;
             } else {
-                assert!(matches!(r.status, 429 | 503), "{}", r.text());
+                assert!(matches!(r.status.as_u16(), 429 | 503), "{}", r.text());
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(answered, 6, "the key's whole minute is usable: {by_proxy:?}");
-    assert!(by_proxy.iter().all(|&n| n >= 1), "every proxy served: {by_proxy:?}");
+    assert_eq!(
+        answered, 6,
+        "the key's whole minute is usable: {by_proxy:?}"
+    );
+    assert!(
+        by_proxy.iter().all(|&n| n >= 1),
+        "every proxy served: {by_proxy:?}"
+    );
     // And not one more, from any of them, within the minute.
     for p in &proxies {
         let r = http

@@ -33,10 +33,7 @@ fn floors_let_idle_proxies_serve_and_the_busy_one_gets_the_rest() {
 #[test]
 fn unwanted_capacity_stays_unallocated() {
     let mut credits = Credits::new();
-    let clients = vec![
-        client("sa-a", "a", 3, 0, 0),
-        client("sa-b", "b", 2, 0, 0),
-    ];
+    let clients = vec![client("sa-a", "a", 3, 0, 0), client("sa-b", "b", 2, 0, 0)];
     assert_eq!(targets(12, &clients, &mut credits), vec![3, 2]);
 }
 
@@ -83,7 +80,10 @@ fn more_proxies_than_quota_take_turns() {
             *g += t;
         }
     }
-    assert!(got.iter().all(|&g| g == 2), "every proxy gets its turn: {got:?}");
+    assert!(
+        got.iter().all(|&g| g == 2),
+        "every proxy gets its turn: {got:?}"
+    );
 }
 
 #[test]
@@ -180,7 +180,11 @@ fn random_rounds_keep_the_sum_of_claims_within_the_quota() {
         assert!(claimed <= quota, "claims {claimed} > {quota}");
         for (c, g) in clients.iter_mut().zip(g) {
             // The proxy applies the grant; its usage decays towards it over time.
-            let usage = if rand(2) == 0 { g } else { c.held.min(g + rand(3)) };
+            let usage = if rand(2) == 0 {
+                g
+            } else {
+                c.held.min(g + rand(3))
+            };
             c.current = g;
             c.used = usage;
             c.held = usage.max(g);

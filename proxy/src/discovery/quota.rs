@@ -54,11 +54,7 @@ impl Grants {
 
 /// `base` (global quotas, as the controller sent it) with each quota replaced by this proxy's
 /// grant: the granted value while the lease holds, the fallback after it, 0 before any grant.
-pub fn effective(
-    base: &model::Snapshot,
-    grants: Option<&Grants>,
-    now: Instant,
-) -> model::Snapshot {
+pub fn effective(base: &model::Snapshot, grants: Option<&Grants>, now: Instant) -> model::Snapshot {
     let mut out = base.clone();
     let expired = grants.is_none_or(|g| g.expired(now));
     for kp in &mut out.key_pools {
@@ -69,10 +65,9 @@ pub fn effective(
             let grant = grants.and_then(|g| g.keys.get(&(kp.id.clone(), k.id.clone())));
             let (rpm, tpm) = match grant {
                 None => (Some(0), Some(0)),
-                Some(g) if expired => (
-                    g.fallback_requests_per_minute,
-                    g.fallback_tokens_per_minute,
-                ),
+                Some(g) if expired => {
+                    (g.fallback_requests_per_minute, g.fallback_tokens_per_minute)
+                }
                 Some(g) => (g.requests_per_minute, g.tokens_per_minute),
             };
             // Only the quotas the key has are replaced; a missing grant value grants 0.
@@ -162,7 +157,10 @@ spec:
             },
             now,
         );
-        assert_eq!(limits(&effective(&b, Some(&g), now), "k1"), (Some(9), Some(700)));
+        assert_eq!(
+            limits(&effective(&b, Some(&g), now), "k1"),
+            (Some(9), Some(700))
+        );
         let later = now + Duration::from_secs(21);
         assert_eq!(
             limits(&effective(&b, Some(&g), later), "k1"),

@@ -831,9 +831,8 @@ impl Sched {
             };
         }
         // u64::MAX: a quota of 0, which returns only with a new grant (unknown).
-        let in_ms = |at: u64| {
-            (at != u64::MAX).then(|| Duration::from_millis(at.saturating_sub(now)))
-        };
+        let in_ms =
+            |at: u64| (at != u64::MAX).then(|| Duration::from_millis(at.saturating_sub(now)));
         let earliest = self.earliest(excl);
         if c.capacity > 0 || c.ready > 0 {
             // A busy key frees up whenever a request ends: the earliest timed key (if any) is
