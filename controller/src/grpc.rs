@@ -48,6 +48,16 @@ type SnapshotStream =
 /// What a proxy asked for: its namespace, extra namespaces and pool filter.
 type Selector = (String, Vec<String>, Vec<String>);
 
+/// The pool and key pool ids of a snapshot.
+type Ids = (Arc<BTreeSet<ObjectId>>, Arc<BTreeSet<ObjectId>>);
+
+fn ids_of(s: &model::Snapshot) -> Ids {
+    (
+        Arc::new(s.pools.iter().map(|p| p.id.clone()).collect()),
+        Arc::new(s.key_pools.iter().map(|k| k.id.clone()).collect()),
+    )
+}
+
 /// The snapshot each selector gets from the current index, computed once per index change
 /// and shared (`Arc`) by every session with that selector, with its protobuf form and the
 /// deltas from the previous snapshot, also encoded once. Sessions hold `Arc`s into it, so
@@ -60,6 +70,8 @@ pub struct Views {
 struct View {
     index: Arc<Index>,
     snapshot: Arc<model::Snapshot>,
+    /// Its pool and key pool ids, for the registry.
+    ids: Option<Ids>,
     full: Option<Arc<pb::Snapshot>>,
     /// Deltas to `snapshot` from earlier snapshots (by address), the last few.
     deltas: Vec<(usize, Arc<pb::Snapshot>)>,
@@ -80,12 +92,14 @@ impl Views {
         let v = m.entry(selector.clone()).or_insert_with(|| View {
             index: index.clone(),
             snapshot: Arc::new(model::Snapshot::default()),
+            ids: None,
             full: None,
             deltas: Vec::new(),
         });
         v.index = index.clone();
         if *v.snapshot != fresh {
             v.snapshot = Arc::new(fresh);
+            v.ids = None;
             v.full = None;
             v.deltas.clear();
         }
@@ -93,6 +107,18 @@ impl Views {
         // Forget selectors no session uses any more.
         m.retain(|_, v| Arc::strong_count(&v.snapshot) > 1 || Arc::ptr_eq(&v.snapshot, &out));
         out
+    }
+
+    /// The pool and key pool ids of `snapshot`, shared when it is this cache's.
+    fn ids(&self, selector: &Selector, snapshot: &Arc<model::Snapshot>) -> Ids {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match m
+            .get_mut(selector)
+            .filter(|v| Arc::ptr_eq(&v.snapshot, snapshot))
+        {
+            Some(v) => v.ids.get_or_insert_with(|| ids_of(snapshot)).clone(),
+            None => ids_of(snapshot),
+        }
     }
 
     /// The protobuf of `snapshot` (one of this cache's), whole or as a delta from `base`.
@@ -343,9 +369,7 @@ async fn run_session(
                 break;
             }
             metrics.snapshots_sent.inc();
-            let served: BTreeSet<ObjectId> = snapshot.pools.iter().map(|p| p.id.clone()).collect();
-            let key_pools: BTreeSet<ObjectId> =
-                snapshot.key_pools.iter().map(|k| k.id.clone()).collect();
+            let (served, key_pools) = views.ids(&selector, &snapshot);
             session.sent(version, served, key_pools);
             tracing::debug!(proxy_id = %hello.proxy_id, version, delta = base.is_some(), pools = snapshot.pools.len(), "sent snapshot");
             last_was_delta = base.is_some();

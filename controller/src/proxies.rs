@@ -1,5 +1,6 @@
-//! Which proxies are connected and what each was sent. Read by the status writer
-//! (`connectedProxies`), written by the discovery sessions.
+//! Which proxies are connected to this replica, what each was sent and granted, and what
+//! proxies that left may still hold. Written by the discovery sessions; read by the status
+//! writer, the replica report and the quota allocator.
 
 use keyway_api::model::ObjectId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -18,16 +19,16 @@ pub struct ProxyState {
     pub namespaces: Vec<String>,
     /// The pools it asked for; empty means all of its namespace.
     pub pools: Vec<String>,
-    /// Pools in the last snapshot sent.
-    pub served: BTreeSet<ObjectId>,
+    /// Pools in the last snapshot sent (shared by the sessions sent the same snapshot).
+    pub served: Arc<BTreeSet<ObjectId>>,
     pub sent_version: u64,
     pub acked_version: u64,
     /// The last NACK's message, cleared by the next ACK.
     pub last_nack: Option<String>,
     /// The latest usage and health report (counters are totals since the proxy started).
     pub report: Option<keyway_proto::Report>,
-    /// Key pools in the last snapshot sent.
-    pub key_pools: BTreeSet<ObjectId>,
+    /// Key pools in the last snapshot sent (shared likewise).
+    pub key_pools: Arc<BTreeSet<ObjectId>>,
     /// Quota grants sent and not yet superseded by an acknowledged newer version.
     pub grants: GrantLog,
 }
@@ -55,16 +56,6 @@ pub struct Departed {
     pub until: std::time::Instant,
 }
 
-/// Who a connected proxy is and what it asked for: what quota sharing needs, without the
-/// served sets and reports of [`ProxyState`].
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub proxy_id: String,
-    pub namespace: String,
-    pub namespaces: Vec<String>,
-    pub pools: Vec<String>,
-}
-
 /// The registry of connected proxies. Every change bumps a watch so the status writer wakes.
 #[derive(Clone)]
 pub struct Proxies {
@@ -72,13 +63,8 @@ pub struct Proxies {
     departed: Arc<Mutex<Vec<Departed>>>,
     /// How long a departed proxy's quota keeps counting.
     hold: std::time::Duration,
-    /// The connected proxies' identities, rebuilt on connect and disconnect only and shared
-    /// by every session (`Arc`), so a change does not clone every proxy's state per session.
-    peers: Arc<Mutex<Arc<Vec<Peer>>>>,
     next_session: Arc<AtomicU64>,
     changed: watch::Sender<u64>,
-    /// Bumped only when a proxy connects or disconnects (quota shares depend on it).
-    membership: watch::Sender<u64>,
 }
 
 /// Deregisters its proxy when the discovery session ends, however it ends.
@@ -95,10 +81,8 @@ impl Default for Proxies {
             inner: Default::default(),
             departed: Default::default(),
             hold: crate::allocator::HOLD_AFTER_DEPARTURE,
-            peers: Default::default(),
             next_session: Arc::new(AtomicU64::new(1)),
             changed: watch::channel(0).0,
-            membership: watch::channel(0).0,
         }
     }
 }
@@ -126,7 +110,6 @@ impl Proxies {
                 },
             );
         });
-        self.membership_changed();
         Session {
             id,
             proxies: self.clone(),
@@ -135,32 +118,6 @@ impl Proxies {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
-    }
-
-    /// Wakes on connects and disconnects only.
-    pub fn subscribe_membership(&self) -> watch::Receiver<u64> {
-        self.membership.subscribe()
-    }
-
-    /// The connected proxies' identities (cheap: shared until the membership changes).
-    pub fn peers(&self) -> Arc<Vec<Peer>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn membership_changed(&self) {
-        let mut peers: Vec<Peer> = self
-            .lock()
-            .values()
-            .map(|p| Peer {
-                proxy_id: p.proxy_id.clone(),
-                namespace: p.namespace.clone(),
-                namespaces: p.namespaces.clone(),
-                pools: p.pools.clone(),
-            })
-            .collect();
-        peers.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
-        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
-        self.membership.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn list(&self) -> Vec<ProxyState> {
@@ -180,14 +137,6 @@ impl Proxies {
         d.clone()
     }
 
-    /// Connected proxies that were sent `pool`.
-    pub fn serving(&self, pool: &ObjectId) -> usize {
-        self.lock()
-            .values()
-            .filter(|p| p.served.contains(pool))
-            .count()
-    }
-
     pub fn count(&self) -> usize {
         self.lock().len()
     }
@@ -205,7 +154,12 @@ impl Proxies {
 // === impl Session ===
 
 impl Session {
-    pub fn sent(&self, version: u64, served: BTreeSet<ObjectId>, key_pools: BTreeSet<ObjectId>) {
+    pub fn sent(
+        &self,
+        version: u64,
+        served: Arc<BTreeSet<ObjectId>>,
+        key_pools: Arc<BTreeSet<ObjectId>>,
+    ) {
         self.proxies.update(|m| {
             if let Some(p) = m.get_mut(&self.id) {
                 p.sent_version = version;
@@ -275,7 +229,6 @@ impl Drop for Session {
                 d.push(departed);
             }
         }
-        self.proxies.membership_changed();
     }
 }
 

@@ -220,7 +220,7 @@ pub fn own_quota_entries(
             .flat_map(|r| &r.keys)
             .map(|k| (quota_key(&k.namespace, &k.key_pool, &k.key_id), k))
             .collect();
-        for kp in &p.key_pools {
+        for kp in p.key_pools.iter() {
             let prefix = format!("{}/{}/", kp.namespace, kp.name);
             for (key, _) in quotas.range(prefix.clone()..) {
                 if !key.starts_with(&prefix) {

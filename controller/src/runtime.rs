@@ -360,3 +360,35 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> anyhow::Result<
             .context("listing LoadBalancerPools (is the API server reachable and RBAC granted?)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_critical_task_to_end_or_panic_is_named() {
+        let forever = || tokio::spawn(std::future::pending::<()>());
+        let mut tasks = vec![
+            ("the indexer ended", forever()),
+            (
+                "the gRPC server ended",
+                tokio::spawn(async { tokio::time::sleep(Duration::from_millis(20)).await }),
+            ),
+            ("a watch ended", forever()),
+        ];
+        assert_eq!(supervise(&mut tasks).await, "the gRPC server ended");
+
+        let mut tasks = vec![
+            ("the indexer ended", forever()),
+            (
+                "a watch ended",
+                tokio::spawn(async { panic!("a watch panicked") }),
+            ),
+        ];
+        assert_eq!(supervise(&mut tasks).await, "a watch ended");
+        for (_, t) in tasks {
+            t.abort();
+        }
+    }
+}

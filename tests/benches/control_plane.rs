@@ -240,19 +240,32 @@ async fn simulated_proxy(
             namespace: ns,
             pools: vec![],
             build_version: "bench".into(),
+            accepts_deltas: true,
+            accepts_quota_grants: true,
             ..Default::default()
         })),
     })
     .await?;
+    // As the proxy: the snapshot last applied, the base of the next delta.
+    let mut base: Option<(u64, model::Snapshot)> = None;
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(msg) = inbound.message().await? {
         let Some(pb::controller_message::Message::Snapshot(snapshot)) = msg.message else {
             continue;
         };
         let version = snapshot.version;
-        let reply = match model::Snapshot::try_from(snapshot) {
+        let decoded = match (&base, snapshot.base_version) {
+            (_, 0) => model::Snapshot::try_from(snapshot),
+            (Some((v, b)), want) if *v == want => pb::apply_delta(b, snapshot),
+            _ => Err(pb::InvalidSnapshot {
+                path: "baseVersion".into(),
+                message: "unknown base".into(),
+            }),
+        };
+        let reply = match decoded {
             Ok(s) => {
                 std::hint::black_box(&s);
+                base = Some((version, s));
                 pb::proxy_message::Message::Ack(pb::Ack { version })
             }
             Err(e) => pb::proxy_message::Message::Nack(pb::Nack {
