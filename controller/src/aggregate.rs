@@ -325,6 +325,43 @@ mod tests {
     }
 
     #[test]
+    fn folds_of_two_replicas_merge_into_the_fold_of_all_proxies() {
+        let p1 = proxy(pb::Report {
+            backends: vec![backend("a", true, 5)],
+            keys: vec![key("k1", "cooling", "429", 3)],
+            ..Default::default()
+        });
+        let p2 = proxy(pb::Report {
+            backends: vec![backend("a", false, 7)],
+            keys: vec![key("k1", "active", "", 4)],
+            ..Default::default()
+        });
+        let p3 = proxy(pb::Report {
+            backends: vec![backend("a", true, 1)],
+            keys: vec![key("k1", "cooling", "429 again", 1)],
+            ..Default::default()
+        });
+        let all = fold(&[p1.clone(), p2.clone(), p3.clone()]);
+        // One replica has p1 and p2, the other p3, published as JSON and read back.
+        let mut merged = fold(&[p1, p2]);
+        let theirs: Aggregate =
+            serde_json::from_str(&serde_json::to_string(&fold(&[p3])).unwrap()).unwrap();
+        merged.merge(&theirs);
+        let fmt = |ms: u64| Some(format!("t{ms}"));
+        let (a, b) = (all.views(fmt), merged.views(fmt));
+        let pool = ObjectId::new("ns", "p");
+        assert_eq!(b.pools[&pool].backends[0].healthy, "2/3");
+        assert_eq!(a.pools[&pool], b.pools[&pool]);
+        let kp = ObjectId::new("ns", "k");
+        assert_eq!(b.key_pools[&kp].keys[0].proxies, "2/3");
+        assert_eq!(b.key_pools[&kp].keys[0].requests, 8);
+        assert_eq!(
+            a.key_pools[&kp].keys[0].state,
+            b.key_pools[&kp].keys[0].state
+        );
+    }
+
+    #[test]
     fn sums_counters_and_takes_the_worst_state() {
         let p1 = proxy(pb::Report {
             backends: vec![backend("a", true, 5), backend("b", true, 1)],

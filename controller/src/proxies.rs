@@ -296,3 +296,52 @@ impl Session {
         &self.proxies
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(rpm: u64) -> Arc<GrantValues> {
+        Arc::new([("t/keys/k".to_string(), (Some(rpm), None))].into())
+    }
+
+    fn report(version: u64, window: u64) -> keyway_proto::Report {
+        keyway_proto::Report {
+            quota_version: version,
+            keys: vec![keyway_proto::KeyReport {
+                namespace: "t".into(),
+                key_pool: "keys".into(),
+                key_id: "k".into(),
+                window_requests: window,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_proxy_holds_its_usage_and_every_grant_it_may_not_have_replaced() {
+        let proxies = Proxies::default();
+        let s = proxies.register("p".into(), "sa".into(), "t".into(), vec![], vec![]);
+        s.granted(1, values(9));
+        s.reported(report(1, 2));
+        let held = |p: &Proxies| p.list()[0].held()["t/keys/k"].0;
+        assert_eq!(held(&proxies), 9, "grant 9 in force");
+        // A smaller grant is sent: until it is acknowledged, 9 still counts.
+        s.granted(2, values(3));
+        assert_eq!(held(&proxies), 9);
+        s.reported(report(2, 5));
+        assert_eq!(
+            held(&proxies),
+            5,
+            "acknowledged: the grant 3, but 5 used this minute"
+        );
+        s.reported(report(2, 0));
+        assert_eq!(held(&proxies), 3);
+        // Gone: it keeps counting for a while (its lease and minute).
+        drop(s);
+        let d = proxies.departed();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].held["t/keys/k"], (3, 0));
+    }
+}

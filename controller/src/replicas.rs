@@ -438,3 +438,52 @@ pub async fn publish(mut p: Publisher, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_stays_under_the_size_limit() {
+        let mut r = ReplicaReport {
+            replica: "r".into(),
+            ..Default::default()
+        };
+        for i in 0..40_000 {
+            r.quota.push(QuotaEntry {
+                proxy: format!("proxy-{i}"),
+                identity: "system:serviceaccount:team:app".into(),
+                key: format!("team/keys/key-{i}"),
+                ..Default::default()
+            });
+        }
+        let text = encode(r);
+        assert!(text.len() <= MAX_BYTES, "{}", text.len());
+        let back: ReplicaReport = serde_json::from_str(&text).unwrap();
+        assert!(back.truncated);
+        assert!(!back.quota.is_empty());
+    }
+
+    #[test]
+    fn reports_are_fresh_until_they_stop_changing() {
+        let shared = Shared::new("me");
+        let report = |replica: &str, seq| ReplicaReport {
+            replica: replica.into(),
+            seq,
+            ..Default::default()
+        };
+        shared.observe("mine".into(), report("me", 1));
+        shared.observe("other".into(), report("other", 1));
+        assert_eq!(shared.fresh().len(), 1, "its own report is never read back");
+        assert_eq!(shared.others_with_freshness().len(), 1);
+        assert!(shared.others_with_freshness()[0].1);
+    }
+
+    #[test]
+    fn object_names_are_dns_safe() {
+        assert_eq!(
+            object_name("keyway-controller-7d9f_ABC.x"),
+            "keyway-replica-keyway-controller-7d9f-abc-x"
+        );
+    }
+}

@@ -184,6 +184,22 @@ async fn a_keys_quota_holds_across_replicas_and_a_leader_kill() {
     status_counts(&ns, 4, Duration::from_secs(20)).await;
     t.phase("status counts all four proxies (both replicas')");
 
+    let writes = |http: HttpClient, c: String| async move {
+        match http.get(&format!("{c}/metrics")).await {
+            Ok(r) => keyway_testkit::metrics::sum(
+                &r.text(),
+                "keyway_controller_replica_report_writes_total",
+                &[],
+            ),
+            Err(_) => f64::NAN,
+        }
+    };
+    let writes_before = [
+        writes(http.clone(), controllers[0].admin_url.clone()).await,
+        writes(http.clone(), controllers[1].admin_url.clone()).await,
+    ];
+    let churn_started = Instant::now();
+
     // --- a minute of demand far above the quota (4 proxies × 2 requests/s) ---
     let minute = |secs: u64| Instant::now() + Duration::from_secs(secs);
     let run = |until: Instant| {
@@ -208,6 +224,19 @@ async fn a_keys_quota_holds_across_replicas_and_a_leader_kill() {
     );
     assert!(served >= 9, "the quota is used, not wasted: {served} of 12");
     t.phase("a minute within quota");
+    // Reports and grants changed all minute long; each replica wrote its report at most
+    // about once a second.
+    let secs = churn_started.elapsed().as_secs_f64();
+    for (i, before) in writes_before.iter().enumerate() {
+        let after = writes(http.clone(), controllers[i].admin_url.clone()).await;
+        let n = after - before;
+        eprintln!("[replicas] replica {i} wrote its report {n} times in {secs:.0} s");
+        assert!(n <= secs + 2.0, "replica {i}: {n} writes in {secs:.0} s");
+        assert!(
+            n >= secs / 3.0,
+            "replica {i} kept publishing: {n} writes in {secs:.0} s"
+        );
+    }
 
     // --- the same with the leader killed half-way ---
     let before = upstream.request_count();
