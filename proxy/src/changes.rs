@@ -135,6 +135,12 @@ impl Changes {
         for (p, on) in &self.evacuation {
             tracing::warn!(pool = %p, evacuate_primary = on, version, "evacuation of the primary toggled");
         }
+        if self.is_empty() {
+            // No pool, backend or key came, went or changed value (e.g. new quota grants,
+            // which move every few seconds): keep the info log for what an operator tracks.
+            tracing::debug!(version, source, "config applied; no pool, backend or key changed");
+            return;
+        }
         tracing::info!(
             version,
             source,
