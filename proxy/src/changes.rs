@@ -138,7 +138,11 @@ impl Changes {
         if self.is_empty() {
             // No pool, backend or key came, went or changed value (e.g. new quota grants,
             // which move every few seconds): keep the info log for what an operator tracks.
-            tracing::debug!(version, source, "config applied; no pool, backend or key changed");
+            tracing::debug!(
+                version,
+                source,
+                "config applied; no pool, backend or key changed"
+            );
             return;
         }
         tracing::info!(

@@ -254,9 +254,9 @@ async fn simulated_proxy(
             continue;
         };
         let version = snapshot.version;
-        let decoded = match (&base, snapshot.base_version) {
+        let decoded = match (base.take(), snapshot.base_version) {
             (_, 0) => model::Snapshot::try_from(snapshot),
-            (Some((v, b)), want) if *v == want => pb::apply_delta(b, snapshot),
+            (Some((v, mut b)), want) if v == want => pb::apply_delta(&mut b, snapshot).map(|()| b),
             _ => Err(pb::InvalidSnapshot {
                 path: "baseVersion".into(),
                 message: "unknown base".into(),

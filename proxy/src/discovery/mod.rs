@@ -364,24 +364,30 @@ fn apply(
     let version = snapshot.version;
     let mut st = lock(state);
     let decoded = if snapshot.base_version == 0 {
-        model::Snapshot::try_from(snapshot)
+        model::Snapshot::try_from(snapshot).map(Arc::new)
     } else {
-        match &st.base {
-            Some(base) if st.base_version == snapshot.base_version => {
-                pb::apply_delta(base, snapshot)
+        match st.base.take() {
+            Some(mut base) if st.base_version == snapshot.base_version => {
+                // In place: the base is not shared (the dataplane holds the effective copy).
+                let applied = pb::apply_delta(Arc::make_mut(&mut base), snapshot);
+                st.base = Some(base.clone());
+                applied.map(|()| base)
             }
-            _ => Err(pb::InvalidSnapshot {
-                path: "baseVersion".into(),
-                message: format!(
-                    "a delta on version {} but this proxy holds version {}; send it whole",
-                    snapshot.base_version, st.base_version
-                ),
-            }),
+            other => {
+                st.base = other;
+                Err(pb::InvalidSnapshot {
+                    path: "baseVersion".into(),
+                    message: format!(
+                        "a delta on version {} but this proxy holds version {}; send it whole",
+                        snapshot.base_version, st.base_version
+                    ),
+                })
+            }
         }
     };
     let message = match decoded {
         Ok(model) => {
-            st.base = Some(Arc::new(model));
+            st.base = Some(model);
             st.base_version = version;
             st.publish(tx);
             dataplane
