@@ -356,6 +356,9 @@ struct Outcome {
     heap_inputs: usize,
     heap_index: usize,
     heap_sessions: usize,
+    /// Of `heap_sessions`: the snapshots the simulated proxies keep as the base of the next
+    /// delta (as a real proxy does), estimated as proxies × one decoded snapshot.
+    heap_client_bases: usize,
     rss_before: usize,
     rss_index: usize,
     rss_sessions: usize,
@@ -386,6 +389,19 @@ async fn run(s: &Scenario, pools: usize, reps: usize) -> Outcome {
     let snapshot_bytes = idx.namespaces.get(&change_ns).map_or(0, |n| {
         prost::Message::encoded_len(&pb::Snapshot::from_model(1, n))
     });
+    // What one simulated proxy keeps: its namespace's snapshot, decoded.
+    let base_bytes = |ns: usize| {
+        let wire = idx
+            .namespaces
+            .get(&namespace(ns))
+            .map(|n| pb::Snapshot::from_model(1, n));
+        let h0 = live_heap();
+        let decoded = wire.map(model::Snapshot::try_from);
+        let bytes = live_heap().saturating_sub(h0);
+        drop(decoded);
+        bytes
+    };
+    let heap_client_bases: usize = s.proxy_ns.iter().map(|&ns| base_bytes(ns)).sum();
 
     let ctl = start_controller(idx).await;
     let heap_before_sessions = live_heap();
@@ -441,6 +457,7 @@ async fn run(s: &Scenario, pools: usize, reps: usize) -> Outcome {
         heap_inputs,
         heap_index,
         heap_sessions,
+        heap_client_bases,
         rss_before,
         rss_index,
         rss_sessions,
@@ -511,7 +528,8 @@ fn to_json(o: &Outcome, threads: usize) -> serde_json::Value {
         "total_ms_p50": pct(&o.total_ms, 50.0), "total_ms_p99": pct(&o.total_ms, 99.0),
         "total_ms_max": pct(&o.total_ms, 100.0),
         "heap_inputs_bytes": o.heap_inputs, "heap_index_bytes": o.heap_index,
-        "heap_sessions_bytes": o.heap_sessions, "rss_before_bytes": o.rss_before,
+        "heap_sessions_bytes": o.heap_sessions, "heap_client_bases_bytes": o.heap_client_bases,
+        "rss_before_bytes": o.rss_before,
         "rss_index_bytes": o.rss_index, "rss_sessions_bytes": o.rss_sessions,
     })
 }
@@ -544,16 +562,17 @@ fn print_tables(results: &[serde_json::Value]) {
         "\nmemory, one process per scenario (live heap bytes counted by the allocator; RSS of the process):"
     );
     println!(
-        "| scenario | watched inputs MiB (heap) | index + last-good MiB (heap) | sessions MiB (heap, controller + client side) | RSS before / with index / with sessions MiB |"
+        "| scenario | watched inputs MiB (heap) | index + last-good MiB (heap) | sessions MiB (heap, controller + client side) | of which the clients' base snapshots MiB | RSS before / with index / with sessions MiB |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for v in results {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |",
             v["scenario"].as_str().unwrap_or("?"),
             m(v, "heap_inputs_bytes"),
             m(v, "heap_index_bytes"),
             m(v, "heap_sessions_bytes"),
+            m(v, "heap_client_bases_bytes"),
             m(v, "rss_before_bytes"),
             m(v, "rss_index_bytes"),
             m(v, "rss_sessions_bytes"),
