@@ -117,10 +117,11 @@ build_failed() { # name version logfile
   die "$1 $2: build failed (full log: $3)"
 }
 
-# build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines]
-# Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it.
+# build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines] [main.go]
+# Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it; with a main.go,
+# builds that instead (a main package of the throwaway module, importing from MODULE).
 build_tool() {
-  local name="$1" version="$2" module="$3" pkg="$4" ldflags="$5" extra="${6:-}"
+  local name="$1" version="$2" module="$3" pkg="$4" ldflags="$5" extra="${6:-}" main="${7:-}"
   log "${name} ${version}: building from ${pkg} (this takes a while)..."
   local start=$SECONDS dir="${WORK}/${name}-${version}"
   rm -rf "$dir"
@@ -128,9 +129,13 @@ build_tool() {
   {
     printf 'module keyway.local/tools/%s\n\ngo 1.24.0\n\n' "$name"
     printf 'require %s %s\n\n' "$module" "$version"
-    printf 'tool %s\n' "$pkg"
+    [[ -n "$main" ]] || printf 'tool %s\n' "$pkg"
     [[ -z "$extra" ]] || printf '\n%s\n' "$extra"
   } >"${dir}/go.mod"
+  if [[ -n "$main" ]]; then
+    printf '%s\n' "$main" >"${dir}/main.go"
+    pkg=.
+  fi
   # Go's own output goes to build.log, shown only if a step fails.
   local logf="${dir}/build.log"
   log "${name}: resolving modules"
@@ -206,13 +211,32 @@ install_pause() {
 }
 
 # --- CoreDNS (the cluster's DNS) --------------------------------------------------------
+# CoreDNS's own main (coredns.go) imports every plugin, cloud SDKs included: ~11 minutes on
+# two cores. The node needs only those of its Corefile (e2e/src/node/config.rs), so this main
+# is CoreDNS's with that plugin list, the way CoreDNS documents custom builds (plugins
+# register themselves when imported; the order comes from core/dnsserver either way).
+COREDNS_MAIN='package main
+
+import (
+	_ "github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }'
 install_coredns() {
   local v="$COREDNS_V" info sha
   current coredns "$v" && return 0
   info="$(mod_info "github.com/coredns/coredns@${v}")"
   sha="$(origin_hash "$info")"
   build_tool coredns "$v" github.com/coredns/coredns github.com/coredns/coredns \
-    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${sha:-${v}}"
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${sha:-${v}}" "" "$COREDNS_MAIN"
 }
 
 # --- etcd --------------------------------------------------------------------

@@ -76,3 +76,53 @@ impl Images {
         &self.dir
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::paths::{e2e_dir, repo_root};
+
+    fn shell_value<'a>(script: &'a str, name: &str) -> &'a str {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name}= in build.sh"))
+    }
+
+    /// The image the tests run and the one the Dockerfile builds for users have one layout:
+    /// same paths, same user, same entrypoint, same binaries (only the base differs).
+    #[test]
+    fn the_local_image_has_the_dockerfiles_layout() {
+        let script = std::fs::read_to_string(e2e_dir().join("image/build.sh")).expect("build.sh");
+        let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+        let runtime = dockerfile
+            .rsplit_once("\nFROM ")
+            .map(|(_, stage)| stage)
+            .expect("a runtime stage");
+        let bin_dir = shell_value(&script, "KEYWAY_BIN_DIR");
+        let user = shell_value(&script, "KEYWAY_USER");
+        let entrypoint = shell_value(&script, "KEYWAY_ENTRYPOINT");
+        let binaries: Vec<&str> = shell_value(&script, "KEYWAY_BINARIES")
+            .trim_matches(['(', ')'])
+            .split_whitespace()
+            .collect();
+        assert!(runtime.contains(&format!("\nUSER {user}\n")), "USER {user}");
+        assert!(
+            runtime.contains(&format!("\nENTRYPOINT [\"{entrypoint}\"]")),
+            "ENTRYPOINT {entrypoint}"
+        );
+        let copy = runtime
+            .lines()
+            .find(|l| l.starts_with("COPY --from=build"))
+            .expect("the runtime stage copies the binaries");
+        assert!(copy.ends_with(&format!(" {bin_dir}/")), "{copy}");
+        for b in &binaries {
+            assert!(copy.contains(&format!("/{b}")), "{b} in {copy}");
+        }
+        // And the chart runs the controller from there.
+        let chart = std::fs::read_to_string(
+            repo_root().join("charts/keyway/templates/controller-deployment.yaml"),
+        )
+        .expect("the chart's controller Deployment");
+        assert!(chart.contains(&format!("command: [\"{bin_dir}/keyway-controller\"]")));
+    }
+}
