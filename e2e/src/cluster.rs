@@ -76,7 +76,10 @@ impl Cluster {
         Self::start_with(name, ApiServerOptions::default()).await
     }
 
-    pub(crate) async fn start_with(name: &str, options: ApiServerOptions) -> anyhow::Result<Cluster> {
+    pub(crate) async fn start_with(
+        name: &str,
+        options: ApiServerOptions,
+    ) -> anyhow::Result<Cluster> {
         let t0 = Instant::now();
         // May build the tools (minutes, on a fresh machine): off the async threads.
         let (etcd_bin, apiserver_bin) =

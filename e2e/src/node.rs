@@ -113,13 +113,23 @@ impl Node {
                 .await??
         };
         phases.mark("node lock taken, leftovers cleaned");
-        for dir in ["containerd", "containerd-state", "cni/net.d", "cni/ipam", "kubelet"] {
+        for dir in [
+            "containerd",
+            "containerd-state",
+            "cni/net.d",
+            "cni/ipam",
+            "kubelet",
+        ] {
             std::fs::create_dir_all(run.join(dir))?;
         }
 
         // Images: built while the control plane starts.
         let image_build = {
-            let (out, profile, tools) = (logs.join("images"), paths::target_profile_dir(), bin.clone());
+            let (out, profile, tools) = (
+                logs.join("images"),
+                paths::target_profile_dir(),
+                bin.clone(),
+            );
             tokio::task::spawn_blocking(move || images::build(&out, &profile, &tools))
         };
 
@@ -144,14 +154,20 @@ impl Node {
             &guard,
             &logs,
             "containerd",
-            Command::new("containerd").arg("--config").arg(logs.join("containerd.toml")),
+            Command::new("containerd")
+                .arg("--config")
+                .arg(logs.join("containerd.toml")),
         )?);
 
         // Component identities: static tokens; the kubelet is a real node identity (Node
         // authorizer, NodeRestriction), kube-proxy and the scheduler use their bootstrap roles.
         let token = |_: &str| random_hex(32);
-        let (kubelet_t, proxy_t, sched_t, kcm_t) =
-            (token("kubelet"), token("proxy"), token("sched"), token("kcm"));
+        let (kubelet_t, proxy_t, sched_t, kcm_t) = (
+            token("kubelet"),
+            token("proxy"),
+            token("sched"),
+            token("kcm"),
+        );
         let node_ip: std::net::Ipv4Addr = network::NODE_IP.parse()?;
         let d = |p: &Path| p.display().to_string();
         let options = ApiServerOptions {
@@ -170,7 +186,10 @@ impl Node {
                 format!("--tls-cert-file={}", d(&pki.apiserver_cert)),
                 format!("--tls-private-key-file={}", d(&pki.apiserver_key)),
                 format!("--client-ca-file={}", d(&pki.ca_cert)),
-                format!("--kubelet-client-certificate={}", d(&pki.kubelet_client_cert)),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    d(&pki.kubelet_client_cert)
+                ),
                 format!("--kubelet-client-key={}", d(&pki.kubelet_client_key)),
                 "--kubelet-preferred-address-types=InternalIP".to_owned(),
                 "--allow-privileged=true".to_owned(),
@@ -197,7 +216,10 @@ impl Node {
                     "--service-account-private-key-file={}",
                     d(&cluster.dir().join("sa.key"))
                 ))
-                .arg(format!("--service-cluster-ip-range={}", network::SERVICE_CIDR))
+                .arg(format!(
+                    "--service-cluster-ip-range={}",
+                    network::SERVICE_CIDR
+                ))
                 .args([
                     "--leader-elect=false",
                     "--use-service-account-credentials=false",
@@ -270,7 +292,9 @@ impl Node {
         };
         node.wait_ready().await?;
         phases.mark("node Ready");
-        node.cluster.apply_yaml("kube-system", &config::coredns()).await;
+        node.cluster
+            .apply_yaml("kube-system", &config::coredns())
+            .await;
         node.rollout("kube-system", "deployment/coredns").await?;
         phases.mark("CoreDNS ready");
         let mut node = node;
@@ -312,7 +336,13 @@ impl Node {
     /// The end of every node component's log (for failure messages).
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
-        for name in ["kubelet", "containerd", "kube-controller-manager", "kube-scheduler", "kube-proxy"] {
+        for name in [
+            "kubelet",
+            "containerd",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kube-proxy",
+        ] {
             out.push_str(&tail(&self.logs.join(format!("{name}.log")), 25));
         }
         out
@@ -393,7 +423,11 @@ fn check_daemons(daemons: &mut [(String, Child)], logs: &Path) -> anyhow::Result
     Ok(())
 }
 
-async fn wait_containerd(run: &Path, logs: &Path, daemons: &mut [(String, Child)]) -> anyhow::Result<()> {
+async fn wait_containerd(
+    run: &Path,
+    logs: &Path,
+    daemons: &mut [(String, Child)],
+) -> anyhow::Result<()> {
     let sock = config::containerd_socket(run);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -410,19 +444,31 @@ async fn wait_containerd(run: &Path, logs: &Path, daemons: &mut [(String, Child)
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("containerd did not answer on {}\n{}", sock.display(), tail(&logs.join("containerd.log"), 40));
+            bail!(
+                "containerd did not answer on {}\n{}",
+                sock.display(),
+                tail(&logs.join("containerd.log"), 40)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Starts a node daemon in the guard's process group, its output in `<logs>/<name>.log`.
-fn spawn(guard: &guard::Guard, logs: &Path, name: &str, cmd: &mut Command) -> anyhow::Result<(String, Child)> {
+fn spawn(
+    guard: &guard::Guard,
+    logs: &Path,
+    name: &str,
+    cmd: &mut Command,
+) -> anyhow::Result<(String, Child)> {
     let log = File::create(logs.join(format!("{name}.log")))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     guard.adopt(cmd);
     let child = cmd
         .spawn()

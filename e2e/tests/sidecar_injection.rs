@@ -429,7 +429,11 @@ async fn sidecar_injection() {
     .await
     .expect("the container form is admitted");
     assert_eq!(containers(&regular), ["app", "keyway-proxy"]);
-    assert!(regular["spec"].get("initContainers").is_none(), "{}", regular["spec"]);
+    assert!(
+        regular["spec"].get("initContainers").is_none(),
+        "{}",
+        regular["spec"]
+    );
 
     // A Pod with init containers of its own passes server-side dry-run (the API server's
     // validation of the patched Pod): the proxy goes first, so they can use it too.
@@ -438,7 +442,16 @@ async fn sidecar_injection() {
         json!([{"name": "migrate", "image": "example.invalid/migrate:1"}]);
     let out = cluster
         .kubectl_stdin(
-            &["-n", ns.name(), "create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &[
+                "-n",
+                ns.name(),
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
             &with_init.to_string(),
         )
         .await;

@@ -244,7 +244,11 @@ impl MockRecords {
     /// The keys received so far, in order; requests without a key are skipped.
     pub fn received_keys(&self) -> Vec<String> {
         let state = self.shared.lock();
-        state.requests.iter().filter_map(|r| r.key.clone()).collect()
+        state
+            .requests
+            .iter()
+            .filter_map(|r| r.key.clone())
+            .collect()
     }
 }
 

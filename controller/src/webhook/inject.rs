@@ -251,7 +251,10 @@ impl Injector {
             // First of the init containers, so that the other init containers can use it too;
             // the kubelet starts the next one only after its startup probe passed.
             native_sidecar(&mut container);
-            match pod.pointer("/spec/initContainers").and_then(Value::as_array) {
+            match pod
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+            {
                 Some(_) => ops.push(add("/spec/initContainers/0", container)),
                 None => ops.push(add("/spec/initContainers", json!([container]))),
             }

@@ -27,7 +27,12 @@ impl Guard {
     /// Starts `guard.sh` and blocks until it holds the lock and has cleaned up (another run
     /// on this machine may hold the lock first: that wait is reported, and unbounded, since
     /// that run's own deadlines bound it).
-    pub(crate) fn acquire(script: &Path, lock: &Path, state: &Path, log: &Path) -> anyhow::Result<Guard> {
+    pub(crate) fn acquire(
+        script: &Path,
+        lock: &Path,
+        state: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Guard> {
         let log = std::fs::File::create(log)?;
         let mut child = Command::new("bash")
             .arg(script)
@@ -56,7 +61,10 @@ impl Guard {
                 "ready" => {
                     let waited = start.elapsed();
                     if waited > Duration::from_secs(1) {
-                        eprintln!("[e2e node] node lock taken after {:.1}s", waited.as_secs_f64());
+                        eprintln!(
+                            "[e2e node] node lock taken after {:.1}s",
+                            waited.as_secs_f64()
+                        );
                     }
                     // The guard outlives every handle to it by design; init reaps it.
                     drop(child);

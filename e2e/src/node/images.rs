@@ -93,7 +93,8 @@ mod tests {
     #[test]
     fn the_local_image_has_the_dockerfiles_layout() {
         let script = std::fs::read_to_string(e2e_dir().join("image/build.sh")).expect("build.sh");
-        let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+        let dockerfile =
+            std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
         let runtime = dockerfile
             .rsplit_once("\nFROM ")
             .map(|(_, stage)| stage)

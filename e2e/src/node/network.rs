@@ -57,22 +57,66 @@ pub(crate) fn setup(state: &Path) -> anyhow::Result<()> {
     // After DNAT, a Pod's packet is for a Pod or for the node itself (INPUT, not FORWARD);
     // anything else would leave the machine: dropped.
     iptables(&["-t", "mangle", "-N", "KEYWAY-NODE-EGRESS"])?;
-    iptables(&["-t", "mangle", "-A", "KEYWAY-NODE-EGRESS", "-d", POD_CIDR, "-j", "RETURN"])?;
+    iptables(&[
+        "-t",
+        "mangle",
+        "-A",
+        "KEYWAY-NODE-EGRESS",
+        "-d",
+        POD_CIDR,
+        "-j",
+        "RETURN",
+    ])?;
     iptables(&["-t", "mangle", "-A", "KEYWAY-NODE-EGRESS", "-j", "DROP"])?;
     iptables(&[
-        "-t", "mangle", "-I", "FORWARD", "-s", POD_CIDR, "-m", "comment", "--comment",
-        "keyway e2e node: pods never reach beyond this machine", "-j", "KEYWAY-NODE-EGRESS",
+        "-t",
+        "mangle",
+        "-I",
+        "FORWARD",
+        "-s",
+        POD_CIDR,
+        "-m",
+        "comment",
+        "--comment",
+        "keyway e2e node: pods never reach beyond this machine",
+        "-j",
+        "KEYWAY-NODE-EGRESS",
     ])?;
     // A Service address kube-proxy has not translated (yet) would follow the default route.
     iptables(&["-t", "filter", "-N", "KEYWAY-NODE-SERVICES"])?;
-    iptables(&["-t", "filter", "-A", "KEYWAY-NODE-SERVICES", "-d", SERVICE_CIDR, "-j", "REJECT"])?;
     iptables(&[
-        "-t", "filter", "-I", "OUTPUT", "-m", "comment", "--comment",
-        "keyway e2e node: untranslated service addresses stay here", "-j", "KEYWAY-NODE-SERVICES",
+        "-t",
+        "filter",
+        "-A",
+        "KEYWAY-NODE-SERVICES",
+        "-d",
+        SERVICE_CIDR,
+        "-j",
+        "REJECT",
     ])?;
     iptables(&[
-        "-t", "filter", "-I", "FORWARD", "-m", "comment", "--comment",
-        "keyway e2e node: untranslated service addresses stay here", "-j", "KEYWAY-NODE-SERVICES",
+        "-t",
+        "filter",
+        "-I",
+        "OUTPUT",
+        "-m",
+        "comment",
+        "--comment",
+        "keyway e2e node: untranslated service addresses stay here",
+        "-j",
+        "KEYWAY-NODE-SERVICES",
+    ])?;
+    iptables(&[
+        "-t",
+        "filter",
+        "-I",
+        "FORWARD",
+        "-m",
+        "comment",
+        "--comment",
+        "keyway e2e node: untranslated service addresses stay here",
+        "-j",
+        "KEYWAY-NODE-SERVICES",
     ])?;
     Ok(())
 }

@@ -20,15 +20,35 @@ pub(crate) fn create(dir: &Path, ips: &[&str], dns: &[&str]) -> anyhow::Result<P
     std::fs::create_dir_all(dir)?;
     let p = |name: &str| dir.join(name);
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", s(&p("ca.key")), "-out", s(&p("ca.crt")), "-days", "2",
-        "-subj", "/CN=keyway-e2e-node-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&p("ca.key")),
+        "-out",
+        s(&p("ca.crt")),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=keyway-e2e-node-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ])?;
     let mut san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
     san.extend(dns.iter().map(|d| format!("DNS:{d}")));
-    leaf(dir, "apiserver", "/CN=kube-apiserver", &format!("subjectAltName={}", san.join(",")), "serverAuth")?;
+    leaf(
+        dir,
+        "apiserver",
+        "/CN=kube-apiserver",
+        &format!("subjectAltName={}", san.join(",")),
+        "serverAuth",
+    )?;
     leaf(
         dir,
         "apiserver-kubelet-client",
@@ -48,18 +68,43 @@ pub(crate) fn create(dir: &Path, ips: &[&str], dns: &[&str]) -> anyhow::Result<P
 fn leaf(dir: &Path, name: &str, subject: &str, ext: &str, usage: &str) -> anyhow::Result<()> {
     let p = |suffix: &str| dir.join(format!("{name}.{suffix}"));
     openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", s(&p("key")), "-out", s(&p("csr")), "-subj", subject,
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&p("key")),
+        "-out",
+        s(&p("csr")),
+        "-subj",
+        subject,
     ])?;
     let extfile = p("ext");
     std::fs::write(
         &extfile,
-        format!("{ext}\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"),
+        format!(
+            "{ext}\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+        ),
     )?;
     openssl(&[
-        "x509", "-req", "-in", s(&p("csr")), "-CA", s(&dir.join("ca.crt")),
-        "-CAkey", s(&dir.join("ca.key")), "-CAcreateserial", "-days", "2",
-        "-out", s(&p("crt")), "-extfile", s(&extfile),
+        "x509",
+        "-req",
+        "-in",
+        s(&p("csr")),
+        "-CA",
+        s(&dir.join("ca.crt")),
+        "-CAkey",
+        s(&dir.join("ca.key")),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        s(&p("crt")),
+        "-extfile",
+        s(&extfile),
     ])
 }
 

@@ -127,7 +127,10 @@ pub async fn app() -> &'static App {
             "both app replicas had a request answered through their sidecar",
             || async {
                 let stats = app_stats(&ns).await?;
-                let answered = stats.iter().filter(|(_, s)| s["ok"].as_u64() > Some(0)).count();
+                let answered = stats
+                    .iter()
+                    .filter(|(_, s)| s["ok"].as_u64() > Some(0))
+                    .count();
                 if stats.len() == 2 && answered == 2 {
                     Ok(())
                 } else {
@@ -276,7 +279,10 @@ pub async fn pods(ns: &TestNamespace, selector: &str) -> Vec<(String, String)> {
             let mut parts = l.split_whitespace();
             let (name, ip) = (parts.next()?, parts.next()?);
             // A Pod being deleted still runs for a while: not one of the replicas any more.
-            parts.next().is_none().then(|| (name.to_owned(), ip.to_owned()))
+            parts
+                .next()
+                .is_none()
+                .then(|| (name.to_owned(), ip.to_owned()))
         })
         .collect()
 }

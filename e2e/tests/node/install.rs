@@ -46,15 +46,23 @@ async fn default_install_runs_two_ready_replicas_one_leader_and_the_webhook_cert
     assert_eq!(live.len(), 2, "two controller replicas by default: {pods}");
     let mut names = Vec::new();
     for pod in &live {
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{name}");
         let status = &pod["status"]["containerStatuses"][0];
         assert_eq!(status["ready"], true, "{name} is Ready: {status}");
-        assert_eq!(status["restartCount"], 0, "{name} never restarted: {status}");
         assert_eq!(
-            status["imageID"].as_str().map(|s| s.starts_with("sha256:") || s.contains("@sha256:")),
+            status["restartCount"], 0,
+            "{name} never restarted: {status}"
+        );
+        assert_eq!(
+            status["imageID"]
+                .as_str()
+                .map(|s| s.starts_with("sha256:") || s.contains("@sha256:")),
             Some(true),
             "{name} runs an image from the node's containerd: {status}"
         );
@@ -62,25 +70,29 @@ async fn default_install_runs_two_ready_replicas_one_leader_and_the_webhook_cert
     }
 
     // One of them holds the Lease.
-    let holder = wait_for(Duration::from_secs(60), "a replica holds the Lease", || async {
-        let out = cluster
-            .kubectl(&[
-                "-n",
-                RELEASE_NS,
-                "get",
-                "lease",
-                "keyway-controller",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])
-            .await;
-        let holder = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if names.contains(&holder) {
-            Ok(holder)
-        } else {
-            Err(format!("holder {holder:?}, replicas {names:?}"))
-        }
-    })
+    let holder = wait_for(
+        Duration::from_secs(60),
+        "a replica holds the Lease",
+        || async {
+            let out = cluster
+                .kubectl(&[
+                    "-n",
+                    RELEASE_NS,
+                    "get",
+                    "lease",
+                    "keyway-controller",
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ])
+                .await;
+            let holder = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if names.contains(&holder) {
+                Ok(holder)
+            } else {
+                Err(format!("holder {holder:?}, replicas {names:?}"))
+            }
+        },
+    )
     .await;
     eprintln!("[e2e node] Lease keyway-controller held by {holder}");
 
@@ -98,7 +110,11 @@ async fn default_install_runs_two_ready_replicas_one_leader_and_the_webhook_cert
             ])
             .await;
         let ca = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if ca.is_empty() { Err("no ca.crt yet".to_owned()) } else { Ok(ca) }
+        if ca.is_empty() {
+            Err("no ca.crt yet".to_owned())
+        } else {
+            Ok(ca)
+        }
     })
     .await;
     let ca_pem = base64::engine::general_purpose::STANDARD
@@ -120,7 +136,11 @@ async fn default_install_runs_two_ready_replicas_one_leader_and_the_webhook_cert
             .decode(&bundle)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        if bundle.contains(ca_pem.trim()) { Ok(()) } else { Err(format!("caBundle: {bundle:?}")) }
+        if bundle.contains(ca_pem.trim()) {
+            Ok(())
+        } else {
+            Err(format!("caBundle: {bundle:?}"))
+        }
     })
     .await;
 

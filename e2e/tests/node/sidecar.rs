@@ -38,12 +38,19 @@ async fn proxies_column(ns: &TestNamespace) -> Result<String, String> {
 }
 
 async fn wait_two_proxies(ns: &TestNamespace) {
-    wait_for(CONVERGE, "`kubectl get lbp` counts both app proxies", || async {
-        match proxies_column(ns).await? {
-            v if v == "2" => Ok(()),
-            v => Err(format!("PROXIES {v}; status {}", pool_status(ns).await["status"])),
-        }
-    })
+    wait_for(
+        CONVERGE,
+        "`kubectl get lbp` counts both app proxies",
+        || async {
+            match proxies_column(ns).await? {
+                v if v == "2" => Ok(()),
+                v => Err(format!(
+                    "PROXIES {v}; status {}",
+                    pool_status(ns).await["status"]
+                )),
+            }
+        },
+    )
     .await;
 }
 
@@ -76,16 +83,30 @@ async fn an_app_reaches_its_llm_through_the_injected_native_sidecar_with_pool_ke
 
     // The sidecar is a native one: an init container that keeps running, started (and
     // ready, through its startup probe) before the app.
-    let (pod, _) = pods(ns, APP_LABEL).await.into_iter().next().expect("an app pod");
-    let spec: Value = serde_json::from_str(&ns.kubectl_ok(&["get", "pod", &pod, "-o", "json"]).await)
-        .expect("pod JSON");
+    let (pod, _) = pods(ns, APP_LABEL)
+        .await
+        .into_iter()
+        .next()
+        .expect("an app pod");
+    let spec: Value =
+        serde_json::from_str(&ns.kubectl_ok(&["get", "pod", &pod, "-o", "json"]).await)
+            .expect("pod JSON");
     let init = &spec["spec"]["initContainers"][0];
     assert_eq!(init["name"], "keyway-proxy", "{}", spec["spec"]);
     assert_eq!(init["restartPolicy"], "Always", "{init}");
     assert_eq!(init["startupProbe"]["httpGet"]["path"], "/readyz", "{init}");
-    let containers = spec["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    assert!(containers.iter().all(|c| c["name"] != "keyway-proxy"), "{containers:?}");
-    assert_eq!(spec["metadata"]["annotations"]["keyway.dev/injected"].is_string(), true);
+    let containers = spec["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        containers.iter().all(|c| c["name"] != "keyway-proxy"),
+        "{containers:?}"
+    );
+    assert_eq!(
+        spec["metadata"]["annotations"]["keyway.dev/injected"].is_string(),
+        true
+    );
 
     // Every request of both replicas succeeded, from the first one: the app started only
     // once its proxy had its configuration.
@@ -95,15 +116,24 @@ async fn an_app_reaches_its_llm_through_the_injected_native_sidecar_with_pool_ke
         assert_eq!(s["failed"], 0, "{pod}: {s}");
         assert_eq!(s["failed_before_first_ok"], 0, "{pod}: {s}");
         assert!(s["ok"].as_u64() > Some(0), "{pod}: {s}");
-        assert!(s["upstreams"]["mock-a"].as_u64() > Some(0), "{pod}: primary serves: {s}");
+        assert!(
+            s["upstreams"]["mock-a"].as_u64() > Some(0),
+            "{pod}: primary serves: {s}"
+        );
     }
 
     // The upstream saw the pool's keys and nothing else.
     let mocks = stats(ns, "app=mock-a").await.expect("mock stats");
-    let keys = mocks[0].1["mocks"][0]["keys"].as_object().cloned().unwrap_or_default();
+    let keys = mocks[0].1["mocks"][0]["keys"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     assert!(!keys.is_empty(), "mock-a received keys: {mocks:?}");
     for k in keys.keys() {
-        assert!(app.keys.contains(k), "mock-a received a key that is not the pool's");
+        assert!(
+            app.keys.contains(k),
+            "mock-a received a key that is not the pool's"
+        );
     }
 
     // The pool's status counts both proxies, whichever replica each one is connected to.
@@ -138,7 +168,14 @@ spec:
         .await;
     assert!(out.contains("condition met"), "{out}");
     let phase = ns
-        .kubectl_ok(&["get", "pods", "-l", "job-name=once", "-o", "jsonpath={.items[0].status.phase}"])
+        .kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "job-name=once",
+            "-o",
+            "jsonpath={.items[0].status.phase}",
+        ])
         .await;
     assert_eq!(phase.trim(), "Succeeded");
 }
@@ -152,10 +189,7 @@ fn job_template() -> String {
         .map(|(_, t)| t)
         .unwrap_or_default()
         .replace("    spec:\n", "    spec:\n      restartPolicy: Never\n");
-    template
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect()
+    template.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,14 +204,25 @@ async fn controller_rollout_and_leader_loss_fail_no_app_request() {
 
     // A rolling restart of the controller Deployment.
     cluster
-        .kubectl_ok(&["-n", RELEASE_NS, "rollout", "restart", "deployment/keyway-controller"])
+        .kubectl_ok(&[
+            "-n",
+            RELEASE_NS,
+            "rollout",
+            "restart",
+            "deployment/keyway-controller",
+        ])
         .await;
     node.rollout(RELEASE_NS, "deployment/keyway-controller")
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
 
     // Then the leader dies.
-    let replicas = |names: String| names.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let replicas = |names: String| {
+        names
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     let live = || async {
         replicas(
             cluster
@@ -197,7 +242,11 @@ async fn controller_rollout_and_leader_loss_fail_no_app_request() {
     };
     let old_leader = wait_for(CONVERGE, "a new replica holds the Lease", || async {
         let holder = leader().await;
-        if live().await.contains(&holder) { Ok(holder) } else { Err(holder) }
+        if live().await.contains(&holder) {
+            Ok(holder)
+        } else {
+            Err(holder)
+        }
     })
     .await;
     cluster
@@ -219,7 +268,11 @@ async fn controller_rollout_and_leader_loss_fail_no_app_request() {
     // The app was served throughout, without one failed request ...
     let after = wait_for(CONVERGE, "the app keeps sending", || async {
         let s = app_stats(ns).await?;
-        if total(&s, "ok") > ok0 + 20 { Ok(s) } else { Err(format!("{s:?}")) }
+        if total(&s, "ok") > ok0 + 20 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     assert_eq!(
@@ -242,7 +295,11 @@ async fn evacuating_the_primary_moves_the_apps_traffic() {
         .await;
     let moved = wait_for(CONVERGE, "the app's requests reach mock-b", || async {
         let s = app_stats(ns).await?;
-        if by_upstream(&s, "mock-b") > 0 { Ok(s) } else { Err(format!("{s:?}")) }
+        if by_upstream(&s, "mock-b") > 0 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     // Once moved, nothing more goes to the primary while more goes to the secondary.
@@ -250,10 +307,18 @@ async fn evacuating_the_primary_moves_the_apps_traffic() {
     let b = by_upstream(&moved, "mock-b");
     let later = wait_for(CONVERGE, "more requests answered by mock-b", || async {
         let s = app_stats(ns).await?;
-        if by_upstream(&s, "mock-b") >= b + 20 { Ok(s) } else { Err(format!("{s:?}")) }
+        if by_upstream(&s, "mock-b") >= b + 20 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
-    assert_eq!(by_upstream(&later, "mock-a"), a, "the primary got traffic while evacuated: {later:?}");
+    assert_eq!(
+        by_upstream(&later, "mock-a"),
+        a,
+        "the primary got traffic while evacuated: {later:?}"
+    );
     // What the README's `kubectl get lbp llm -o jsonpath='{.status.activeBackend}'` shows.
     wait_for(CONVERGE, "status.activeBackend is secondary", || async {
         let status = pool_status(ns).await;
@@ -267,10 +332,18 @@ async fn evacuating_the_primary_moves_the_apps_traffic() {
     // And back.
     ns.kubectl_ok(&["patch", "lbp", "llm", "--type=merge", "-p", &patch(false)])
         .await;
-    wait_for(CONVERGE, "the app's requests reach mock-a again", || async {
-        let s = app_stats(ns).await?;
-        if by_upstream(&s, "mock-a") > a { Ok(()) } else { Err(format!("{s:?}")) }
-    })
+    wait_for(
+        CONVERGE,
+        "the app's requests reach mock-a again",
+        || async {
+            let s = app_stats(ns).await?;
+            if by_upstream(&s, "mock-a") > a {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
     .await;
     assert_eq!(total(&app_stats(ns).await.expect("stats"), "failed"), 0);
 }

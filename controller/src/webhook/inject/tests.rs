@@ -482,7 +482,10 @@ fn native() -> Injector {
 fn native_sidecar_is_the_first_init_container_that_keeps_running() {
     let before = pod(Some(json!({INJECT: "true"})), app_spec());
     let ops = ops(native().decide(&before));
-    let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap_or("")).collect();
+    let paths: Vec<&str> = ops
+        .iter()
+        .map(|o| o["path"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(
         paths,
         [
@@ -522,22 +525,45 @@ fn native_sidecar_goes_before_existing_init_containers() {
         .iter()
         .map(|c| c["name"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(names, [CONTAINER, "migrate"], "the others can use the proxy too");
+    assert_eq!(
+        names,
+        [CONTAINER, "migrate"],
+        "the others can use the proxy too"
+    );
 }
 
 #[test]
 fn the_sidecar_mode_annotation_overrides_the_cluster_default() {
-    let container_form = pod(Some(json!({INJECT: "true", SIDECAR_MODE: "container"})), app_spec());
-    let after = apply(container_form.clone(), &ops(native().decide(&container_form)));
+    let container_form = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "container"})),
+        app_spec(),
+    );
+    let after = apply(
+        container_form.clone(),
+        &ops(native().decide(&container_form)),
+    );
     assert!(after["spec"].get("initContainers").is_none());
     assert_eq!(after["spec"]["containers"][1]["name"], CONTAINER);
-    assert!(after["spec"]["containers"][1].get("restartPolicy").is_none());
+    assert!(
+        after["spec"]["containers"][1]
+            .get("restartPolicy")
+            .is_none()
+    );
 
-    let native_form = pod(Some(json!({INJECT: "true", SIDECAR_MODE: "native"})), app_spec());
+    let native_form = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "native"})),
+        app_spec(),
+    );
     let after = apply(native_form.clone(), &ops(injector().decide(&native_form)));
-    assert_eq!(after["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    assert_eq!(
+        after["spec"]["initContainers"][0]["restartPolicy"],
+        "Always"
+    );
 
-    let bad = pod(Some(json!({INJECT: "true", SIDECAR_MODE: "sidecar"})), app_spec());
+    let bad = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "sidecar"})),
+        app_spec(),
+    );
     match native().decide(&bad) {
         Decision::Deny(m) => assert!(m.contains(SIDECAR_MODE) && m.contains("sidecar"), "{m}"),
         other => panic!("expected a denial, got {other:?}"),
