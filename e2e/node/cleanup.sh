@@ -22,7 +22,7 @@ note() { printf '[keyway-node cleanup] %s\n' "$*" >&2; }
 for p in /proc/[0-9]*; do
   pid="${p#/proc/}"
   [[ "$pid" == "$$" ]] && continue
-  cmd="$(tr '\0' ' ' <"${p}/cmdline" 2>/dev/null)" || continue
+  cmd="$(tr '\0' ' ' 2>/dev/null <"${p}/cmdline")" || continue
   if [[ "$cmd" == *"${run}/"* ]]; then
     note "killing ${pid}: ${cmd:0:120}"
     kill -KILL "$pid" 2>/dev/null
@@ -72,6 +72,15 @@ for cmd in iptables ip6tables; do
 done
 
 # --- files outside STATE_DIR -----------------------------------------------------------------
+# containerd 1.6 puts its shims' sockets in /run/containerd/s whatever its state dir; the ones
+# no process listens on any more (ours, killed above) go. A system containerd's live shims
+# keep theirs.
+if [[ -d /run/containerd/s ]] && command -v ss >/dev/null 2>&1; then
+  listening="$(ss -xlnH 2>/dev/null)"
+  for sock in /run/containerd/s/*; do
+    [[ -S "$sock" && "$listening" != *"$sock"* ]] && rm -f "$sock"
+  done
+fi
 # The kubelet links every container's log from /var/log/containers (a fixed path).
 for link in /var/log/containers/*.log; do
   [[ -L "$link" && "$(readlink "$link")" == "${run}/"* ]] && rm -f "$link"
