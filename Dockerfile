@@ -4,8 +4,9 @@
 #   Build: docker build -t keyway:dev .
 #   Run:   docker run keyway:dev --config /etc/keyway/keyway.yaml            (proxy, the default)
 #          docker run --entrypoint /usr/local/bin/keyway-controller keyway:dev (controller)
-# No container engine runs on the development machines; this file is kept conventional and
-# reviewed by reading (see README).
+# No container engine runs on the development machines: the tests run the same layout built by
+# e2e/image/build.sh (binaries in /usr/local/bin, user 65532:65532, entrypoint keyway-proxy; a
+# test keeps the two in step), with this machine's glibc in place of the distroless base.
 
 # --- build -----------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build

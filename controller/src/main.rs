@@ -101,6 +101,19 @@ struct WebhookArgs {
     /// read at start and passed to them as KEYWAY_CONTROLLER_CA_PEM.
     #[arg(long, env = "KEYWAY_SIDECAR_CONTROLLER_CA")]
     sidecar_controller_ca: Option<std::path::PathBuf>,
+    /// Form of the injected proxy: `native` (an init container with restartPolicy: Always:
+    /// it starts before the app and Jobs complete), `container` (a regular container), or
+    /// `auto` (native on Kubernetes 1.29+). A Pod's keyway.dev/sidecar-mode annotation
+    /// overrides it.
+    #[arg(long, env = "KEYWAY_SIDECAR_MODE", value_enum, default_value = "auto")]
+    sidecar_mode: SidecarModeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SidecarModeArg {
+    Auto,
+    Native,
+    Container,
 }
 
 impl WebhookArgs {
@@ -110,7 +123,7 @@ impl WebhookArgs {
         namespace: &str,
         token_audience: Option<&str>,
     ) -> Result<Option<keyway_controller::webhook::WebhookSettings>, String> {
-        use keyway_controller::webhook::{CertSettings, Injector, WebhookSettings};
+        use keyway_controller::webhook::{CertSettings, Injector, SidecarMode, WebhookSettings};
         let Some(listen) = self.webhook_listen else {
             return Ok(None);
         };
@@ -160,6 +173,12 @@ impl WebhookArgs {
                     .or_else(|| token_audience.map(str::to_owned)),
                 controller_ca_pem,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                native_sidecar: false,
+            },
+            sidecar_mode: match self.sidecar_mode {
+                SidecarModeArg::Auto => SidecarMode::Auto,
+                SidecarModeArg::Native => SidecarMode::Native,
+                SidecarModeArg::Container => SidecarMode::Container,
             },
         }))
     }

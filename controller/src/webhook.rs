@@ -44,7 +44,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WebhookSettings {
     pub listen: SocketAddr,
     pub certs: CertSettings,
+    /// `injector.native_sidecar` is set from this at start.
     pub injector: Injector,
+    pub sidecar_mode: SidecarMode,
+}
+
+/// The form of the injected proxy (`--sidecar-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// Native where the API server runs them (Kubernetes 1.29+), else a regular container.
+    Auto,
+    /// An init container with `restartPolicy: Always` (needs Kubernetes 1.29+, or 1.28 with
+    /// the `SidecarContainers` feature gate).
+    Native,
+    /// A regular container next to the app's.
+    Container,
 }
 
 /// The serving certificate, swapped in place when the Secret changes: no restart, no dropped
@@ -151,20 +165,48 @@ pub async fn start(
         .with_context(|| format!("binding the webhook port {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let tls = server_config(serving.clone())?;
+    let mut injector = settings.injector;
+    injector.native_sidecar = match settings.sidecar_mode {
+        SidecarMode::Native => true,
+        SidecarMode::Container => false,
+        SidecarMode::Auto => native_sidecars_supported(&client).await,
+    };
+    tracing::info!(
+        mode = ?settings.sidecar_mode,
+        native = injector.native_sidecar,
+        "injected proxies run as {}",
+        if injector.native_sidecar { "native sidecars (init containers, restartPolicy: Always)" } else { "regular containers" }
+    );
     let keeper = reconcile::CertManager::new(client, settings.certs, serving, metrics.clone());
     let certs = tokio::spawn(keeper.run(drain.clone()));
-    let server = tokio::spawn(serve(
-        listener,
-        tls,
-        Arc::new(settings.injector),
-        metrics,
-        drain,
-    ));
+    let server = tokio::spawn(serve(listener, tls, Arc::new(injector), metrics, drain));
     Ok(Webhook {
         server,
         certs,
         addr,
     })
+}
+
+/// Asks the API server its version (a few tries: this runs at start, when the API server may
+/// be busy); if it never answers, the regular-container form, which every version runs.
+async fn native_sidecars_supported(client: &kube::Client) -> bool {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match client.apiserver_version().await {
+            Ok(info) => {
+                return inject::supports_native_sidecars(&info.major, &info.minor);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    tracing::warn!(
+        error = %last,
+        "cannot read the API server's version: injecting regular containers (set --sidecar-mode native to override)"
+    );
+    false
 }
 
 /// rustls with ring, TLS 1.2 and 1.3, h2 and http/1.1, certificate from `serving`.

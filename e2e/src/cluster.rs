@@ -28,6 +28,22 @@ pub struct Cluster {
 
 static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 
+/// How an API server differs from the shared one, which serves no node: the real node
+/// ([`crate::node`]) needs one that Pods can reach, with the ServiceAccount admission plugin,
+/// the `kubernetes` Service's endpoints and credentials for the node's components.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ApiServerOptions {
+    /// The address to bind and advertise (default 127.0.0.1).
+    pub bind: Option<std::net::Ipv4Addr>,
+    /// Replaces the shared cluster's node-less flags (no ServiceAccount admission, no
+    /// endpoint reconciler) and its service range.
+    pub flags: Vec<String>,
+    /// More `token,user,uid,groups` lines for `tokens.csv`.
+    pub tokens: Vec<String>,
+    /// Leave the Keyway CRDs to the test (the node's tests install them with the chart).
+    pub skip_crds: bool,
+}
+
 /// The cluster shared by every test of this process, started on first use.
 ///
 /// # Panics
@@ -57,6 +73,13 @@ impl Cluster {
     }
 
     async fn start(name: &str) -> anyhow::Result<Cluster> {
+        Self::start_with(name, ApiServerOptions::default()).await
+    }
+
+    pub(crate) async fn start_with(
+        name: &str,
+        options: ApiServerOptions,
+    ) -> anyhow::Result<Cluster> {
         let t0 = Instant::now();
         // May build the tools (minutes, on a fresh machine): off the async threads.
         let (etcd_bin, apiserver_bin) =
@@ -76,10 +99,12 @@ impl Cluster {
             .arg("-out")
             .arg(dir.join("sa.pub")))?;
         let token = random_hex(40);
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{token},admin,admin,system:masters\n"),
-        )?;
+        let mut tokens = format!("{token},admin,admin,system:masters\n");
+        for line in &options.tokens {
+            tokens.push_str(line);
+            tokens.push('\n');
+        }
+        std::fs::write(dir.join("tokens.csv"), tokens)?;
 
         let etcd_client = crate::free_port();
         let etcd_peer = crate::free_port();
@@ -108,34 +133,40 @@ impl Cluster {
         )?;
 
         let port = crate::free_port();
+        let bind = options.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let d = |name: &str| dir.join(name).display().to_string();
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={bind}"),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", d("certs")),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
             format!("--token-auth-file={}", d("tokens.csv")),
-            "--authorization-mode=RBAC".to_owned(),
-            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-            "--endpoint-reconciler-type=none".to_owned(),
-            // No controller-manager runs: without this, Pods could not be created (the
-            // ServiceAccount admission plugin waits for the default ServiceAccount).
-            "--disable-admission-plugins=ServiceAccount".to_owned(),
             // Less start-up work and CPU on small machines; not under test.
             "--enable-priority-and-fairness=false".to_owned(),
             "--profiling=false".to_owned(),
         ];
+        if options.flags.is_empty() {
+            apiserver_args.extend([
+                "--authorization-mode=RBAC".to_owned(),
+                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+                "--endpoint-reconciler-type=none".to_owned(),
+                // No controller-manager runs: without this, Pods could not be created (the
+                // ServiceAccount admission plugin waits for the default ServiceAccount).
+                "--disable-admission-plugins=ServiceAccount".to_owned(),
+            ]);
+        }
+        apiserver_args.extend(options.flags);
         let mut apiserver = spawn_logged(
             &dir,
             "kube-apiserver",
             Command::new(&apiserver_bin).args(&apiserver_args),
         )?;
 
-        let server = format!("https://127.0.0.1:{port}");
+        let server = format!("https://{bind}:{port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &token))?;
         std::fs::create_dir_all(dir.join("kubectl-cache"))?;
@@ -159,7 +190,9 @@ impl Cluster {
             apiserver: std::sync::Mutex::new(apiserver),
             apiserver_cmd: (apiserver_bin, apiserver_args),
         };
-        cluster.install_crds().await?;
+        if !options.skip_crds {
+            cluster.install_crds().await?;
+        }
         cluster.startup = t0.elapsed();
         eprintln!(
             "[e2e timing] cluster: etcd + kube-apiserver ready in {:.3}s, CRDs established and \
@@ -537,7 +570,7 @@ fn log_tails(dir: &Path) -> String {
 }
 
 /// Starts a cluster component with stdout+stderr in `<dir>/<name>.log`, in the reaper's group.
-fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> anyhow::Result<Child> {
     let log = File::create(dir.join(format!("{name}.log")))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -10,6 +10,8 @@
 //!   [`Controller`] and [`Proxy`] start the product binaries on free loopback ports.
 //! * [`helm`]: the real `helm` with its own home, and parsing of rendered manifests;
 //!   [`prometheus`]: a real Prometheus on loopback and its query API.
+//! * [`node`]: a real single-node cluster (kubelet, containerd, kube-proxy, CoreDNS, ...) for
+//!   the tests that run Pods, with images built on this machine.
 //! * [`http`]: a tiny HTTP/1.1 client for talking to the proxy and the admin endpoints.
 //! * [`wait_for`] / [`eventually`]: poll with a deadline instead of sleeping.
 //!
@@ -21,6 +23,7 @@
 pub mod cluster;
 pub mod helm;
 pub mod http;
+pub mod node;
 pub mod paths;
 pub mod process;
 pub mod prometheus;

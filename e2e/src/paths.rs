@@ -73,32 +73,55 @@ pub fn tool(name: &str) -> PathBuf {
     cache_dir().join("bin").join(name)
 }
 
+/// The real node's components from `e2e/tools/install.sh`: built ones (with the
+/// `versions.env` variable of their version) ...
+const NODE_TOOLS: [(&str, &str); 6] = [
+    ("kubelet", "KUBERNETES_VERSION"),
+    ("kube-scheduler", "KUBERNETES_VERSION"),
+    ("kube-controller-manager", "KUBERNETES_VERSION"),
+    ("kube-proxy", "KUBERNETES_VERSION"),
+    ("coredns", "COREDNS_VERSION"),
+    ("pause", "KUBERNETES_VERSION"),
+];
+
+/// ... and Debian packages, by `install.sh` name and a file they install.
+const NODE_PACKAGES: [(&str, &str); 5] = [
+    ("containerd", "/usr/bin/containerd"),
+    ("runc", "/usr/sbin/runc"),
+    ("cni-plugins", "/usr/lib/cni/portmap"),
+    ("iptables", "/usr/sbin/iptables"),
+    ("conntrack", "/usr/sbin/conntrack"),
+];
+
+/// The directory of the real node's tools (kubelet, ...), installing what is missing or
+/// stale first with `install.sh` (minutes on a fresh machine; once per process).
+pub fn node_tools() -> PathBuf {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let mut missing = stale_tools(&NODE_TOOLS);
+        missing.extend(
+            NODE_PACKAGES
+                .iter()
+                .filter(|(_, file)| !Path::new(file).exists())
+                .map(|(name, _)| *name),
+        );
+        if !missing.is_empty() {
+            run_install(&missing);
+        }
+    });
+    cache_dir().join("bin")
+}
+
 /// Runs `install.sh` unless every tool's stamp already says it was built for the version in
 /// `versions.env` by the script's current recipe (the script's own up-to-date check, done here
 /// without needing Go). The script is idempotent, so a wrong guess only costs time.
 fn ensure_tools() {
-    let tools_dir = e2e_dir().join("tools");
-    let bin = cache_dir().join("bin");
-    let versions = std::fs::read_to_string(tools_dir.join("versions.env")).unwrap_or_default();
-    let script = tools_dir.join("install.sh");
-    let recipe = std::fs::read_to_string(&script)
-        .ok()
-        .and_then(|s| shell_var(&s, "RECIPE"));
-    let stale: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(name, version_var)| {
-            let expected = match (shell_var(&versions, version_var), &recipe) {
-                (Some(v), Some(r)) => format!("v{} recipe={r}", v.trim_start_matches('v')),
-                _ => return true,
-            };
-            let stamp = std::fs::read_to_string(bin.join(format!(".{name}.stamp")));
-            !bin.join(name).is_file() || stamp.map(|s| s.trim() != expected).unwrap_or(true)
-        })
-        .map(|(name, _)| *name)
-        .collect();
+    let stale = stale_tools(&TOOLS);
     if stale.is_empty() {
         return;
     }
+    let bin = cache_dir().join("bin");
+    let script = e2e_dir().join("tools").join("install.sh");
     eprintln!(
         "[e2e] {} missing or stale in {}: running {} (output follows)",
         stale.join(", "),
@@ -116,6 +139,30 @@ fn ensure_tools() {
         "{} failed ({status}); see its output above",
         script.display()
     );
+}
+
+/// The tools of `tools` whose binary or stamp is missing, or whose stamp is not the one
+/// `install.sh` writes for the version `versions.env` names.
+fn stale_tools<'a>(tools: &[(&'a str, &str)]) -> Vec<&'a str> {
+    let tools_dir = e2e_dir().join("tools");
+    let bin = cache_dir().join("bin");
+    let versions = std::fs::read_to_string(tools_dir.join("versions.env")).unwrap_or_default();
+    let script = tools_dir.join("install.sh");
+    let recipe = std::fs::read_to_string(&script)
+        .ok()
+        .and_then(|s| shell_var(&s, "RECIPE"));
+    tools
+        .iter()
+        .filter(|(name, version_var)| {
+            let expected = match (shell_var(&versions, version_var), &recipe) {
+                (Some(v), Some(r)) => format!("v{} recipe={r}", v.trim_start_matches('v')),
+                _ => return true,
+            };
+            let stamp = std::fs::read_to_string(bin.join(format!(".{name}.stamp")));
+            !bin.join(name).is_file() || stamp.map(|s| s.trim() != expected).unwrap_or(true)
+        })
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// The directory holding the ServiceMonitor and PrometheusRule CRDs

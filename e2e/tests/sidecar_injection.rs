@@ -261,11 +261,23 @@ fn pod(name: &str, annotations: Value) -> Value {
     })
 }
 
+/// The Pod's containers, then its native sidecars (init containers that keep running): the
+/// proxy is last in either form.
 fn containers(pod: &Value) -> Vec<&str> {
-    pod["spec"]["containers"]
-        .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
-        .unwrap_or_default()
+    let names = |field: &str, sidecars_only: bool| -> Vec<&str> {
+        pod["spec"][field]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| !sidecars_only || c["restartPolicy"] == "Always")
+                    .filter_map(|c| c["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut all = names("containers", false);
+    all.extend(names("initContainers", true));
+    all
 }
 
 fn volumes(pod: &Value) -> Vec<&str> {
@@ -361,7 +373,19 @@ async fn sidecar_injection() {
         injected["metadata"]["annotations"]["keyway.dev/injected"],
         env!("CARGO_PKG_VERSION")
     );
-    let proxy = &injected["spec"]["containers"][1];
+    // This API server (1.33) runs native sidecars: the proxy is the first init container,
+    // kept running, and the app starts once its startup probe passed.
+    assert!(
+        injected["spec"]["containers"]
+            .as_array()
+            .is_some_and(|cs| cs.len() == 1),
+        "the app's containers are untouched: {}",
+        injected["spec"]
+    );
+    let proxy = &injected["spec"]["initContainers"][0];
+    assert_eq!(proxy["name"], "keyway-proxy");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(proxy["image"], "keyway:e2e");
     let env = |name: &str| {
         proxy["env"]
@@ -393,6 +417,56 @@ async fn sidecar_injection() {
     );
     assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
     t.phase("annotated Pod injected");
+
+    // The regular-container form on request, for a Pod that needs it.
+    let regular = create_pod(
+        ns.name(),
+        &pod(
+            "regular-form",
+            json!({"keyway.dev/inject": "true", "keyway.dev/sidecar-mode": "container"}),
+        ),
+    )
+    .await
+    .expect("the container form is admitted");
+    assert_eq!(containers(&regular), ["app", "keyway-proxy"]);
+    assert!(
+        regular["spec"].get("initContainers").is_none(),
+        "{}",
+        regular["spec"]
+    );
+
+    // A Pod with init containers of its own passes server-side dry-run (the API server's
+    // validation of the patched Pod): the proxy goes first, so they can use it too.
+    let mut with_init = pod("with-init", json!({"keyway.dev/inject": "true"}));
+    with_init["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "example.invalid/migrate:1"}]);
+    let out = cluster
+        .kubectl_stdin(
+            &[
+                "-n",
+                ns.name(),
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            &with_init.to_string(),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "server-side dry-run of an injected Pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dry: Value = serde_json::from_slice(&out.stdout).expect("dry-run JSON");
+    let init: Vec<&str> = dry["spec"]["initContainers"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(init, ["keyway-proxy", "migrate"]);
+    t.phase("container form by annotation; native form passes server-side dry-run");
 
     // Not asked for: created unchanged although failurePolicy is Fail.
     let plain = create_pod(ns.name(), &pod("without-proxy", json!({"team": "a"})))

@@ -4,11 +4,22 @@
 #
 #   ${KEYWAY_CACHE:-~/.cache/keyway}/bin/{kube-apiserver,etcd,helm}
 #
-# and provides what the chart and observability tests need besides:
+# the components of the e2e suite's real node, from the same k8s.io/kubernetes version as
+# kube-apiserver (plus CoreDNS from its Go module and the pod sandbox's pause from the
+# Kubernetes module's C source):
+#
+#   ${KEYWAY_CACHE:-~/.cache/keyway}/bin/{kubelet,kube-scheduler,kube-controller-manager,
+#                                         kube-proxy,coredns,pause}
+#
+# and provides what the chart, observability and node tests need besides:
 #
 #   prometheus, promtool  Debian package `prometheus` (/usr/bin), installed with
 #                         apt-get only when missing (needs root)
 #   redis-server          Debian package `redis-server`, same rule
+#   containerd, runc      Debian packages `containerd` and `runc` (the node's runtime)
+#   cni-plugins           Debian package `containernetworking-plugins` (/usr/lib/cni:
+#                         bridge, host-local, loopback, portmap)
+#   iptables, conntrack   Debian packages of those names (kube-proxy, kubelet, portmap)
 #   monitoring-crds       the ServiceMonitor and PrometheusRule CRDs, copied from the
 #                         prometheus-operator Go module (fetched through the Go module
 #                         proxy) into ${KEYWAY_CACHE:-~/.cache/keyway}/crds/
@@ -17,8 +28,10 @@
 # (bin/.<tool>.stamp); a tool whose stamp matches is skipped, so a second run
 # is a fast no-op and a version bump rebuilds only that tool.
 #
-# Usage: e2e/tools/install.sh [kube-apiserver|etcd|helm|prometheus|redis-server|monitoring-crds ...]
-#        (default: all)
+# Usage: e2e/tools/install.sh [TOOL ...]   (default: all; `node` = every node component)
+#        TOOL: kube-apiserver etcd helm prometheus redis-server monitoring-crds kubelet
+#              kube-scheduler kube-controller-manager kube-proxy coredns pause containerd
+#              runc cni-plugins iptables conntrack
 # Env:   KEYWAY_CACHE  cache root (default ~/.cache/keyway)
 #        GO            go binary (default /usr/local/go/bin/go, else go on PATH)
 #        KEYWAY_TOOLS_FORCE=1  rebuild even if up to date
@@ -44,6 +57,7 @@ K8S_V="$(vtag "${KUBERNETES_VERSION:?missing in versions.env}")"
 ETCD_V="$(vtag "${ETCD_VERSION:?missing in versions.env}")"
 HELM_V="$(vtag "${HELM_VERSION:?missing in versions.env}")"
 PROM_OP_V="$(vtag "${PROMETHEUS_OPERATOR_VERSION:?missing in versions.env}")"
+COREDNS_V="$(vtag "${COREDNS_VERSION:?missing in versions.env}")"
 CRDS="${CACHE}/crds"
 
 # --- Go toolchain and environment (all caches under $CACHE) ---------------
@@ -103,10 +117,11 @@ build_failed() { # name version logfile
   die "$1 $2: build failed (full log: $3)"
 }
 
-# build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines]
-# Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it.
+# build_tool NAME VERSION MODULE PACKAGE LDFLAGS [go.mod extra lines] [main.go]
+# Builds PACKAGE from MODULE@VERSION in a throwaway module that requires it; with a main.go,
+# builds that instead (a main package of the throwaway module, importing from MODULE).
 build_tool() {
-  local name="$1" version="$2" module="$3" pkg="$4" ldflags="$5" extra="${6:-}"
+  local name="$1" version="$2" module="$3" pkg="$4" ldflags="$5" extra="${6:-}" main="${7:-}"
   log "${name} ${version}: building from ${pkg} (this takes a while)..."
   local start=$SECONDS dir="${WORK}/${name}-${version}"
   rm -rf "$dir"
@@ -114,9 +129,13 @@ build_tool() {
   {
     printf 'module keyway.local/tools/%s\n\ngo 1.24.0\n\n' "$name"
     printf 'require %s %s\n\n' "$module" "$version"
-    printf 'tool %s\n' "$pkg"
+    [[ -n "$main" ]] || printf 'tool %s\n' "$pkg"
     [[ -z "$extra" ]] || printf '\n%s\n' "$extra"
   } >"${dir}/go.mod"
+  if [[ -n "$main" ]]; then
+    printf '%s\n' "$main" >"${dir}/main.go"
+    pkg=.
+  fi
   # Go's own output goes to build.log, shown only if a step fails.
   local logf="${dir}/build.log"
   log "${name}: resolving modules"
@@ -130,14 +149,14 @@ build_tool() {
   log "${name} ${version}: built in $((SECONDS - start))s -> ${BIN}/${name}"
 }
 
-# --- kube-apiserver ----------------------------------------------------------
-install_kube_apiserver() {
-  local v="$K8S_V"
-  current kube-apiserver "$v" && return 0
-
-  # k8s.io/kubernetes requires its staging modules at v0.0.0 (replaced by
-  # ./staging in its own repo); map each to its published v0.<minor>.<patch>.
-  local info gomod staging_v replaces mod
+# --- Kubernetes components (kube-apiserver and the node's) -------------------------
+# k8s.io/kubernetes requires its staging modules at v0.0.0 (replaced by ./staging in its own
+# repo); K8S_REPLACES maps each to its published v0.<minor>.<patch>, and K8S_LDFLAGS stamps
+# the version the way the Kubernetes build does. Computed once, for every component.
+K8S_REPLACES="" K8S_LDFLAGS=""
+k8s_module_setup() {
+  [[ -z "$K8S_LDFLAGS" ]] || return 0
+  local v="$K8S_V" info gomod staging_v replaces mod
   info="$(mod_info "k8s.io/kubernetes@${v}")"
   [[ -f "$info" ]] || die "cannot download k8s.io/kubernetes@${v}"
   gomod="${info%.info}.mod"
@@ -161,8 +180,63 @@ install_kube_apiserver() {
   for p in "${kv[@]}"; do
     x+=" -X k8s.io/component-base/version.${p} -X k8s.io/client-go/pkg/version.${p}"
   done
-  build_tool kube-apiserver "$v" k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver \
-    "-s -w${x}" "$replaces"
+  K8S_REPLACES="$replaces"
+  K8S_LDFLAGS="-s -w${x}"
+}
+
+install_k8s() { # component (cmd/<component> of k8s.io/kubernetes)
+  current "$1" "$K8S_V" && return 0
+  k8s_module_setup
+  build_tool "$1" "$K8S_V" k8s.io/kubernetes "k8s.io/kubernetes/cmd/$1" "$K8S_LDFLAGS" "$K8S_REPLACES"
+}
+
+# --- pause (the pod sandbox's process) ----------------------------------------------------
+# The Kubernetes module ships build/pause/linux/pause.c, the source of registry.k8s.io/pause;
+# compiled statically here, since no registry is reachable to pull that image.
+install_pause() {
+  local v="$K8S_V" json dir src
+  current pause "$v" && return 0
+  command -v gcc >/dev/null 2>&1 || die "pause: gcc not found (Debian package gcc, with libc6-dev)"
+  json="$("$GO" mod download -json "k8s.io/kubernetes@${v}" 2>&1)" ||
+    { printf '%s\n' "$json" >&2; die "cannot download k8s.io/kubernetes@${v}"; }
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+  src="${dir}/build/pause/linux/pause.c"
+  [[ -f "$src" ]] || die "pause: ${src} not found in the k8s.io/kubernetes module"
+  log "pause ${v}: compiling ${src}"
+  gcc -Os -Wall -Werror -static -DVERSION="${v}-keyway" -o "${BIN}/.pause.tmp" "$src" ||
+    die "pause: gcc failed"
+  mv -f "${BIN}/.pause.tmp" "${BIN}/pause"
+  stamp_of "$v" >"${BIN}/.pause.stamp"
+  log "pause ${v}: built -> ${BIN}/pause"
+}
+
+# --- CoreDNS (the cluster's DNS) --------------------------------------------------------
+# CoreDNS's own main (coredns.go) imports every plugin, cloud SDKs included: ~11 minutes on
+# two cores. The node needs only those of its Corefile (e2e/src/node/config.rs), so this main
+# is CoreDNS's with that plugin list, the way CoreDNS documents custom builds (plugins
+# register themselves when imported; the order comes from core/dnsserver either way).
+COREDNS_MAIN='package main
+
+import (
+	_ "github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }'
+install_coredns() {
+  local v="$COREDNS_V" info sha
+  current coredns "$v" && return 0
+  info="$(mod_info "github.com/coredns/coredns@${v}")"
+  sha="$(origin_hash "$info")"
+  build_tool coredns "$v" github.com/coredns/coredns github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${sha:-${v}}" "" "$COREDNS_MAIN"
 }
 
 # --- etcd --------------------------------------------------------------------
@@ -201,14 +275,15 @@ install_helm() {
 # --- Debian packages (prometheus + promtool, redis-server) --------------------
 # Installed only when a binary is missing. apt-get needs root: without it, a
 # missing binary is an error that says what to install.
-install_deb() { # package binary...
+have_binary() { if [[ "$1" == /* ]]; then [[ -x "$1" ]]; else command -v "$1" >/dev/null 2>&1; fi; }
+install_deb() { # package binary... (a name on PATH, or an absolute path)
   local pkg="$1" missing=() b
   shift
   for b in "$@"; do
-    command -v "$b" >/dev/null 2>&1 || missing+=("$b")
+    have_binary "$b" || missing+=("$b")
   done
   if [[ ${#missing[@]} -eq 0 ]]; then
-    log "${pkg}: present ($(command -v "$1"))"
+    log "${pkg}: present ($1)"
     return 0
   fi
   if [[ "$(id -u)" != 0 ]]; then
@@ -229,9 +304,9 @@ install_deb() { # package binary...
     }
   fi
   for b in "$@"; do
-    command -v "$b" >/dev/null 2>&1 || die "${pkg} is installed but ${b} is still missing"
+    have_binary "$b" || die "${pkg} is installed but ${b} is still missing"
   done
-  log "${pkg}: installed ($(command -v "$1"))"
+  log "${pkg}: installed ($1)"
 }
 
 # --- ServiceMonitor / PrometheusRule CRDs ------------------------------------
@@ -265,18 +340,32 @@ install_monitoring_crds() {
 }
 
 # --- main --------------------------------------------------------------------
-tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube-apiserver prometheus redis-server monitoring-crds)
+node_tools=(kubelet kube-scheduler kube-controller-manager kube-proxy coredns pause
+            containerd runc cni-plugins iptables conntrack)
+tools=()
+for t in "$@"; do
+  if [[ "$t" == node ]]; then tools+=("${node_tools[@]}"); else tools+=("$t"); fi
+done
+[[ ${#tools[@]} -gt 0 ]] ||
+  tools=(etcd helm kube-apiserver prometheus redis-server monitoring-crds "${node_tools[@]}")
 log "cache ${CACHE} (${gover})"
 for t in "${tools[@]}"; do
   case "$t" in
-    kube-apiserver) install_kube_apiserver ;;
+    kube-apiserver | kubelet | kube-scheduler | kube-controller-manager | kube-proxy) install_k8s "$t" ;;
     etcd) install_etcd ;;
     helm) install_helm ;;
+    coredns) install_coredns ;;
+    pause) install_pause ;;
     prometheus | promtool) install_deb prometheus prometheus promtool ;;
     redis-server | redis) install_deb redis-server redis-server ;;
+    containerd) install_deb containerd containerd ctr ;;
+    runc) install_deb runc runc ;;
+    cni-plugins) install_deb containernetworking-plugins /usr/lib/cni/bridge /usr/lib/cni/host-local \
+                   /usr/lib/cni/loopback /usr/lib/cni/portmap ;;
+    iptables) install_deb iptables iptables ;;
+    conntrack) install_deb conntrack conntrack ;;
     monitoring-crds) install_monitoring_crds ;;
-    *) die "unknown tool '${t}' (want kube-apiserver, etcd, helm, prometheus, redis-server or monitoring-crds)" ;;
+    *) die "unknown tool '${t}' (see the usage at the top of $0)" ;;
   esac
 done
 log "done; add to PATH: export PATH=\"${BIN}:\$PATH\""

@@ -13,6 +13,7 @@ pub mod client;
 pub mod metrics;
 pub mod mock;
 pub mod redis;
+pub mod stats;
 
 use std::future::Future;
 use std::time::Duration;

@@ -225,6 +225,35 @@ pub struct MockUpstream {
     task: Option<JoinHandle<()>>,
 }
 
+/// A read-only view of what a mock recorded that can be kept apart from the mock (a stats
+/// endpoint holds one while `main` keeps the mock to shut it down).
+#[derive(Clone)]
+pub struct MockRecords {
+    shared: Arc<Shared>,
+}
+
+impl MockRecords {
+    /// The mock's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Number of requests received so far.
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// The keys received so far, in order; requests without a key are skipped.
+    pub fn received_keys(&self) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .requests
+            .iter()
+            .filter_map(|r| r.key.clone())
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for MockUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MockUpstream")
@@ -284,6 +313,13 @@ impl MockUpstream {
     /// The name given at start (sent back in [`UPSTREAM_HEADER`]).
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// A view of the records that can outlive this borrow.
+    pub fn records(&self) -> MockRecords {
+        MockRecords {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// All requests received so far (oldest first).

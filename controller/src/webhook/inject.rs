@@ -20,6 +20,9 @@ pub const POOLS: &str = "keyway.dev/pools";
 pub const PORT: &str = "keyway.dev/port";
 /// Other namespaces whose granted pools the proxy serves, comma-separated.
 pub const EXTRA_NAMESPACES: &str = "keyway.dev/extra-namespaces";
+/// `native` or `container`: the form of the injected proxy for this Pod, overriding what the
+/// controller chose for the cluster ([`Injector::native_sidecar`]).
+pub const SIDECAR_MODE: &str = "keyway.dev/sidecar-mode";
 
 /// The injected container's name.
 pub const CONTAINER: &str = "keyway-proxy";
@@ -34,6 +37,11 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const ADMIN_PORT: u16 = 9901;
 /// Lifetime of the projected token; the kubelet refreshes it well before.
 const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// A native sidecar's startup probe: the app starts once the proxy has its configuration,
+/// checked every second for up to two minutes (then the kubelet restarts the proxy and waits
+/// again; the app cannot do anything useful without its keys anyway).
+const STARTUP_PERIOD_SECONDS: i64 = 1;
+const STARTUP_FAILURE_THRESHOLD: i64 = 120;
 
 /// How injected proxies are configured (`--sidecar-*` flags).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +57,9 @@ pub struct Injector {
     pub controller_ca_pem: Option<String>,
     /// Written to `keyway.dev/injected`.
     pub version: String,
+    /// Inject a native sidecar (an init container with `restartPolicy: Always`, Kubernetes
+    /// 1.29+) rather than a regular container; a Pod's [`SIDECAR_MODE`] annotation overrides.
+    pub native_sidecar: bool,
 }
 
 /// What the webhook did with one request; [`Outcome::label`] is the metric label.
@@ -217,6 +228,16 @@ impl Injector {
             Ok(p) => p,
             Err(e) => return Decision::Deny(e),
         };
+        let native = match annotation(SIDECAR_MODE) {
+            None | Some("") => self.native_sidecar,
+            Some("native") => true,
+            Some("container") => false,
+            Some(other) => {
+                return Decision::Deny(format!(
+                    "annotation {SIDECAR_MODE}: {other:?} is not \"native\" or \"container\""
+                ));
+            }
+        };
         let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array);
         if volumes.is_some_and(|vs| vs.iter().any(|v| v["name"] == TOKEN_VOLUME)) {
             return Decision::Deny(format!(
@@ -225,10 +246,23 @@ impl Injector {
         }
 
         let mut ops = vec![self.mark(annotations.is_some())];
-        let container = self.container(port, &pools, &extra);
-        match pod.pointer("/spec/containers").and_then(Value::as_array) {
-            Some(_) => ops.push(add("/spec/containers/-", container)),
-            None => ops.push(add("/spec/containers", json!([container]))),
+        let mut container = self.container(port, &pools, &extra);
+        if native {
+            // First of the init containers, so that the other init containers can use it too;
+            // the kubelet starts the next one only after its startup probe passed.
+            native_sidecar(&mut container);
+            match pod
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+            {
+                Some(_) => ops.push(add("/spec/initContainers/0", container)),
+                None => ops.push(add("/spec/initContainers", json!([container]))),
+            }
+        } else {
+            match pod.pointer("/spec/containers").and_then(Value::as_array) {
+                Some(_) => ops.push(add("/spec/containers/-", container)),
+                None => ops.push(add("/spec/containers", json!([container]))),
+            }
         }
         let volume = self.token_volume();
         match volumes {
@@ -330,6 +364,34 @@ impl Outcome {
             Outcome::AlreadyInjected => "already_injected",
             Outcome::Denied => "denied",
         }
+    }
+}
+
+/// Makes the proxy container a native sidecar: it keeps running beside the app (and stops
+/// after it, so a Job completes), and its startup probe holds the app back until the proxy
+/// serves.
+fn native_sidecar(container: &mut Value) {
+    container["restartPolicy"] = json!("Always");
+    container["startupProbe"] = json!({
+        "httpGet": {"path": "/readyz", "port": ADMIN_PORT},
+        "periodSeconds": STARTUP_PERIOD_SECONDS,
+        "timeoutSeconds": 2,
+        "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+    });
+}
+
+/// Whether an API server of this version runs native sidecars: `SidecarContainers` is on by
+/// default from Kubernetes 1.29. `minor` may carry a suffix (`"29+"` on some providers).
+pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+    let number = |s: &str| -> Option<u32> {
+        s.trim()
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .ok()
+    };
+    match (number(major), number(minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => false,
     }
 }
 

@@ -24,6 +24,7 @@ fn injector() -> Injector {
         controller_ca_pem: None,
         token_audience: None,
         version: "0.0.0-test".into(),
+        native_sidecar: false,
     }
 }
 

@@ -32,6 +32,11 @@ struct Args {
     /// Milliseconds between SSE events in streamed chat completions.
     #[arg(long, default_value_t = 0)]
     stream_interval_ms: u64,
+
+    /// Also serve what the mocks received (request count and keys per mock, as JSON) on this
+    /// address: how the e2e harness reads a mock that runs in a Pod.
+    #[arg(long, value_name = "ADDR")]
+    stats_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -64,6 +69,31 @@ async fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("keyway-mock-upstream: cannot start {name} on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    if let Some(addr) = args.stats_listen {
+        let records: Vec<_> = mocks.iter().map(MockUpstream::records).collect();
+        let snapshot = std::sync::Arc::new(move || {
+            let mocks: Vec<_> = records
+                .iter()
+                .map(|m| {
+                    let mut keys = serde_json::Map::new();
+                    for k in m.received_keys() {
+                        let n = keys.get(&k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                        keys.insert(k, (n + 1).into());
+                    }
+                    serde_json::json!({"name": m.name(), "requests": m.request_count(), "keys": keys})
+                })
+                .collect();
+            serde_json::json!({ "mocks": mocks })
+        });
+        match keyway_testkit::stats::serve(addr, snapshot).await {
+            Ok(local) => println!("mock stats listening on http://{local}"),
+            Err(e) => {
+                eprintln!("keyway-mock-upstream: cannot serve stats on {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         }

@@ -7,6 +7,7 @@ fn injector() -> Injector {
         controller_ca_pem: None,
         token_audience: Some("keyway".into()),
         version: "0.1.0".into(),
+        native_sidecar: false,
     }
 }
 
@@ -65,6 +66,10 @@ fn apply(mut doc: Value, ops: &[Value]) -> Value {
             .unwrap_or_else(|| panic!("{parent} exists"));
         match target {
             Value::Array(a) if last == "-" => a.push(op["value"].clone()),
+            // RFC 6902: `add` at an index inserts before the element there.
+            Value::Array(a) if last.parse::<usize>().is_ok_and(|i| i <= a.len()) => {
+                a.insert(last.parse().unwrap_or_default(), op["value"].clone());
+            }
             Value::Object(o) => {
                 o.insert(last, op["value"].clone());
             }
@@ -464,4 +469,114 @@ fn the_controller_ca_travels_to_the_proxy_only_when_configured() {
         .find(|e| e["name"] == "KEYWAY_CONTROLLER_CA_PEM")
         .expect("the CA env var");
     assert_eq!(ca["value"], pem);
+}
+
+fn native() -> Injector {
+    Injector {
+        native_sidecar: true,
+        ..injector()
+    }
+}
+
+#[test]
+fn native_sidecar_is_the_first_init_container_that_keeps_running() {
+    let before = pod(Some(json!({INJECT: "true"})), app_spec());
+    let ops = ops(native().decide(&before));
+    let paths: Vec<&str> = ops
+        .iter()
+        .map(|o| o["path"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/metadata/annotations/keyway.dev~1injected",
+            "/spec/initContainers",
+            "/spec/volumes",
+        ]
+    );
+    let after = apply(before, &ops);
+    let containers = after["spec"]["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "the app's containers are untouched");
+    let proxy = &after["spec"]["initContainers"][0];
+    assert_eq!(proxy["name"], CONTAINER);
+    assert_eq!(proxy["restartPolicy"], "Always");
+    // The app starts once the proxy serves: the startup probe is the readiness endpoint.
+    assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(proxy["startupProbe"]["httpGet"]["port"], ADMIN_PORT);
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // Everything else is the regular container's.
+    let mut regular = injector().container(DEFAULT_PORT, &[], &[]);
+    regular["restartPolicy"] = proxy["restartPolicy"].clone();
+    regular["startupProbe"] = proxy["startupProbe"].clone();
+    assert_eq!(proxy, &regular);
+}
+
+#[test]
+fn native_sidecar_goes_before_existing_init_containers() {
+    let before = pod(
+        Some(json!({INJECT: "true"})),
+        json!({"initContainers": [{"name": "migrate", "image": "m:1"}], "containers": [{"name": "app"}]}),
+    );
+    let after = apply(before.clone(), &ops(native().decide(&before)));
+    let names: Vec<&str> = after["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [CONTAINER, "migrate"],
+        "the others can use the proxy too"
+    );
+}
+
+#[test]
+fn the_sidecar_mode_annotation_overrides_the_cluster_default() {
+    let container_form = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "container"})),
+        app_spec(),
+    );
+    let after = apply(
+        container_form.clone(),
+        &ops(native().decide(&container_form)),
+    );
+    assert!(after["spec"].get("initContainers").is_none());
+    assert_eq!(after["spec"]["containers"][1]["name"], CONTAINER);
+    assert!(
+        after["spec"]["containers"][1]
+            .get("restartPolicy")
+            .is_none()
+    );
+
+    let native_form = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "native"})),
+        app_spec(),
+    );
+    let after = apply(native_form.clone(), &ops(injector().decide(&native_form)));
+    assert_eq!(
+        after["spec"]["initContainers"][0]["restartPolicy"],
+        "Always"
+    );
+
+    let bad = pod(
+        Some(json!({INJECT: "true", SIDECAR_MODE: "sidecar"})),
+        app_spec(),
+    );
+    match native().decide(&bad) {
+        Decision::Deny(m) => assert!(m.contains(SIDECAR_MODE) && m.contains("sidecar"), "{m}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn native_sidecars_from_kubernetes_1_29() {
+    assert!(supports_native_sidecars("1", "29"));
+    assert!(supports_native_sidecars("1", "33"));
+    assert!(supports_native_sidecars("1", "30+"), "provider suffixes");
+    assert!(supports_native_sidecars("2", "0"));
+    assert!(!supports_native_sidecars("1", "28"));
+    assert!(!supports_native_sidecars("1", ""));
+    assert!(!supports_native_sidecars("", "29"));
 }
