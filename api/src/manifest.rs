@@ -22,6 +22,10 @@ pub struct Manifests {
     /// Objects whose document was invalid (`kind`, id): references to them are not reported
     /// again as missing.
     pub failed: Vec<(String, ObjectId)>,
+    /// Secrets without the `keyway.dev/api-keys: "true"` label. The standalone proxy reads
+    /// them anyway (a user's own file is not a trust boundary), but a cluster's controller
+    /// would not: [`Manifests::warnings`] says so.
+    pub unlabelled_secrets: Vec<ObjectId>,
 }
 
 #[derive(Deserialize)]
@@ -49,7 +53,9 @@ struct Envelope {
 struct Metadata {
     name: Option<String>,
     namespace: Option<String>,
-    // labels, annotations etc. are accepted and ignored, as kubectl would keep them.
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    // annotations etc. are accepted and ignored, as kubectl would keep them.
 }
 
 // === impl Manifests ===
@@ -76,6 +82,59 @@ impl Manifests {
             errors.extend(more);
         }
         errors
+    }
+
+    /// What is valid here but would not behave the same when the file is applied to a
+    /// cluster: one line each, for `keyway-proxy check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let referenced = |id: &ObjectId| {
+            self.key_pools
+                .iter()
+                .any(|(k, spec)| k.namespace == id.namespace && spec.secret_ref.name == id.name)
+        };
+        let mut out: Vec<String> = self
+            .pools
+            .iter()
+            .filter_map(|(id, spec)| {
+                let key_pool = spec.api_key_pool_ref.as_ref()?;
+                let consented = self
+                    .key_pools
+                    .iter()
+                    .find(|(k, _)| k.namespace == id.namespace && k.name == key_pool.name)
+                    .map(|(_, k)| k.allowed_proxy_namespaces.as_slice())
+                    .unwrap_or_default();
+                let refused: Vec<&str> = spec
+                    .allowed_proxy_namespaces
+                    .iter()
+                    .filter(|ns| **ns != id.namespace && !consented.contains(ns))
+                    .map(String::as_str)
+                    .collect();
+                (!refused.is_empty()).then(|| {
+                    format!(
+                        "LoadBalancerPool {id}: spec.allowedProxyNamespaces: {refused:?} not granted: \
+                         the key owner must consent too, so ApiKeyPool {ns}/{kp}'s \
+                         spec.allowedProxyNamespaces must list them (and those proxies must name the \
+                         pool as {ns}/{name} in --pools)",
+                        ns = id.namespace,
+                        kp = key_pool.name,
+                        name = id.name,
+                    )
+                })
+            })
+            .collect();
+        out.extend(self.unlabelled_secrets
+            .iter()
+            .filter(|id| referenced(id))
+            .map(|id| {
+                format!(
+                    "Secret {id}: metadata.labels: no {label}: \"{value}\"; this proxy reads it \
+                     from the file, but in a cluster the controller reads only labelled Secrets \
+                     and its ApiKeyPool would be SecretNotLabelled (add `labels: {{{label}: \"{value}\"}}`)",
+                    label = crate::secret::API_KEYS_LABEL,
+                    value = crate::secret::API_KEYS_LABEL_VALUE,
+                )
+            }));
+        out
     }
 
     /// Parses what it can; the documents that fail are reported, the rest kept.
@@ -211,6 +270,9 @@ impl Manifests {
                     let v = expand_env(&v, env)
                         .map_err(|msg| bad(&object, &format!("stringData.{k}"), msg))?;
                     entries.insert(k, SecretValue::new(v));
+                }
+                if !crate::secret::opted_in(env_doc.metadata.labels.as_ref()) {
+                    self.unlabelled_secrets.push(id.clone());
                 }
                 if self.secrets.insert(id, entries).is_some() {
                     return Err(bad(&object, "metadata.name", "defined twice".into()));

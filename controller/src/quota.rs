@@ -157,7 +157,7 @@ mod tests {
         let yaml = r#"
 apiVersion: v1
 kind: Secret
-metadata: {name: s, namespace: t}
+metadata: {name: s, namespace: t, labels: {keyway.dev/api-keys: "true"}}
 stringData: {k1: v1, k2: v2}
 ---
 apiVersion: keyway.dev/v1alpha1
@@ -266,6 +266,8 @@ spec:
     fn granted_peers_of_other_namespaces_take_a_share() {
         let none: Vec<String> = vec![];
         let t = vec!["t".to_string()];
+        // A granted pool is only served to a proxy that names it.
+        let tp = vec!["t/p".to_string()];
         let base = snapshot();
         let mut idx = index(&base);
         let ps = vec![
@@ -279,7 +281,7 @@ spec:
                 id: "guest",
                 namespace: "u",
                 namespaces: &t,
-                pools: &none,
+                pools: &tp,
             },
         ];
         // Asking for namespace t is not enough: t/p does not grant u.

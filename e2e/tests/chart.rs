@@ -599,7 +599,7 @@ fn ready(conditions: &[Condition]) -> Option<&Condition> {
 fn pool_manifests(upstream: &str, key: &str, with_secret: bool) -> String {
     let secret = if with_secret {
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys}}\nstringData:\n  key-a: \"{key}\"\n---\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData:\n  key-a: \"{key}\"\n---\n"
         )
     } else {
         String::new()

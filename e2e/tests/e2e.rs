@@ -17,6 +17,7 @@ mod leader_election;
 mod missing_secret;
 mod reliability;
 mod secure_push;
+mod security;
 mod sidecar_injection;
 mod validation;
 mod walking_skeleton;

@@ -24,6 +24,7 @@ async fn key_states_and_usage_reach_the_status() {
 kind: Secret
 metadata:
   name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
   key-a: "{key_a}"
   key-b: "{key_b}"

@@ -149,6 +149,7 @@ pub async fn start(
             "env"
         }
         Source::Controller(d) => {
+            dataplane.set_home_namespace(&d.namespace);
             background.push(tokio::spawn(discovery::run(
                 d.clone(),
                 tx.clone(),

@@ -89,6 +89,10 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     controller_ca_pem: Option<String>,
+    /// Controller mode: the name the controller's TLS certificate must carry when it is not
+    /// the URL's host (e.g. keyway-controller.keyway.svc while dialling an address).
+    #[arg(long, env = "KEYWAY_CONTROLLER_SERVER_NAME")]
+    controller_server_name: Option<String>,
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
@@ -236,6 +240,11 @@ fn check(config: &Path) -> ExitCode {
     };
     let env = |name: &str| std::env::var(name).ok();
     let errors = keyway_api::manifest::Manifests::check(&text, &env);
+    // Valid here, different in a cluster: said, but not an error (exit code unchanged).
+    let (parsed, _) = keyway_api::manifest::Manifests::parse_lenient(&text, &env);
+    for warning in parsed.warnings() {
+        println!("warning: {warning}");
+    }
     if errors.is_empty() {
         return match keyway_proxy::config::file::parse(&text) {
             Ok(snap) => {
@@ -328,7 +337,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 eprintln!("keyway-proxy: --controller-ca-pem: {e:#}");
                 return ExitCode::from(EXIT_INVALID_CONFIG);
             }
-            let default_token = Path::new(keyway_proxy::discovery::DEFAULT_TOKEN_FILE);
+            let default_token = [
+                keyway_proxy::discovery::KEYWAY_TOKEN_FILE,
+                keyway_proxy::discovery::DEFAULT_TOKEN_FILE,
+            ]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists());
             Source::Controller(DiscoverySettings {
                 controller_url: url,
                 proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
@@ -340,9 +355,10 @@ async fn run(args: RunArgs) -> ExitCode {
                 backoff_max: Duration::from_secs(10),
                 token_file: args
                     .token_file
-                    .or_else(|| default_token.exists().then(|| default_token.to_path_buf())),
+                    .or_else(|| default_token.map(Path::to_path_buf)),
                 controller_ca: args.controller_ca,
                 controller_ca_pem: args.controller_ca_pem,
+                controller_server_name: args.controller_server_name,
             })
         }
         (None, None) => {

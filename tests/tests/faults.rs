@@ -36,7 +36,7 @@ fn pool(backends: &[(&str, String)], keys: &[(&str, &str)], extra: &str) -> Stri
             .map(|(k, v)| format!("  {k}: \"{v}\"\n"))
             .collect();
         yaml.push_str(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys}}\nstringData:\n{entries}---\n\
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData:\n{entries}---\n\
              apiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {{name: keys}}\n\
              spec:\n  secretRef: {{name: llm-keys}}\n---\n"
         ));

@@ -21,7 +21,7 @@ fn config(upstream: &str, akp: &str, lbp: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: llm-keys}}
+metadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: "true"}}}}
 stringData:
   key-a: "{KEY_A}"
   key-b: "{KEY_B}"

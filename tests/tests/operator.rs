@@ -288,6 +288,7 @@ async fn writes_are_refused_in_controller_and_quick_start_modes() {
         token_file: None,
         controller_ca: None,
         controller_ca_pem: None,
+        controller_server_name: None,
     });
     // An admin port on every interface: reads other than health and metrics need the token.
     let running = start_source(controller, |s| {

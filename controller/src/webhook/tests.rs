@@ -45,6 +45,7 @@ async fn start() -> Running {
         listener,
         server_config(serving.clone()).expect("tls"),
         Arc::new(injector()),
+        None,
         metrics.clone(),
         drain_rx,
     ));

@@ -276,7 +276,7 @@ mod tests {
     const FILE: &str = r#"
 apiVersion: v1
 kind: Secret
-metadata: {name: s}
+metadata: {name: s, labels: {keyway.dev/api-keys: "true"}}
 stringData: {k1: "${K1}", k2: literal-secret}
 ---
 apiVersion: keyway.dev/v1alpha1
