@@ -8,9 +8,13 @@
 
 use keyway_api::spec::ApiKeyPool;
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::process::DEFAULT_AUDIENCE;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
+use keyway_proto as pb;
 use kube::Api;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Long enough for a loaded 2-core machine; a broken implementation never gets there.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -317,5 +321,345 @@ spec:
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up_b.received_keys(), vec![key_b.clone()]);
     assert!(up_c.received_keys().is_empty(), "c's pool took b's traffic");
+    t.total();
+}
+
+// === 4. Streams do not outlive their credentials ===
+
+/// A proxy whose ServiceAccount is deleted is refused at its next reconnect, which comes within
+/// the stream's bounded lifetime: a key rotated afterwards never reaches it, while a proxy
+/// with a live ServiceAccount gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_service_account_stops_receiving_keys() {
+    let mut t = Timings::new("deleted_service_account");
+    let cluster = cluster().await;
+    let ns = cluster.namespace("sec-lifetime").await;
+    let upstream = MockUpstream::start("up").await.expect("mock upstream");
+    let (v1, v2) = (
+        format!("sk-v1-{}", random_hex(20)),
+        format!("sk-v2-{}", random_hex(20)),
+    );
+    ns.apply(&format!(
+        "{}---\n{}",
+        secret("keys", &v1, true),
+        pools("keys", &upstream.url())
+    ))
+    .await;
+    // Streams last 3.2-4 s here (600 s by default); reviews are then cached for 2 s.
+    let controller = Controller::start_with(
+        cluster,
+        Some(ns.name()),
+        &["--stream-max-lifetime-seconds", "4"],
+    )
+    .await;
+    let token = cluster
+        .service_account_token(ns.name(), "doomed", Some(DEFAULT_AUDIENCE))
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).expect("write token");
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let doomed = Proxy::start(&controller, ns.name(), &["--token-file", &token_arg]).await;
+    let witness = Proxy::start(&controller, ns.name(), &[]).await;
+    t.phase("controller (4 s streams), a doomed proxy and a witness");
+
+    let http = HttpClient::new();
+    let send = |proxy: &Proxy| {
+        let url = format!("{}/v1/chat/completions", proxy.url);
+        let http = &http;
+        async move {
+            let r = http
+                .post_json(&url, &chat_request("m", "hi"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.text()))
+            }
+        }
+    };
+    send(&doomed)
+        .await
+        .expect("the doomed proxy serves while its account lives");
+    // Streams end and reconnect while the account lives: reconnects are routine.
+    wait_for(DEADLINE, "a routine reconnect", || async {
+        let logs = doomed.process.logs();
+        if logs.matches("connected to the controller").count() >= 2 {
+            Ok(())
+        } else {
+            Err("one stream so far".to_owned())
+        }
+    })
+    .await;
+    t.phase("served; streams reconnect");
+
+    ns.kubectl_ok(&["delete", "serviceaccount", "doomed"]).await;
+    let deleted = std::time::Instant::now();
+    wait_for(DEADLINE, "the doomed proxy is refused", || async {
+        if doomed
+            .process
+            .logs()
+            .contains("the controller refused this proxy")
+        {
+            Ok(())
+        } else {
+            Err("still connected or reconnecting".to_owned())
+        }
+    })
+    .await;
+    let refused_after = deleted.elapsed();
+    eprintln!(
+        "[e2e] a deleted ServiceAccount was refused {refused_after:?} after its deletion (bound: 4 s lifetime + 2 s review cache)"
+    );
+    t.phase("refused after the deletion");
+
+    ns.kubectl_ok(&[
+        "patch",
+        "secret",
+        "keys",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"stringData":{{"key-1":"{v2}"}}}}"#),
+    ])
+    .await;
+    wait_for(DEADLINE, "the witness serves the rotated key", || async {
+        send(&witness).await?;
+        if upstream.received_keys().last() == Some(&v2) {
+            Ok(())
+        } else {
+            Err("old key".to_owned())
+        }
+    })
+    .await;
+    // The rotation was indexed and pushed; the doomed proxy still has only what it had.
+    send(&doomed)
+        .await
+        .expect("the doomed proxy keeps its last snapshot");
+    assert_eq!(
+        upstream.received_keys().last(),
+        Some(&v1),
+        "the rotated key reached a deleted ServiceAccount"
+    );
+    t.total();
+}
+
+// === 5. Per-identity limits ===
+
+/// A raw discovery client: says `hello` with `token` and returns the outbound sender (kept
+/// open) and the inbound stream, or the refusal.
+async fn open(
+    url: &str,
+    token: &str,
+    hello: pb::Hello,
+) -> Result<
+    (
+        mpsc::Sender<pb::ProxyMessage>,
+        tonic::Streaming<pb::ControllerMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = pb::discovery_client::DiscoveryClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Hello(hello)),
+    })
+    .await
+    .expect("queue Hello");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII token"),
+    );
+    let inbound = client.stream(request).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+fn hello(namespace: &str) -> pb::Hello {
+    pb::Hello {
+        proxy_id: format!("raw-{}", random_hex(6)),
+        namespace: namespace.to_owned(),
+        build_version: "e2e".into(),
+        ..Default::default()
+    }
+}
+
+/// The first snapshot of a stream.
+async fn first_snapshot(inbound: &mut tonic::Streaming<pb::ControllerMessage>) -> pb::Snapshot {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, inbound.message())
+            .await
+            .expect("a snapshot in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(pb::controller_message::Message::Snapshot(s)) = msg.message {
+            return s;
+        }
+    }
+}
+
+/// One identity cannot grow the controller without bound: oversized Hellos are refused, its
+/// streams are counted, and its reports can only speak of the keys and backends it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_is_bounded() {
+    let mut t = Timings::new("per_identity_limits");
+    let cluster = cluster().await;
+    let (ns, other) = tokio::join!(
+        cluster.namespace("sec-limits"),
+        cluster.namespace("sec-limits-o")
+    );
+    let upstream = MockUpstream::start("up").await.expect("mock upstream");
+    for n in [&ns, &other] {
+        n.apply(&format!(
+            "{}---\n{}",
+            secret("keys", &format!("sk-{}", random_hex(20)), true),
+            pools("keys", &upstream.url())
+        ))
+        .await;
+    }
+    let watched = format!("{},{}", ns.name(), other.name());
+    let controller = Controller::start_with(
+        cluster,
+        None,
+        &[
+            "--watch-namespace",
+            &watched,
+            "--max-streams-per-identity",
+            "2",
+        ],
+    )
+    .await;
+    let token = cluster
+        .service_account_token(ns.name(), "keyway-proxy", Some(DEFAULT_AUDIENCE))
+        .await;
+    let url = &controller.grpc_url;
+    t.phase("two namespaces, controller (2 streams per identity)");
+
+    // Oversized Hello fields are refused, naming the field.
+    let mut big_id = hello(ns.name());
+    big_id.proxy_id = "x".repeat(100_000);
+    let mut many_pools = hello(ns.name());
+    many_pools.pools = (0..10_000).map(|i| format!("pool-{i}")).collect();
+    for (what, h, field) in [
+        ("a 100 kB proxy id", big_id, "proxy_id"),
+        ("10,000 pools", many_pools, "pools"),
+    ] {
+        match open(url, &token, h).await {
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
+                assert!(s.message().contains(field), "{what}: {}", s.message());
+            }
+            Ok(_) => panic!("{what} was accepted"),
+        }
+    }
+    t.phase("oversized Hellos refused");
+
+    // Two streams per identity; the third is refused until one ends.
+    let (tx1, mut in1) = open(url, &token, hello(ns.name())).await.expect("stream 1");
+    let snapshot = first_snapshot(&mut in1).await;
+    let (tx2, mut in2) = open(url, &token, hello(ns.name())).await.expect("stream 2");
+    first_snapshot(&mut in2).await;
+    let third = open(url, &token, hello(ns.name())).await.map(|_| ());
+    assert_eq!(
+        third.map_err(|s| s.code()),
+        Err(tonic::Code::ResourceExhausted)
+    );
+    drop((tx2, in2));
+    wait_for(DEADLINE, "a slot is free again", || async {
+        open(url, &token, hello(ns.name()))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{s:?}"))
+    })
+    .await;
+    t.phase("streams per identity");
+
+    // A report about a key that was sent, one made up, and one of the other namespace.
+    let kp = &snapshot.key_pools[0];
+    let key = |namespace: &str, id: &str, reason: &str| pb::KeyReport {
+        namespace: namespace.to_owned(),
+        key_pool: "keys".into(),
+        key_id: id.to_owned(),
+        state: "disabled".into(),
+        reason: reason.to_owned(),
+        requests: 1,
+        ..Default::default()
+    };
+    let report = pb::Report {
+        keys: vec![
+            key(&kp.namespace, &kp.keys[0].id, "upstream answered 401"),
+            key(&kp.namespace, "made-up-key", &"x".repeat(100_000)),
+            key(other.name(), "key-1", "not yours"),
+        ],
+        backends: vec![pb::BackendReport {
+            namespace: kp.namespace.clone(),
+            pool: "llm".into(),
+            backend: "made-up-backend".into(),
+            healthy: false,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    tx1.send(pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Report(report)),
+    })
+    .await
+    .expect("send the report");
+    let key_pools: Api<ApiKeyPool> = Api::namespaced(cluster.client().await, ns.name());
+    let status = wait_for(DEADLINE, "the sent key shows disabled", || async {
+        let st = key_pools
+            .get("keys")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if st
+            .keys
+            .iter()
+            .any(|k| k.id == "key-1" && k.state == "disabled")
+        {
+            Ok(st)
+        } else {
+            Err(format!("{st:?}"))
+        }
+    })
+    .await;
+    assert!(
+        status.keys.iter().all(|k| k.id != "made-up-key"),
+        "a made-up key id reached the status: {status:?}"
+    );
+    let other_kp: Api<ApiKeyPool> = Api::namespaced(cluster.client().await, other.name());
+    let other_st = other_kp
+        .get("keys")
+        .await
+        .expect("get")
+        .status
+        .unwrap_or_default();
+    assert!(
+        other_st.keys.iter().all(|k| k.state != "disabled"),
+        "another namespace's key was written: {other_st:?}"
+    );
+    let events = ns
+        .kubectl_ok(&["get", "events", "-o", "jsonpath={.items[*].message}"])
+        .await;
+    assert!(
+        !events.contains("made-up"),
+        "an Event names a made-up key: {events}"
+    );
+    let lbp = ns
+        .kubectl_ok(&["get", "lbp", "llm", "-o", "jsonpath={.status.backends}"])
+        .await;
+    assert!(
+        !lbp.contains("made-up-backend"),
+        "a made-up backend reached the status: {lbp}"
+    );
+    drop((tx1, in1));
     t.total();
 }
