@@ -7,14 +7,13 @@
 //! 5. Per-identity limits.
 
 use keyway_api::spec::ApiKeyPool;
+use keyway_e2e::discovery::{self, Dial, hello};
 use keyway_e2e::http::{HttpClient, chat_request};
 use keyway_e2e::process::DEFAULT_AUDIENCE;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use keyway_proto as pb;
 use kube::Api;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Long enough for a loaded 2-core machine; a broken implementation never gets there.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -446,63 +445,11 @@ async fn a_deleted_service_account_stops_receiving_keys() {
 
 // === 5. Per-identity limits ===
 
-/// A raw discovery client: says `hello` with `token` and returns the outbound sender (kept
-/// open) and the inbound stream, or the refusal.
-async fn open(
-    url: &str,
-    token: &str,
-    hello: pb::Hello,
-) -> Result<
-    (
-        mpsc::Sender<pb::ProxyMessage>,
-        tonic::Streaming<pb::ControllerMessage>,
-    ),
-    tonic::Status,
-> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| tonic::Status::internal(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut client = pb::discovery_client::DiscoveryClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::ProxyMessage {
-        message: Some(pb::proxy_message::Message::Hello(hello)),
-    })
-    .await
-    .expect("queue Hello");
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ASCII token"),
-    );
-    let inbound = client.stream(request).await?.into_inner();
-    Ok((tx, inbound))
-}
-
-fn hello(namespace: &str) -> pb::Hello {
-    pb::Hello {
-        proxy_id: format!("raw-{}", random_hex(6)),
-        namespace: namespace.to_owned(),
-        build_version: "e2e".into(),
-        ..Default::default()
-    }
-}
-
 /// The first snapshot of a stream.
 async fn first_snapshot(inbound: &mut tonic::Streaming<pb::ControllerMessage>) -> pb::Snapshot {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, inbound.message())
-            .await
-            .expect("a snapshot in time")
-            .expect("stream ok")
-            .expect("stream open");
-        if let Some(pb::controller_message::Message::Snapshot(s)) = msg.message {
-            return s;
-        }
-    }
+    discovery::next_snapshot(inbound, DEADLINE)
+        .await
+        .expect("a snapshot")
 }
 
 /// One identity cannot grow the controller without bound: oversized Hellos are refused, its
@@ -539,7 +486,11 @@ async fn one_identity_is_bounded() {
     let token = cluster
         .service_account_token(ns.name(), "keyway-proxy", Some(DEFAULT_AUDIENCE))
         .await;
-    let url = &controller.grpc_url;
+    let dial = Dial {
+        url: controller.grpc_url.clone(),
+        ..Dial::default()
+    };
+    let open = |h| discovery::open(&dial, Some(&token), h);
     t.phase("two namespaces, controller (2 streams per identity)");
 
     // Oversized Hello fields are refused, naming the field.
@@ -551,7 +502,7 @@ async fn one_identity_is_bounded() {
         ("a 100 kB proxy id", big_id, "proxy_id"),
         ("10,000 pools", many_pools, "pools"),
     ] {
-        match open(url, &token, h).await {
+        match open(h).await {
             Err(s) => {
                 assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
                 assert!(s.message().contains(field), "{what}: {}", s.message());
@@ -562,18 +513,18 @@ async fn one_identity_is_bounded() {
     t.phase("oversized Hellos refused");
 
     // Two streams per identity; the third is refused until one ends.
-    let (tx1, mut in1) = open(url, &token, hello(ns.name())).await.expect("stream 1");
+    let (tx1, mut in1) = open(hello(ns.name())).await.expect("stream 1");
     let snapshot = first_snapshot(&mut in1).await;
-    let (tx2, mut in2) = open(url, &token, hello(ns.name())).await.expect("stream 2");
+    let (tx2, mut in2) = open(hello(ns.name())).await.expect("stream 2");
     first_snapshot(&mut in2).await;
-    let third = open(url, &token, hello(ns.name())).await.map(|_| ());
+    let third = open(hello(ns.name())).await.map(|_| ());
     assert_eq!(
         third.map_err(|s| s.code()),
         Err(tonic::Code::ResourceExhausted)
     );
     drop((tx2, in2));
     wait_for(DEADLINE, "a slot is free again", || async {
-        open(url, &token, hello(ns.name()))
+        open(hello(ns.name()))
             .await
             .map(|_| ())
             .map_err(|s| format!("{s:?}"))
