@@ -145,12 +145,7 @@ impl Manifests {
         let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(yaml) {
             Ok(d) => d,
             Err(e) => {
-                let err = ConfigError::new(
-                    "manifest",
-                    "",
-                    Reason::InvalidManifest,
-                    format!("not valid YAML: {e}"),
-                );
+                let err = ConfigError::new("manifest", "", Reason::InvalidManifest, yaml_error(&e));
                 return (Manifests::default(), vec![err]);
             }
         };
@@ -185,7 +180,12 @@ impl Manifests {
             bad(
                 &doc_name,
                 &field,
-                format!("not a Kubernetes object: {}", e.into_inner()),
+                // serde quotes the offending value ("invalid type: string \"sk-...\""): it
+                // may be a key, so it is never repeated.
+                format!(
+                    "not a Kubernetes object: {}",
+                    redact_quoted(&e.into_inner().to_string())
+                ),
             )
         })?;
         let kind = env_doc
@@ -359,6 +359,55 @@ impl Manifests {
     }
 }
 
+/// A YAML syntax error as line, column and what is wrong, never the text around it: the
+/// parser's own rendering quotes the offending lines, which may be a Secret's values (in the
+/// reload log, `keyway-proxy check`, `GET /config?format=manifests`).
+pub fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let inner = e.without_snippet();
+    let what = redact_quoted(&inner.to_string());
+    // The message repeats the location; keep only its first line, without a trailing one.
+    let what = what.lines().next().unwrap_or_default().trim();
+    match inner.location() {
+        Some(l) if l.line() > 0 => format!(
+            "not valid YAML at line {}, column {}: {what} (the text there is not shown: it may be a key value)",
+            l.line(),
+            l.column()
+        ),
+        _ => format!("not valid YAML: {what}"),
+    }
+}
+
+/// `msg` with every quoted fragment (`"..."`, `'...'`, `` `...` ``) replaced by `<redacted>`.
+/// Parser and serde messages quote the input they choke on; a fragment left unterminated is
+/// cut at the end of the message.
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        if matches!(c, '"' | '\'' | '`') {
+            // An apostrophe inside a word ("can't") is not a quote.
+            if c == '\'' && out.chars().last().is_some_and(char::is_alphanumeric) {
+                out.push(c);
+                continue;
+            }
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                if escaped {
+                    escaped = false;
+                } else if d == '\\' {
+                    escaped = true;
+                } else if d == c {
+                    break;
+                }
+            }
+            out.push_str("<redacted>");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `(kind, namespace/name)` of a raw document, when it names them.
 fn identity(doc: &serde_json::Value) -> Option<(String, ObjectId)> {
     let kind = doc.get("kind")?.as_str()?;
@@ -441,6 +490,66 @@ spec:
 
     fn env(name: &str) -> Option<String> {
         (name == "TEST_KEY_A").then(|| "from-env".to_string())
+    }
+
+    #[test]
+    fn no_error_repeats_a_key_value() {
+        let value = "sk-live-Zq8pW3";
+        // YAML syntax errors right at, before and after a value.
+        let broken = [
+            format!("kind: Secret\nstringData:\n  k: \"{value}\n  j: x\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}: x: y\n"),
+            format!("kind: Secret\nstringData:\n  k: '{value}\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}\n bad: [\n"),
+            format!("kind: Secret\nstringData:\n  - {value}\n  k: v\n"),
+            format!("kind: Secret\nstringData:\n  k: !!binary {value}\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}\n\t- x\n"),
+            // Valid YAML, wrong shape: serde quotes the value it did not expect.
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: \"{value}\"\n"
+            ),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: \"{value}\"\n"),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{k: \"{value}\"}}\n"
+            ),
+        ];
+        for yaml in &broken {
+            let errors = Manifests::check(yaml, &env);
+            assert!(!errors.is_empty(), "{yaml:?} was accepted");
+            for e in &errors {
+                let text = format!("{e} {e:?} {}", e.hint().unwrap_or_default());
+                assert!(
+                    !text.contains(value),
+                    "{yaml:?}: the error repeats the value: {text}"
+                );
+                assert!(
+                    !text.contains("Zq8p"),
+                    "{yaml:?}: the error repeats part of the value: {text}"
+                );
+            }
+        }
+        let syntax = Manifests::check(&broken[0], &env);
+        assert!(
+            syntax[0].message.contains("line ") && syntax[0].message.contains("column "),
+            "{}",
+            syntax[0].message
+        );
+    }
+
+    #[test]
+    fn redacts_quoted_fragments_only() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "sk-1\"x", expected a map"#),
+            "invalid type: string <redacted>, expected a map"
+        );
+        assert_eq!(
+            redact_quoted("can't find 'x' here"),
+            "can't find <redacted> here"
+        );
+        assert_eq!(
+            redact_quoted("unterminated `sk-"),
+            "unterminated <redacted>"
+        );
     }
 
     #[test]

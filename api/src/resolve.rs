@@ -122,6 +122,9 @@ impl Reason {
     }
 }
 
+/// The prefix every `spec.affinity.redis.passwordEnv` must have.
+pub const REDIS_PASSWORD_ENV_PREFIX: &str = "KEYWAY_REDIS_";
+
 /// The error of an ApiKeyPool whose Secret exists but has not opted in with the
 /// `keyway.dev/api-keys: "true"` label: none of its values is read or sent anywhere.
 pub fn secret_not_labelled(id: &ObjectId, spec: &ApiKeyPoolSpec) -> ConfigError {
@@ -495,6 +498,19 @@ fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
         return Err((
             f("passwordEnv"),
             format!("{e:?} is not an environment variable name"),
+        ));
+    }
+    // Whoever may write a pool must not be able to name any variable of the proxy's
+    // environment (KEYWAY_ADMIN_TOKEN, cloud credentials) and have it sent to a Redis address
+    // of their choosing.
+    if let Some(e) = &r.password_env
+        && !(e.starts_with(REDIS_PASSWORD_ENV_PREFIX) && e.len() > REDIS_PASSWORD_ENV_PREFIX.len())
+    {
+        return Err((
+            f("passwordEnv"),
+            format!(
+                "{e:?} must start with {REDIS_PASSWORD_ENV_PREFIX} (only variables meant for Redis may be named)"
+            ),
         ));
     }
     Ok(RedisStore {

@@ -254,9 +254,14 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
     pub timeout: Option<String>,
-    /// Name of an environment variable of the proxy holding the Redis password (`AUTH`).
+    /// Name of an environment variable of the proxy holding the Redis password (`AUTH`). It
+    /// must start with `KEYWAY_REDIS_`: a pool's author cannot name any other variable of the
+    /// proxy (such as its admin token) and have it sent to a Redis of their choosing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        length(min = 14, max = 128),
+        regex(pattern = r"^KEYWAY_REDIS_[A-Za-z0-9_]+$")
+    )]
     pub password_env: Option<String>,
 }
 

@@ -378,19 +378,18 @@ impl TrafficGate {
             );
         }
         if let Some(tokens) = &self.tokens {
-            match tokens.check(req.headers()) {
-                // The client's Keyway token never goes upstream.
-                Some(header) => {
-                    req.headers_mut().remove(header);
-                    req.headers_mut().remove("x-keyway-token");
-                }
-                None => {
-                    return reject(
-                        Rejection::Unauthorized,
-                        "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
-                    );
-                }
+            let found = tokens.check(req.headers());
+            if found.is_empty() {
+                return reject(
+                    Rejection::Unauthorized,
+                    "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
+                );
             }
+            // The client's Keyway token never goes upstream, in whichever headers it came.
+            for header in found {
+                req.headers_mut().remove(header);
+            }
+            req.headers_mut().remove("x-keyway-token");
         }
         if self.sample <= 0.0 || rand::random::<f64>() >= self.sample {
             return next(req).await;

@@ -4,6 +4,7 @@
 
 mod support;
 
+use base64::Engine;
 use http::Method;
 use keyway_api::model::Cidr;
 use keyway_api::secret::SecretValue;
@@ -106,7 +107,9 @@ async fn admin_writes_edit_the_file_and_apply() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_no_values("POST keys", &r.text());
     let file = std::fs::read_to_string(&p.path).unwrap();
-    assert!(file.contains("key-c") && file.contains(NEW_KEY), "{file}");
+    // Written as base64 `data`, so it is never `${ENV}`-expanded.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(NEW_KEY);
+    assert!(file.contains("key-c") && file.contains(&encoded), "{file}");
     let r = get(&format!("{}/pools/llm", p.admin())).await.unwrap();
     let pool: Value = serde_json::from_str(&r.text()).unwrap();
     let ids: Vec<&str> = pool["keys"]
@@ -141,7 +144,8 @@ async fn admin_writes_edit_the_file_and_apply() {
     let r = admin(&p, Method::DELETE, "/pools/llm/keys/key-a", Some(TOKEN), "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let file = std::fs::read_to_string(&p.path).unwrap();
-    assert!(!file.contains("key-a") && file.contains(ROTATED), "{file}");
+    let rotated = base64::engine::general_purpose::STANDARD.encode(ROTATED);
+    assert!(!file.contains("key-a") && file.contains(&rotated), "{file}");
 
     // Backends.
     let c = MockUpstream::start("c").await.unwrap();
@@ -420,6 +424,17 @@ async fn client_tokens_are_required_reloaded_and_never_forwarded() {
     let r = chat(&p.url(), &[("x-keyway-token", "client-token-one")])
         .await
         .unwrap();
+    assert_eq!(r.status, 200);
+    // The token sent twice: neither copy goes upstream.
+    let r = chat(
+        &p.url(),
+        &[
+            ("x-keyway-token", "client-token-one"),
+            ("x-api-key", "client-token-one"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     for req in a.requests() {
         let all: Vec<String> = req
