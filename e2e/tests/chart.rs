@@ -42,7 +42,8 @@ fn all_features(watch: &[&str]) -> Vec<String> {
     vec![
         "--set".to_owned(),
         "gateway.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,\
-         grafanaDashboard.enabled=true,injector.enabled=true"
+         grafanaDashboard.enabled=true,injector.enabled=true,\
+         gateway.clientTokensSecret=gateway-client-tokens"
             .to_owned(),
         "--set".to_owned(),
         format!("watchNamespaces={{{}}}", watch.join(",")),
@@ -314,7 +315,13 @@ async fn lint_render_and_server_dry_run() {
     // The gateway trusts the controller's own CA (only ca.crt of its Secret) and sends a
     // token with Keyway's audience.
     assert!(ga.contains(&"--controller-ca=/etc/keyway/controller-ca/ca.crt".to_owned()));
+    // Not an open relay: clients need one of the tokens of the named Secret.
+    assert!(ga.contains(&"--client-tokens-file=/etc/keyway/client-tokens/tokens".to_owned()));
     let volumes = gw["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains(r#""secretName":"gateway-client-tokens""#),
+        "{volumes}"
+    );
     assert!(
         volumes.contains("kw-render-keyway-webhook-tls")
             && volumes.contains(r#""items":[{"key":"ca.crt","path":"ca.crt"}]"#)
@@ -553,6 +560,12 @@ async fn schema_rejects_wrong_values_naming_the_field() {
             "maximum",
         ),
         ("controller.logFormat=xml", "/controller/logFormat", "json"),
+        // A gateway is never an open relay by default.
+        (
+            "gateway.enabled=true",
+            "gateway.clientTokensSecret",
+            "allowAnonymousClients",
+        ),
         (
             "serviceMonitor.interval=often",
             "/serviceMonitor/interval",
@@ -1175,7 +1188,7 @@ async fn prometheus_scrapes_like_the_servicemonitors() {
             ns.name(),
             "--set",
             "serviceMonitor.enabled=true,gateway.enabled=true,injector.enabled=false,\
-             prometheusRule.enabled=true",
+             prometheusRule.enabled=true,gateway.allowAnonymousClients=true",
             "--set",
             "serviceMonitor.interval=1s,serviceMonitor.scrapeTimeout=1s",
         ])

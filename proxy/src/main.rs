@@ -155,6 +155,10 @@ struct RunArgs {
     /// Traffic port: require one of these client tokens (one per line; re-read on change).
     #[arg(long, env = "KEYWAY_CLIENT_TOKENS_FILE")]
     client_tokens_file: Option<PathBuf>,
+    /// Serve a traffic port beyond loopback (a gateway) without client tokens: anyone who
+    /// reaches it spends the pool's keys. Without this flag such a proxy refuses to start.
+    #[arg(long, env = "KEYWAY_ALLOW_ANONYMOUS_CLIENTS")]
+    allow_anonymous_clients: bool,
     /// The admin API's bearer token, from a file (else KEYWAY_ADMIN_TOKEN). Without one,
     /// admin writes are disabled.
     #[arg(long)]
@@ -229,6 +233,23 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.run))
 }
 
+/// A traffic port beyond loopback is a gateway: it needs client tokens, or the explicit
+/// `--allow-anonymous-clients` (say, behind a mesh that authenticates callers).
+fn gateway_is_not_an_open_relay(args: &RunArgs) -> Result<(), String> {
+    if args.listen.ip().is_loopback()
+        || args.client_tokens_file.is_some()
+        || args.allow_anonymous_clients
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "--listen {} is reachable beyond this machine, and without client tokens anyone who \
+         reaches it spends the pool's keys: give --client-tokens-file FILE, or \
+         --allow-anonymous-clients if something in front authenticates callers",
+        args.listen
+    ))
+}
+
 /// `keyway-proxy check`: every problem, its field path and a hint.
 fn check(config: &Path) -> ExitCode {
     let text = match std::fs::read_to_string(config) {
@@ -294,6 +315,10 @@ fn export(include_secrets: bool) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = gateway_is_not_an_open_relay(&args) {
+        eprintln!("keyway-proxy: {e}");
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    }
     let file_mode = args.config.is_some();
     let admin_token = match keyway_proxy::access::admin_token(
         args.admin_token_file.as_deref(),

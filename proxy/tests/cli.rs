@@ -254,3 +254,39 @@ async fn quick_start_logs_json_lines_without_key_values() {
     assert_eq!(access["path"], "/v1/chat/completions");
     find("log filter changed");
 }
+
+#[test]
+fn a_gateway_needs_client_tokens_or_an_explicit_opt_out() {
+    // A traffic port on every interface without client tokens: refused, naming both ways out.
+    let out = command()
+        .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--client-tokens-file") && stderr.contains("--allow-anonymous-clients"),
+        "{stderr}"
+    );
+    // With the opt-out it starts (and is stopped here).
+    let mut child = command()
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous-clients",
+        ])
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening"), "{line}");
+}

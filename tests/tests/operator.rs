@@ -329,6 +329,30 @@ async fn writes_are_refused_in_controller_and_quick_start_modes() {
     .unwrap();
     assert_eq!(r.status, 200);
 
+    // Without a token, such a port serves health and metrics only: the config and status
+    // are not open to the whole cluster.
+    let open = start_source(
+        Source::Static(
+            keyway_api::manifest::Manifests::parse(
+                &two_backend_pool("http://127.0.0.1:1", "http://127.0.0.1:2", KEYS, ""),
+                &|_| None,
+            )
+            .unwrap()
+            .resolve()
+            .unwrap(),
+        ),
+        |s| s.admin_listen = "0.0.0.0:0".parse().unwrap(),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", open.admin_addr.port());
+    for path in ["/status", "/config", "/pools/llm", "/log-level"] {
+        let r = get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.text().contains("--admin-token-file"), "{}", r.text());
+    }
+    assert_eq!(get(&format!("{base}/readyz")).await.unwrap().status, 200);
+    assert_eq!(get(&format!("{base}/metrics")).await.unwrap().status, 200);
+
     let env = |n: &str| (n == "KEYWAY_OPENAI_KEYS").then(|| "sk-test-env-1".to_string());
     let qs = keyway_proxy::quickstart::QuickStart::from_env(&env)
         .unwrap()
