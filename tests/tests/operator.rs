@@ -490,3 +490,25 @@ async fn client_tokens_are_required_reloaded_and_never_forwarded() {
         .unwrap();
     assert_eq!(r.status, 401);
 }
+
+/// DNS rebinding: a web page whose domain resolves to 127.0.0.1 reaches a quick-start proxy
+/// from the developer's browser, with its own domain as `Host`. The loopback listener serves
+/// loopback names only; the documented `curl localhost:8080` and `127.0.0.1` keep working.
+#[tokio::test]
+async fn a_loopback_proxy_refuses_other_host_names() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let p = FileProxy::start(&two_backend_pool(&a.url(), &a.url(), KEYS, "")).await;
+    let port = p.proxy.addr.port();
+    for (host, status) in [
+        (format!("evil.example:{port}"), 403),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+    ] {
+        let r = chat(&p.url(), &[("host", &host)]).await.unwrap();
+        assert_eq!(r.status, status, "Host {host}: {}", r.text());
+        if status == 403 {
+            assert!(r.text().contains("forbidden_host"), "{}", r.text());
+        }
+    }
+    assert_eq!(a.request_count(), 2, "the refused request never went upstream");
+}
