@@ -44,6 +44,8 @@ use tokio::task::JoinHandle;
 
 /// Where the config comes from.
 #[derive(Clone, Debug)]
+// Built once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// A manifest file, re-read every `reload_interval`.
     File {

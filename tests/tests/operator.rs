@@ -510,5 +510,9 @@ async fn a_loopback_proxy_refuses_other_host_names() {
             assert!(r.text().contains("forbidden_host"), "{}", r.text());
         }
     }
-    assert_eq!(a.request_count(), 2, "the refused request never went upstream");
+    assert_eq!(
+        a.request_count(),
+        2,
+        "the refused request never went upstream"
+    );
 }
