@@ -17,8 +17,9 @@ use keyway_api::secret::SecretValue;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the pools are asked which keys are due; each pool's own interval decides.
-const TICK: Duration = Duration::from_secs(2);
+/// How often the pools are asked which keys are due (re-enabling: each pool's own interval
+/// decides; verifying a refused key: at the next tick).
+const TICK: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs forever.

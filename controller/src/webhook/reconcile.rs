@@ -158,10 +158,11 @@ impl CertManager {
             );
             self.loaded = Some(serving.info.fingerprint.clone());
         }
-        self.serving.set(serving.key.clone());
-
+        // The bundle first: once a handshake can succeed, injected proxies are handed it.
         let bundle = material.ca_bundle(now);
         self.serving.set_ca_bundle(&bundle);
+        self.serving.set(serving.key.clone());
+
         if self.settings.config_name.is_none() {
             // No webhook configuration to hand the CA to: proxies read the bundle from the
             // Secret (or get it injected), so a new CA may sign from the next pass on.
