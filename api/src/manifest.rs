@@ -22,6 +22,10 @@ pub struct Manifests {
     /// Objects whose document was invalid (`kind`, id): references to them are not reported
     /// again as missing.
     pub failed: Vec<(String, ObjectId)>,
+    /// Secrets without the `keyway.dev/api-keys: "true"` label. The standalone proxy reads
+    /// them anyway (a user's own file is not a trust boundary), but a cluster's controller
+    /// would not: [`Manifests::warnings`] says so.
+    pub unlabelled_secrets: Vec<ObjectId>,
 }
 
 #[derive(Deserialize)]
@@ -49,7 +53,9 @@ struct Envelope {
 struct Metadata {
     name: Option<String>,
     namespace: Option<String>,
-    // labels, annotations etc. are accepted and ignored, as kubectl would keep them.
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    // annotations etc. are accepted and ignored, as kubectl would keep them.
 }
 
 // === impl Manifests ===
@@ -78,6 +84,59 @@ impl Manifests {
         errors
     }
 
+    /// What is valid here but would not behave the same when the file is applied to a
+    /// cluster: one line each, for `keyway-proxy check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let referenced = |id: &ObjectId| {
+            self.key_pools
+                .iter()
+                .any(|(k, spec)| k.namespace == id.namespace && spec.secret_ref.name == id.name)
+        };
+        let mut out: Vec<String> = self
+            .pools
+            .iter()
+            .filter_map(|(id, spec)| {
+                let key_pool = spec.api_key_pool_ref.as_ref()?;
+                let consented = self
+                    .key_pools
+                    .iter()
+                    .find(|(k, _)| k.namespace == id.namespace && k.name == key_pool.name)
+                    .map(|(_, k)| k.allowed_proxy_namespaces.as_slice())
+                    .unwrap_or_default();
+                let refused: Vec<&str> = spec
+                    .allowed_proxy_namespaces
+                    .iter()
+                    .filter(|ns| **ns != id.namespace && !consented.contains(ns))
+                    .map(String::as_str)
+                    .collect();
+                (!refused.is_empty()).then(|| {
+                    format!(
+                        "LoadBalancerPool {id}: spec.allowedProxyNamespaces: {refused:?} not granted: \
+                         the key owner must consent too, so ApiKeyPool {ns}/{kp}'s \
+                         spec.allowedProxyNamespaces must list them (and those proxies must name the \
+                         pool as {ns}/{name} in --pools)",
+                        ns = id.namespace,
+                        kp = key_pool.name,
+                        name = id.name,
+                    )
+                })
+            })
+            .collect();
+        out.extend(self.unlabelled_secrets
+            .iter()
+            .filter(|id| referenced(id))
+            .map(|id| {
+                format!(
+                    "Secret {id}: metadata.labels: no {label}: \"{value}\"; this proxy reads it \
+                     from the file, but in a cluster the controller reads only labelled Secrets \
+                     and its ApiKeyPool would be SecretNotLabelled (add `labels: {{{label}: \"{value}\"}}`)",
+                    label = crate::secret::API_KEYS_LABEL,
+                    value = crate::secret::API_KEYS_LABEL_VALUE,
+                )
+            }));
+        out
+    }
+
     /// Parses what it can; the documents that fail are reported, the rest kept.
     pub fn parse_lenient(
         yaml: &str,
@@ -86,12 +145,7 @@ impl Manifests {
         let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(yaml) {
             Ok(d) => d,
             Err(e) => {
-                let err = ConfigError::new(
-                    "manifest",
-                    "",
-                    Reason::InvalidManifest,
-                    format!("not valid YAML: {e}"),
-                );
+                let err = ConfigError::new("manifest", "", Reason::InvalidManifest, yaml_error(&e));
                 return (Manifests::default(), vec![err]);
             }
         };
@@ -126,7 +180,12 @@ impl Manifests {
             bad(
                 &doc_name,
                 &field,
-                format!("not a Kubernetes object: {}", e.into_inner()),
+                // serde quotes the offending value ("invalid type: string \"sk-...\""): it
+                // may be a key, so it is never repeated.
+                format!(
+                    "not a Kubernetes object: {}",
+                    redact_quoted(&e.into_inner().to_string())
+                ),
             )
         })?;
         let kind = env_doc
@@ -211,6 +270,9 @@ impl Manifests {
                     let v = expand_env(&v, env)
                         .map_err(|msg| bad(&object, &format!("stringData.{k}"), msg))?;
                     entries.insert(k, SecretValue::new(v));
+                }
+                if !crate::secret::opted_in(env_doc.metadata.labels.as_ref()) {
+                    self.unlabelled_secrets.push(id.clone());
                 }
                 if self.secrets.insert(id, entries).is_some() {
                     return Err(bad(&object, "metadata.name", "defined twice".into()));
@@ -297,6 +359,55 @@ impl Manifests {
     }
 }
 
+/// A YAML syntax error as line, column and what is wrong, never the text around it: the
+/// parser's own rendering quotes the offending lines, which may be a Secret's values (in the
+/// reload log, `keyway-proxy check`, `GET /config?format=manifests`).
+pub fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let inner = e.without_snippet();
+    let what = redact_quoted(&inner.to_string());
+    // The message repeats the location; keep only its first line, without a trailing one.
+    let what = what.lines().next().unwrap_or_default().trim();
+    match inner.location() {
+        Some(l) if l.line() > 0 => format!(
+            "not valid YAML at line {}, column {}: {what} (the text there is not shown: it may be a key value)",
+            l.line(),
+            l.column()
+        ),
+        _ => format!("not valid YAML: {what}"),
+    }
+}
+
+/// `msg` with every quoted fragment (`"..."`, `'...'`, `` `...` ``) replaced by `<redacted>`.
+/// Parser and serde messages quote the input they choke on; a fragment left unterminated is
+/// cut at the end of the message.
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        if matches!(c, '"' | '\'' | '`') {
+            // An apostrophe inside a word ("can't") is not a quote.
+            if c == '\'' && out.chars().last().is_some_and(char::is_alphanumeric) {
+                out.push(c);
+                continue;
+            }
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                if escaped {
+                    escaped = false;
+                } else if d == '\\' {
+                    escaped = true;
+                } else if d == c {
+                    break;
+                }
+            }
+            out.push_str("<redacted>");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `(kind, namespace/name)` of a raw document, when it names them.
 fn identity(doc: &serde_json::Value) -> Option<(String, ObjectId)> {
     let kind = doc.get("kind")?.as_str()?;
@@ -379,6 +490,66 @@ spec:
 
     fn env(name: &str) -> Option<String> {
         (name == "TEST_KEY_A").then(|| "from-env".to_string())
+    }
+
+    #[test]
+    fn no_error_repeats_a_key_value() {
+        let value = "sk-live-Zq8pW3";
+        // YAML syntax errors right at, before and after a value.
+        let broken = [
+            format!("kind: Secret\nstringData:\n  k: \"{value}\n  j: x\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}: x: y\n"),
+            format!("kind: Secret\nstringData:\n  k: '{value}\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}\n bad: [\n"),
+            format!("kind: Secret\nstringData:\n  - {value}\n  k: v\n"),
+            format!("kind: Secret\nstringData:\n  k: !!binary {value}\n"),
+            format!("kind: Secret\nstringData:\n  k: {value}\n\t- x\n"),
+            // Valid YAML, wrong shape: serde quotes the value it did not expect.
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: \"{value}\"\n"
+            ),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: \"{value}\"\n"),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{k: \"{value}\"}}\n"
+            ),
+        ];
+        for yaml in &broken {
+            let errors = Manifests::check(yaml, &env);
+            assert!(!errors.is_empty(), "{yaml:?} was accepted");
+            for e in &errors {
+                let text = format!("{e} {e:?} {}", e.hint().unwrap_or_default());
+                assert!(
+                    !text.contains(value),
+                    "{yaml:?}: the error repeats the value: {text}"
+                );
+                assert!(
+                    !text.contains("Zq8p"),
+                    "{yaml:?}: the error repeats part of the value: {text}"
+                );
+            }
+        }
+        let syntax = Manifests::check(&broken[0], &env);
+        assert!(
+            syntax[0].message.contains("line ") && syntax[0].message.contains("column "),
+            "{}",
+            syntax[0].message
+        );
+    }
+
+    #[test]
+    fn redacts_quoted_fragments_only() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "sk-1\"x", expected a map"#),
+            "invalid type: string <redacted>, expected a map"
+        );
+        assert_eq!(
+            redact_quoted("can't find 'x' here"),
+            "can't find <redacted> here"
+        );
+        assert_eq!(
+            redact_quoted("unterminated `sk-"),
+            "unterminated <redacted>"
+        );
     }
 
     #[test]

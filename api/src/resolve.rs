@@ -33,6 +33,8 @@ pub struct ConfigError {
 pub enum Reason {
     InvalidSpec,
     SecretNotFound,
+    /// The Secret exists but lacks the opt-in label ([`crate::secret::API_KEYS_LABEL`]).
+    SecretNotLabelled,
     NoKeys,
     KeyPoolNotFound,
     InvalidManifest,
@@ -69,6 +71,8 @@ impl ConfigError {
             "export the environment variable before starting keyway-proxy, or write the value in the Secret"
         } else if self.reason == Reason::SecretNotFound {
             "add a document `apiVersion: v1, kind: Secret` with that name and one stringData entry per key"
+        } else if self.reason == Reason::SecretNotLabelled {
+            "label the Secret: kubectl label secret NAME keyway.dev/api-keys=true (only labelled Secrets are read)"
         } else if self.reason == Reason::KeyPoolNotFound {
             "add an ApiKeyPool document with that name, or fix spec.apiKeyPoolRef.name"
         } else if self.reason == Reason::NoKeys {
@@ -110,11 +114,33 @@ impl Reason {
         match self {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretNotLabelled => "SecretNotLabelled",
             Reason::NoKeys => "NoKeys",
             Reason::KeyPoolNotFound => "KeyPoolNotFound",
             Reason::InvalidManifest => "InvalidManifest",
         }
     }
+}
+
+/// The prefix every `spec.affinity.redis.passwordEnv` must have.
+pub const REDIS_PASSWORD_ENV_PREFIX: &str = "KEYWAY_REDIS_";
+
+/// The error of an ApiKeyPool whose Secret exists but has not opted in with the
+/// `keyway.dev/api-keys: "true"` label: none of its values is read or sent anywhere.
+pub fn secret_not_labelled(id: &ObjectId, spec: &ApiKeyPoolSpec) -> ConfigError {
+    let secret = &spec.secret_ref.name;
+    ConfigError::new(
+        format!("ApiKeyPool {id}"),
+        "spec.secretRef.name",
+        Reason::SecretNotLabelled,
+        format!(
+            "Secret {ns}/{secret} is not labelled {label}: \"{value}\"; Keyway reads only Secrets \
+             that opt in (kubectl -n {ns} label secret {secret} {label}={value})",
+            ns = id.namespace,
+            label = crate::secret::API_KEYS_LABEL,
+            value = crate::secret::API_KEYS_LABEL_VALUE,
+        ),
+    )
 }
 
 /// Validates a `LoadBalancerPool` spec and turns it into a [`Pool`].
@@ -472,6 +498,19 @@ fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
         return Err((
             f("passwordEnv"),
             format!("{e:?} is not an environment variable name"),
+        ));
+    }
+    // Whoever may write a pool must not be able to name any variable of the proxy's
+    // environment (KEYWAY_ADMIN_TOKEN, cloud credentials) and have it sent to a Redis address
+    // of their choosing.
+    if let Some(e) = &r.password_env
+        && !(e.starts_with(REDIS_PASSWORD_ENV_PREFIX) && e.len() > REDIS_PASSWORD_ENV_PREFIX.len())
+    {
+        return Err((
+            f("passwordEnv"),
+            format!(
+                "{e:?} must start with {REDIS_PASSWORD_ENV_PREFIX} (only variables meant for Redis may be named)"
+            ),
         ));
     }
     Ok(RedisStore {

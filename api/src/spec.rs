@@ -151,10 +151,14 @@ pub struct LoadBalancerPoolSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteSpec>,
 
-    /// Namespaces whose proxies may also serve this pool, and so receive the keys of its
-    /// ApiKeyPool. By default only proxies of the pool's own namespace receive it; a proxy of a
-    /// namespace listed here gets it when it asks for this namespace (`keyway-proxy
-    /// --extra-namespaces`). Names only: there is no wildcard.
+    /// Namespaces whose proxies may also serve this pool. By default only proxies of the
+    /// pool's own namespace receive it. A proxy of a namespace listed here gets it only when
+    /// (1) the pool's ApiKeyPool lists that namespace too in its own
+    /// `spec.allowedProxyNamespaces` (the key owner consents; a pool without
+    /// `apiKeyPoolRef` needs only this list) and (2) the proxy names the pool as
+    /// `namespace/name` in its pool filter (`keyway-proxy --pools`, annotation
+    /// `keyway.dev/pools`). On that proxy, its own namespace's pools win route ties over a
+    /// granted one. Names only: there is no wildcard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 100),
@@ -250,9 +254,14 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
     pub timeout: Option<String>,
-    /// Name of an environment variable of the proxy holding the Redis password (`AUTH`).
+    /// Name of an environment variable of the proxy holding the Redis password (`AUTH`). It
+    /// must start with `KEYWAY_REDIS_`: a pool's author cannot name any other variable of the
+    /// proxy (such as its admin token) and have it sent to a Redis of their choosing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        length(min = 14, max = 128),
+        regex(pattern = r"^KEYWAY_REDIS_[A-Za-z0-9_]+$")
+    )]
     pub password_env: Option<String>,
 }
 
@@ -676,6 +685,21 @@ pub struct ApiKeyPoolSpec {
     /// chunk from the client's stream.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request_stream_usage: bool,
+
+    /// Namespaces whose proxies may receive these keys through a LoadBalancerPool that grants
+    /// them (its `spec.allowedProxyNamespaces`). The key owner's consent: a pool's grant
+    /// alone never sends keys to another namespace; both lists must name it. Default: none
+    /// (the keys stay in this namespace's proxies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 100),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_proxy_namespaces: Vec<String>,
 }
 
 /// Quotas of a key. Requests and tokens are counted per proxy over a sliding minute.

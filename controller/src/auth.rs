@@ -72,15 +72,24 @@ pub struct TokenReviewer<R = Api<TokenReview>> {
     reviewer: R,
     audience: Option<String>,
     cache: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    /// How long a review is trusted: [`CACHE_TTL`], or less with short stream lifetimes.
+    cache_ttl: Duration,
 }
 
-/// The authenticator for `auth`.
-pub fn authenticator(auth: &ProxyAuth, client: Client) -> Arc<dyn Authenticate> {
+/// The authenticator for `auth`. Reviews are cached for at most half of `stream_lifetime`, so
+/// a reconnect at the end of a stream's life is really reviewed again: a deleted
+/// ServiceAccount loses its keys within about 1.5 stream lifetimes.
+pub fn authenticator(
+    auth: &ProxyAuth,
+    client: Client,
+    stream_lifetime: Duration,
+) -> Arc<dyn Authenticate> {
     match auth {
         ProxyAuth::None => Arc::new(NoAuth),
-        ProxyAuth::TokenReview { audience } => {
-            Arc::new(TokenReviewer::new(Api::all(client), audience.clone()))
-        }
+        ProxyAuth::TokenReview { audience } => Arc::new(
+            TokenReviewer::new(Api::all(client), audience.clone())
+                .with_cache_ttl(CACHE_TTL.min(stream_lifetime / 2)),
+        ),
     }
 }
 
@@ -202,7 +211,14 @@ impl<R: Review> TokenReviewer<R> {
             reviewer,
             audience,
             cache: Mutex::new(HashMap::new()),
+            cache_ttl: CACHE_TTL,
         }
+    }
+
+    /// Trusts a successful review for `ttl` instead of [`CACHE_TTL`].
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Identity> {
@@ -222,7 +238,7 @@ impl<R: Review> TokenReviewer<R> {
                 cache.clear();
             }
         }
-        cache.insert(key, (identity, now + CACHE_TTL));
+        cache.insert(key, (identity, now + self.cache_ttl));
     }
 
     async fn check(&self, token: Option<&str>) -> Result<Identity, Status> {

@@ -23,6 +23,39 @@ use tonic::{Request, Response, Status, Streaming};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most extra namespaces one Hello may ask for.
 const MAX_EXTRA_NAMESPACES: usize = 100;
+/// Longest `Hello.proxy_id` (a pod name is at most 253 characters, plus a suffix).
+pub const MAX_PROXY_ID_LEN: usize = 300;
+/// Most entries of `Hello.pools`.
+pub const MAX_POOLS: usize = 256;
+/// Longest pool filter entry: `namespace/name`.
+const MAX_POOL_ENTRY_LEN: usize = 63 + 1 + 253;
+/// Longest `Hello.build_version`.
+const MAX_BUILD_VERSION_LEN: usize = 64;
+/// Longest key state reason kept from a report (it lands in status and Events).
+const MAX_REASON_LEN: usize = 256;
+/// A stream's lifetime is its maximum less up to this fraction, at random, so a fleet that
+/// connected together does not reconnect together.
+const LIFETIME_JITTER: f64 = 0.2;
+
+/// Per-stream and per-identity bounds (`--stream-max-lifetime-seconds`,
+/// `--max-streams-per-identity`).
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// A stream ends after at most this long (jittered down by up to 20%); the proxy
+    /// reconnects with a fresh token, which is reviewed again.
+    pub max_lifetime: Duration,
+    /// Most concurrent streams of one authenticated identity (ServiceAccount); 0: unbounded.
+    pub max_streams_per_identity: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_lifetime: Duration::from_secs(600),
+            max_streams_per_identity: 1000,
+        }
+    }
+}
 
 /// Serves snapshots from the index to connected proxies.
 #[derive(Clone)]
@@ -40,6 +73,29 @@ pub struct DiscoveryService {
     grants: watch::Receiver<Option<Arc<GrantTable>>>,
     /// Keeps the default (empty) grants channel open.
     _grants_tx: Option<Arc<watch::Sender<Option<Arc<GrantTable>>>>>,
+    limits: StreamLimits,
+    /// Open streams per authenticated identity.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Holds one of an identity's stream slots; frees it when the session ends.
+struct StreamSlot {
+    user: Option<String>,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(user) = &self.user {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = streams.get_mut(user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    streams.remove(user);
+                }
+            }
+        }
+    }
 }
 
 type SnapshotStream =
@@ -179,7 +235,40 @@ impl DiscoveryService {
             views: Views::default(),
             grants,
             _grants_tx: Some(Arc::new(tx)),
+            limits: StreamLimits::default(),
+            streams: Arc::default(),
         }
+    }
+
+    /// Bounds streams' lifetime and count per identity.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Takes a stream slot of `identity`, or refuses when it has all it may have. Proxies
+    /// that are not authenticated (`--proxy-auth none`) have no identity to count.
+    fn stream_slot(&self, identity: &Identity) -> Result<StreamSlot, Status> {
+        let max = self.limits.max_streams_per_identity;
+        if identity.namespace.is_none() || max == 0 {
+            return Ok(StreamSlot {
+                user: None,
+                streams: self.streams.clone(),
+            });
+        }
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = streams.entry(identity.user.clone()).or_default();
+        if *n >= max {
+            return Err(Status::resource_exhausted(format!(
+                "{} already has {max} open discovery streams (--max-streams-per-identity)",
+                identity.user
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            user: Some(identity.user.clone()),
+            streams: self.streams.clone(),
+        })
     }
 
     /// Authenticates every stream with `auth` (the controller passes its `--proxy-auth`).
@@ -218,6 +307,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         .inspect_err(|status| {
             tracing::info!(?remote, code = ?status.code(), reason = status.message(), "refused a discovery stream");
         })?;
+        let slot = self.stream_slot(&identity).inspect_err(|status| {
+            tracing::warn!(?remote, user = %identity.user, reason = status.message(), "refused a discovery stream");
+        })?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -242,14 +334,24 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         );
         tracing::info!(proxy_id = %hello.proxy_id, namespace = %hello.namespace, extra_namespaces = ?hello.namespaces, pools = ?hello.pools, user = %identity.user, "proxy connected");
         self.metrics.connected_proxies.inc();
-        tokio::spawn(run_session(
-            hello,
-            quota_identity,
-            session,
-            inbound,
-            tx,
-            self.clone(),
-        ));
+        let service = self.clone();
+        let lifetime = self
+            .limits
+            .max_lifetime
+            .mul_f64(1.0 - LIFETIME_JITTER * rand::random::<f64>());
+        tokio::spawn(async move {
+            let _slot = slot;
+            run_session(
+                hello,
+                quota_identity,
+                session,
+                inbound,
+                tx,
+                service,
+                lifetime,
+            )
+            .await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -273,6 +375,7 @@ async fn run_session(
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     service: DiscoveryService,
+    lifetime: Duration,
 ) {
     let DiscoveryService {
         mut index,
@@ -303,6 +406,10 @@ async fn run_session(
         let _ = drain.wait_for(|d| *d).await.map(|_| ());
     };
     tokio::pin!(draining);
+    // The stream does not outlive the credentials it was opened with: the proxy reconnects
+    // with a fresh token, which is reviewed again.
+    let expired = tokio::time::sleep(lifetime);
+    tokio::pin!(expired);
     loop {
         tokio::select! {
             changed = index.changed() => if changed.is_err() { break },
@@ -330,6 +437,10 @@ async fn run_session(
                 }
             }
             _ = &mut draining => break,
+            _ = &mut expired => {
+                tracing::debug!(proxy_id = %hello.proxy_id, ?lifetime, "stream lifetime reached; the proxy reconnects");
+                break;
+            }
             _ = tx.closed() => break,
         }
         let idx = index.borrow_and_update().clone();
@@ -513,6 +624,7 @@ pub fn check_hello(mut hello: pb::Hello, identity: &Identity) -> Result<pb::Hell
             "Hello.namespace and Hello.proxy_id are required",
         ));
     }
+    check_bounds(&hello)?;
     if let Some(ns) = &identity.namespace
         && *ns != hello.namespace
     {
@@ -535,28 +647,108 @@ pub fn check_hello(mut hello: pb::Hello, identity: &Identity) -> Result<pb::Hell
     Ok(hello)
 }
 
-/// Keeps only what a report says about pools and key pools this proxy was sent: a proxy
-/// cannot write the status of objects it is not entitled to.
+/// Sizes a Hello may have: every field lands in logs, metrics or memory per stream.
+fn check_bounds(hello: &pb::Hello) -> Result<(), Status> {
+    let too_long = |field: &str, max: usize| {
+        Status::invalid_argument(format!("{field} is longer than {max} bytes"))
+    };
+    if hello.proxy_id.len() > MAX_PROXY_ID_LEN {
+        return Err(too_long("Hello.proxy_id", MAX_PROXY_ID_LEN));
+    }
+    if hello.proxy_id.chars().any(|c| c.is_control()) {
+        return Err(Status::invalid_argument(
+            "Hello.proxy_id has control characters",
+        ));
+    }
+    if hello.namespace.len() > 63 {
+        return Err(too_long("Hello.namespace", 63));
+    }
+    if hello.build_version.len() > MAX_BUILD_VERSION_LEN {
+        return Err(too_long("Hello.build_version", MAX_BUILD_VERSION_LEN));
+    }
+    if hello.pools.len() > MAX_POOLS {
+        return Err(Status::invalid_argument(format!(
+            "Hello.pools names more than {MAX_POOLS} pools"
+        )));
+    }
+    if let Some(p) = hello.pools.iter().find(|p| p.len() > MAX_POOL_ENTRY_LEN) {
+        return Err(too_long(
+            &format!(
+                "Hello.pools entry {:?}",
+                p.chars().take(40).collect::<String>()
+            ),
+            MAX_POOL_ENTRY_LEN,
+        ));
+    }
+    // Before dedup: a long list of duplicates is refused too.
+    if hello.namespaces.len() > MAX_EXTRA_NAMESPACES * 2
+        || hello.namespaces.iter().any(|n| n.len() > 63)
+    {
+        return Err(Status::invalid_argument(format!(
+            "Hello.namespaces: at most {MAX_EXTRA_NAMESPACES} namespace names of at most 63 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps only what a report says about what this proxy was sent: pools, their backends,
+/// key pools and their key ids. A proxy cannot write the status, or raise Events, of objects
+/// or keys it was not given, nor make up key ids or backends; a key's reason is bounded.
 pub fn entitled_report(mut report: pb::Report, sent: Option<&model::Snapshot>) -> pb::Report {
     let pools: BTreeSet<(&str, &str)> = sent
         .iter()
         .flat_map(|s| &s.pools)
         .map(|p| (p.id.namespace.as_str(), p.id.name.as_str()))
         .collect();
-    let key_pools: BTreeSet<(&str, &str)> = sent
+    let backends: BTreeSet<(&str, &str, &str)> = sent
+        .iter()
+        .flat_map(|s| &s.pools)
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(|b| (p.id.namespace.as_str(), p.id.name.as_str(), b.name.as_str()))
+        })
+        .collect();
+    let keys: BTreeSet<(&str, &str, &str)> = sent
         .iter()
         .flat_map(|s| &s.key_pools)
-        .map(|k| (k.id.namespace.as_str(), k.id.name.as_str()))
+        .flat_map(|k| {
+            k.keys
+                .iter()
+                .map(|key| (k.id.namespace.as_str(), k.id.name.as_str(), key.id.as_str()))
+        })
         .collect();
-    report
-        .backends
-        .retain(|b| pools.contains(&(b.namespace.as_str(), b.pool.as_str())));
+    report.backends.retain(|b| {
+        backends.contains(&(b.namespace.as_str(), b.pool.as_str(), b.backend.as_str()))
+    });
     report
         .pools
         .retain(|p| pools.contains(&(p.namespace.as_str(), p.pool.as_str())));
-    report
-        .keys
-        .retain(|k| key_pools.contains(&(k.namespace.as_str(), k.key_pool.as_str())));
+    for p in &mut report.pools {
+        if !backends.contains(&(
+            p.namespace.as_str(),
+            p.pool.as_str(),
+            p.active_backend.as_str(),
+        )) {
+            p.active_backend.clear();
+        }
+    }
+    report.keys.retain(|k| {
+        keys.contains(&(k.namespace.as_str(), k.key_pool.as_str(), k.key_id.as_str()))
+            && matches!(
+                k.state.as_str(),
+                "active" | "cooling" | "exhausted" | "disabled"
+            )
+    });
+    for k in &mut report.keys {
+        if k.reason.len() > MAX_REASON_LEN {
+            let mut end = MAX_REASON_LEN;
+            while !k.reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            k.reason.truncate(end);
+        }
+    }
     report
 }
 

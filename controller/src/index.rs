@@ -54,18 +54,36 @@ pub struct LastGood {
     pools: HashMap<ObjectId, model::Pool>,
 }
 
-/// Builds the index. `secrets` maps each Secret to its entries.
+/// Builds the index. `secrets` maps each opted-in Secret to its entries.
 pub fn build(
     pools: &[PoolInput],
     key_pools: &[KeyPoolInput],
     secrets: &BTreeMap<ObjectId, BTreeMap<String, SecretValue>>,
     last_good: &mut LastGood,
 ) -> Index {
+    build_with_unlabelled(pools, key_pools, secrets, &BTreeSet::new(), last_good)
+}
+
+/// [`build`], knowing which named Secrets exist without the opt-in label: their ApiKeyPools
+/// are `SecretNotLabelled` rather than `SecretNotFound` (and nothing of them is served either
+/// way).
+pub fn build_with_unlabelled(
+    pools: &[PoolInput],
+    key_pools: &[KeyPoolInput],
+    secrets: &BTreeMap<ObjectId, BTreeMap<String, SecretValue>>,
+    unlabelled: &BTreeSet<ObjectId>,
+    last_good: &mut LastGood,
+) -> Index {
     let mut index = Index::default();
 
     for kp in key_pools {
         let secret_id = ObjectId::new(&kp.id.namespace, &kp.spec.secret_ref.name);
-        let result = resolve::key_pool(&kp.id, &kp.spec, secrets.get(&secret_id));
+        let result = match secrets.get(&secret_id) {
+            None if unlabelled.contains(&secret_id) => {
+                Err(resolve::secret_not_labelled(&kp.id, &kp.spec))
+            }
+            secret => resolve::key_pool(&kp.id, &kp.spec, secret),
+        };
         let result = match result {
             Ok(resolved) => {
                 let n = resolved.keys.len();
@@ -106,15 +124,9 @@ pub fn build(
             },
         };
         if let Some(pool) = served {
-            // The grant is read from the current spec even when an invalid edit leaves the
+            // The grant is read from the current specs even when an invalid edit leaves the
             // last good version serving: granting or revoking access always takes effect.
-            let granted: BTreeSet<String> = p
-                .spec
-                .allowed_proxy_namespaces
-                .iter()
-                .filter(|ns| **ns != p.id.namespace)
-                .cloned()
-                .collect();
+            let granted = grant(p, &pool, key_pools);
             if !granted.is_empty() {
                 index.grants.insert(p.id.clone(), granted);
             }
@@ -140,6 +152,33 @@ pub fn build(
     }
     index
 }
+
+/// The other namespaces whose proxies may receive pool `p` (serving `pool`): those its
+/// `spec.allowedProxyNamespaces` lists and, when it injects keys, that its ApiKeyPool's
+/// `spec.allowedProxyNamespaces` lists too. The key owner consents, not only the pool's author:
+/// anyone who may write a LoadBalancerPool in a namespace could otherwise hand its keys to
+/// another namespace.
+fn grant(p: &PoolInput, pool: &model::Pool, key_pools: &[KeyPoolInput]) -> BTreeSet<String> {
+    let home = &p.id.namespace;
+    let consented: Option<&Vec<String>> = match &pool.key_pool {
+        None => None,
+        Some(name) => Some(
+            key_pools
+                .iter()
+                .find(|k| k.id.namespace == *home && k.id.name == *name)
+                .map_or(&EMPTY, |k| &k.spec.allowed_proxy_namespaces),
+        ),
+    };
+    p.spec
+        .allowed_proxy_namespaces
+        .iter()
+        .filter(|ns| *ns != home)
+        .filter(|ns| consented.is_none_or(|c| c.contains(ns)))
+        .cloned()
+        .collect()
+}
+
+static EMPTY: Vec<String> = Vec::new();
 
 /// A pool whose key pool is missing or unresolved is still served (its requests get a clear
 /// 503), but its status says why.
@@ -176,9 +215,12 @@ impl Index {
     /// `name` or `namespace/name`) of its own namespace and of `extra_namespaces`.
     ///
     /// Its own namespace's pools are always its to take. A pool of another namespace is sent
-    /// only if that pool grants `namespace` (`spec.allowedProxyNamespaces`), and a key pool of
-    /// another namespace only along with a granted pool that uses it: asking for a namespace
-    /// is never enough to receive its keys.
+    /// only if that pool grants `namespace` (`spec.allowedProxyNamespaces`, with its
+    /// ApiKeyPool's consent) **and** the proxy names it as `namespace/name` in `pools`; a key
+    /// pool of another namespace only along with a granted pool that uses it. Asking for a
+    /// namespace is never enough to receive its keys, and a grant alone never adds a pool to
+    /// a proxy that did not ask for it by name. A namespace named in `pools`
+    /// (`other/name`) counts as asked for, as if it were in `extra_namespaces`.
     pub fn snapshot_for_proxy(
         &self,
         namespace: &str,
@@ -188,12 +230,20 @@ impl Index {
         let mut out = model::Snapshot::default();
         let asked: BTreeSet<&str> = std::iter::once(namespace)
             .chain(extra_namespaces.iter().map(String::as_str))
+            .chain(
+                pools
+                    .iter()
+                    .filter_map(|p| p.split_once('/').map(|(ns, _)| ns)),
+            )
             .collect();
         for ns_name in asked {
             let Some(ns) = self.namespaces.get(ns_name) else {
                 continue;
             };
-            if ns_name == namespace && pools.is_empty() {
+            let own_filter = pools
+                .iter()
+                .any(|want| want.split_once('/').is_none_or(|(ns, _)| ns == namespace));
+            if ns_name == namespace && !own_filter {
                 out.pools.extend(ns.pools.iter().cloned());
                 out.key_pools.extend(ns.key_pools.iter().cloned());
                 continue;
@@ -224,15 +274,28 @@ impl Index {
         extra_namespaces: &[String],
         pools: &[String],
     ) -> bool {
+        let _ = extra_namespaces; // implied by a `namespace/name` entry of `pools`
         let home = pool.id.namespace.as_str();
-        let entitled = home == namespace
-            || (extra_namespaces.iter().any(|n| n == home)
-                && self
-                    .grants
-                    .get(&pool.id)
-                    .is_some_and(|g| g.contains(namespace)));
-        entitled && (pools.is_empty() || pools.iter().any(|want| names(want, &pool.id)))
+        if home == namespace {
+            // Entries naming only other namespaces' pools add to the own ones, not replace
+            // them: `--pools shared/chat` is "mine and shared/chat".
+            let own_filter = pools
+                .iter()
+                .any(|want| want.split_once('/').is_none_or(|(ns, _)| ns == namespace));
+            return !own_filter || pools.iter().any(|want| names(want, &pool.id));
+        }
+        // A foreign pool: granted (by the pool and its key owner) and named explicitly.
+        self.grants
+            .get(&pool.id)
+            .is_some_and(|g| g.contains(namespace))
+            && pools.iter().any(|want| names_qualified(want, &pool.id))
     }
+}
+
+/// Whether a pool filter entry names `id` as `namespace/name`.
+fn names_qualified(want: &str, id: &ObjectId) -> bool {
+    want.split_once('/')
+        .is_some_and(|(ns, name)| ns == id.namespace && name == id.name)
 }
 
 /// Whether a proxy's pool filter entry (`name` or `namespace/name`) names `id`.

@@ -1,6 +1,7 @@
 //! keyway-controller: the control plane.
 //!
 //! - [`watch`]: Kubernetes in (reflectors) and the indexer task.
+//! - [`secret_probe`]: which named Secrets exist without the opt-in label (metadata only).
 //! - [`index`]: pure resolution of pools, key pools and Secrets into per-namespace snapshots.
 //! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
 //! - [`status`]: where status is written.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod crdgen;
 pub mod events;
 pub mod grpc;
+pub mod grpc_tls;
 pub mod index;
 pub mod leader;
 pub mod metrics;
@@ -26,6 +28,7 @@ pub mod proxies;
 pub mod quota;
 pub mod replicas;
 pub mod runtime;
+pub mod secret_probe;
 pub mod status;
 pub mod watch;
 pub mod webhook;

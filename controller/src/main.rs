@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use keyway_controller::auth::ProxyAuth;
+use keyway_controller::grpc::StreamLimits;
 use keyway_controller::leader::{self, LeaseSettings};
-use keyway_controller::runtime::{GrpcSecurity, Settings};
+use keyway_controller::runtime::{GrpcSecurity, GrpcTls, Settings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,20 +44,51 @@ struct Cli {
     /// How long a leader's claim holds without renewal; it renews every third of it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_duration_seconds: u64,
-    /// Serve the gRPC listener over TLS: certificate chain (PEM). Without it the stream, and
-    /// the key values it carries, are plaintext.
+    /// Serve the gRPC listener with this certificate chain (PEM) instead of the controller's
+    /// self-managed one.
     #[arg(long, env = "KEYWAY_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     grpc_tls_cert: Option<PathBuf>,
-    /// Serve the gRPC listener over TLS: private key (PEM).
+    /// The private key (PEM) of --grpc-tls-cert.
     #[arg(long, env = "KEYWAY_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     grpc_tls_key: Option<PathBuf>,
+    /// Serve the gRPC listener in plaintext: API key values travel in clear. For development
+    /// only; the default is TLS with a certificate the controller manages itself.
+    #[arg(long, env = "KEYWAY_GRPC_PLAINTEXT", conflicts_with = "grpc_tls_cert")]
+    grpc_plaintext: bool,
     /// How proxies authenticate: `tokenreview` (their ServiceAccount token, checked with a
     /// TokenReview; a proxy is served its ServiceAccount's namespace) or `none` (development).
     #[arg(long, env = "KEYWAY_PROXY_AUTH", value_enum, default_value_t = ProxyAuthArg::Tokenreview)]
     proxy_auth: ProxyAuthArg,
-    /// The audience proxy tokens must carry (default: the API server's).
-    #[arg(long, env = "KEYWAY_TOKEN_AUDIENCE")]
-    token_audience: Option<String>,
+    /// The audience proxy tokens must carry. Empty (`--token-audience=`): any audience,
+    /// so any pod's default token authenticates (warned; development only).
+    #[arg(long, env = "KEYWAY_TOKEN_AUDIENCE", default_value = "keyway.dev")]
+    token_audience: String,
+    /// A discovery stream ends after at most this many seconds (less up to 20%, at random);
+    /// the proxy reconnects with a fresh token, which is reviewed again.
+    #[arg(long, env = "KEYWAY_STREAM_MAX_LIFETIME_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    stream_max_lifetime_seconds: u64,
+    /// Most concurrent discovery streams per ServiceAccount (0: unbounded).
+    #[arg(long, env = "KEYWAY_MAX_STREAMS_PER_IDENTITY", default_value_t = 1000)]
+    max_streams_per_identity: usize,
+    /// The Secret, in the controller's namespace, holding its CA and serving certificate
+    /// (created and rotated by the controller; serves the webhook and the gRPC listener).
+    #[arg(
+        long,
+        alias = "webhook-secret-name",
+        env = "KEYWAY_TLS_SECRET_NAME",
+        default_value = "keyway-webhook-tls"
+    )]
+    tls_secret_name: String,
+    /// Names of the serving certificate, comma-separated; IP addresses become IP SANs
+    /// (default: keyway-controller.<ns>.svc,keyway-controller.<ns>.svc.cluster.local).
+    #[arg(
+        long,
+        alias = "webhook-dns-names",
+        env = "KEYWAY_TLS_DNS_NAMES",
+        value_delimiter = ','
+    )]
+    tls_dns_names: Vec<String>,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -75,22 +107,11 @@ struct WebhookArgs {
         default_value = "keyway-sidecar-injector"
     )]
     webhook_config_name: String,
-    /// The Secret, in the controller's namespace, holding the webhook's CA and serving
-    /// certificate (created and rotated by the controller).
-    #[arg(
-        long,
-        env = "KEYWAY_WEBHOOK_SECRET_NAME",
-        default_value = "keyway-webhook-tls"
-    )]
-    webhook_secret_name: String,
-    /// Names of the serving certificate, comma-separated; IP addresses become IP SANs
-    /// (default: keyway-controller.<ns>.svc,keyway-controller.<ns>.svc.cluster.local).
-    #[arg(long, env = "KEYWAY_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
-    webhook_dns_names: Vec<String>,
     /// Image of the injected keyway-proxy container.
     #[arg(long, env = "KEYWAY_SIDECAR_IMAGE", default_value = "keyway:latest")]
     sidecar_image: String,
-    /// What the injected proxy dials (default: http://keyway-controller.<ns>.svc:8443).
+    /// What the injected proxy dials (default: https://keyway-controller.<ns>.svc:8443, or
+    /// http:// with --grpc-plaintext).
     #[arg(long, env = "KEYWAY_SIDECAR_CONTROLLER_URL")]
     sidecar_controller_url: Option<String>,
     /// Audience of the injected proxy's projected token (default: --token-audience, else the
@@ -116,14 +137,45 @@ enum SidecarModeArg {
     Container,
 }
 
+/// The controller's certificate settings: its TLS Secret in `namespace`, for the names
+/// proxies and the API server dial.
+fn cert_settings(
+    namespace: &str,
+    secret_name: String,
+    dns_names: Vec<String>,
+    webhook_config: Option<String>,
+) -> keyway_controller::webhook::CertSettings {
+    let dns_names: Vec<String> = dns_names
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let dns_names = if dns_names.is_empty() {
+        vec![
+            format!("keyway-controller.{namespace}.svc"),
+            format!("keyway-controller.{namespace}.svc.cluster.local"),
+        ]
+    } else {
+        dns_names
+    };
+    keyway_controller::webhook::CertSettings {
+        namespace: namespace.to_owned(),
+        secret_name,
+        config_name: webhook_config,
+        dns_names,
+    }
+}
+
 impl WebhookArgs {
     /// The webhook's settings, when it is on; `namespace` is the controller's own.
     fn settings(
         self,
         namespace: &str,
         token_audience: Option<&str>,
+        grpc_tls: bool,
+        inject_own_ca: bool,
     ) -> Result<Option<keyway_controller::webhook::WebhookSettings>, String> {
-        use keyway_controller::webhook::{CertSettings, Injector, SidecarMode, WebhookSettings};
+        use keyway_controller::webhook::{Injector, SidecarMode, WebhookSettings};
         let Some(listen) = self.webhook_listen else {
             return Ok(None);
         };
@@ -141,33 +193,15 @@ impl WebhookArgs {
                 Some(pem)
             }
         };
-        let dns_names: Vec<String> = self
-            .webhook_dns_names
-            .into_iter()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect();
-        let dns_names = if dns_names.is_empty() {
-            vec![
-                format!("keyway-controller.{namespace}.svc"),
-                format!("keyway-controller.{namespace}.svc.cluster.local"),
-            ]
-        } else {
-            dns_names
-        };
+        let scheme = if grpc_tls { "https" } else { "http" };
         Ok(Some(WebhookSettings {
             listen,
-            certs: CertSettings {
-                namespace: namespace.to_owned(),
-                secret_name: self.webhook_secret_name,
-                config_name: self.webhook_config_name,
-                dns_names,
-            },
+            inject_own_ca,
             injector: Injector {
                 image: self.sidecar_image,
-                controller_url: self
-                    .sidecar_controller_url
-                    .unwrap_or_else(|| format!("http://keyway-controller.{namespace}.svc:8443")),
+                controller_url: self.sidecar_controller_url.unwrap_or_else(|| {
+                    format!("{scheme}://keyway-controller.{namespace}.svc:8443")
+                }),
                 token_audience: self
                     .sidecar_token_audience
                     .or_else(|| token_audience.map(str::to_owned)),
@@ -232,10 +266,29 @@ fn main() -> ExitCode {
             pod_namespace.as_deref(),
             cli.watch_namespace.first().map(String::as_str),
         );
-        let webhook = match cli
+        let token_audience = Some(cli.token_audience.trim().to_owned()).filter(|a| !a.is_empty());
+        let grpc_tls = match (cli.grpc_tls_cert.zip(cli.grpc_tls_key), cli.grpc_plaintext) {
+            (Some((cert, key)), _) => GrpcTls::Files { cert, key },
+            (None, true) => GrpcTls::Plaintext,
+            (None, false) => GrpcTls::SelfManaged,
+        };
+        let webhook_config = cli
             .webhook
-            .settings(&own_namespace, cli.token_audience.as_deref())
-        {
+            .webhook_listen
+            .is_some()
+            .then(|| cli.webhook.webhook_config_name.clone());
+        let certs = cert_settings(
+            &own_namespace,
+            cli.tls_secret_name.clone(),
+            cli.tls_dns_names.clone(),
+            webhook_config,
+        );
+        let webhook = match cli.webhook.settings(
+            &own_namespace,
+            token_audience.as_deref(),
+            grpc_tls != GrpcTls::Plaintext,
+            grpc_tls == GrpcTls::SelfManaged,
+        ) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("keyway-controller: {e}");
@@ -264,13 +317,18 @@ fn main() -> ExitCode {
             }),
             namespaces: cli.watch_namespace,
             webhook,
+            certs: Some(certs),
             grpc_security: GrpcSecurity {
-                tls: cli.grpc_tls_cert.zip(cli.grpc_tls_key),
+                tls: grpc_tls,
                 proxy_auth: match cli.proxy_auth {
                     ProxyAuthArg::Tokenreview => ProxyAuth::TokenReview {
-                        audience: cli.token_audience,
+                        audience: token_audience,
                     },
                     ProxyAuthArg::None => ProxyAuth::None,
+                },
+                limits: StreamLimits {
+                    max_lifetime: std::time::Duration::from_secs(cli.stream_max_lifetime_seconds),
+                    max_streams_per_identity: cli.max_streams_per_identity,
                 },
             },
         };

@@ -32,14 +32,32 @@ pub struct Settings {
     pub leader_election: Option<crate::leader::LeaseSettings>,
     /// The sidecar-injection webhook (`--webhook-listen`); `None`: off.
     pub webhook: Option<crate::webhook::WebhookSettings>,
+    /// The controller's self-managed certificates (Secret, names): needed by the webhook and
+    /// by [`GrpcTls::SelfManaged`].
+    pub certs: Option<crate::webhook::CertSettings>,
 }
 
-/// How the discovery stream is secured (`--grpc-tls-*`, `--proxy-auth`, `--token-audience`).
+/// How the discovery stream is secured (`--grpc-tls-*`, `--grpc-plaintext`, `--proxy-auth`,
+/// `--token-audience`) and bounded (`--stream-max-lifetime`, `--max-streams-per-identity`).
 #[derive(Clone, Debug)]
 pub struct GrpcSecurity {
-    /// Certificate chain and private key (PEM files); `None`: plaintext.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub tls: GrpcTls,
     pub proxy_auth: crate::auth::ProxyAuth,
+    pub limits: crate::grpc::StreamLimits,
+}
+
+/// Where the gRPC listener's certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrpcTls {
+    /// The controller's own CA and serving certificate (the default), as for the webhook.
+    SelfManaged,
+    /// Certificate chain and private key (PEM files).
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    /// `--grpc-plaintext`: keys travel in clear (development only; warned).
+    Plaintext,
 }
 
 /// Runs until `shutdown` completes (then drains) or a critical task fails.
@@ -51,10 +69,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Read the TLS files first: a bad path fails the start, not the first proxy.
     let grpc_tls = match &settings.grpc_security.tls {
-        Some((cert, key)) => Some(crate::grpc::server_tls(cert, key)?),
-        None => None,
+        GrpcTls::Files { cert, key } => Some(crate::grpc::server_tls(cert, key)?),
+        GrpcTls::SelfManaged | GrpcTls::Plaintext => None,
     };
-    let grpc_server = crate::grpc::server_builder(grpc_tls)?;
+    let self_managed = settings.grpc_security.tls == GrpcTls::SelfManaged;
+    let grpc_server = if self_managed {
+        // TLS is done before tonic sees the connection (crate::grpc_tls).
+        tonic::transport::Server::builder()
+    } else {
+        crate::grpc::server_builder(grpc_tls)?
+    };
+    if let crate::auth::ProxyAuth::TokenReview { audience: None } =
+        &settings.grpc_security.proxy_auth
+    {
+        tracing::warn!(
+            "proxy tokens of any audience are accepted (--token-audience is empty): any pod's \
+             default ServiceAccount token, which every pod mounts and may send elsewhere, \
+             authenticates as a proxy of its namespace; set --token-audience"
+        );
+    }
     if settings.grpc_security.proxy_auth == crate::auth::ProxyAuth::None {
         tracing::warn!(
             "--proxy-auth none: proxies are not authenticated; any client that reaches the gRPC \
@@ -190,14 +223,28 @@ pub async fn run(
     let admin_listener = TcpListener::bind(settings.admin_listen)
         .await
         .with_context(|| format!("binding the admin port {}", settings.admin_listen))?;
-    // Any replica serves the webhook, and it needs none of the caches: start it now.
-    let mut webhook = match settings.webhook.clone() {
-        Some(w) => {
-            let w = crate::webhook::start(w, client.clone(), &registry, drain_rx.clone()).await?;
+    // Every replica keeps the certificates, and they need none of the caches: start now.
+    let mut certs = if settings.webhook.is_some() || self_managed {
+        let cert_settings = settings
+            .certs
+            .clone()
+            .context("the webhook and self-managed gRPC TLS need certificate settings")?;
+        Some(crate::webhook::start_certs(
+            cert_settings,
+            client.clone(),
+            &registry,
+            drain_rx.clone(),
+        )?)
+    } else {
+        None
+    };
+    let mut webhook = match (settings.webhook.clone(), &certs) {
+        (Some(w), Some(c)) => {
+            let w = crate::webhook::start(w, c, &client, drain_rx.clone()).await?;
             tracing::info!(addr = %w.addr, "sidecar injection webhook listening");
             Some(w)
         }
-        None => None,
+        _ => None,
     };
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
@@ -215,36 +262,60 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the gRPC port {}", settings.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let limits = settings.grpc_security.limits.clone();
     let service = DiscoveryService::new(index_rx, proxies, metrics, drain_rx.clone())
         .with_authenticator(crate::auth::authenticator(
             &settings.grpc_security.proxy_auth,
             client.clone(),
+            limits.max_lifetime,
         ))
+        .with_limits(limits)
         .with_grants(table_rx);
     let mut grpc_drain = drain_rx.clone();
     let grpc_draining = drain_rx.clone();
-    let grpc = tokio::spawn(
-        grpc_server
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
-            .tcp_nodelay(true)
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async move {
-                    let _ = grpc_drain.wait_for(|d| *d).await.map(|_| ());
-                },
+    let router = grpc_server
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .add_service(service.into_server());
+    let grpc_shutdown = async move {
+        let _ = grpc_drain.wait_for(|d| *d).await.map(|_| ());
+    };
+    let log_failure = move |r: Result<(), tonic::transport::Error>| {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+        // Ending before the drain is a failure too: supervised below.
+        if !*grpc_draining.borrow() {
+            tracing::error!("the gRPC server stopped");
+        }
+    };
+    let grpc = match certs.as_ref().filter(|_| self_managed) {
+        Some(c) => {
+            // Proxies are refused a handshake until the first certificate is loaded.
+            while !c.serving.is_loaded() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let config = crate::grpc_tls::server_config(c.serving.clone())?;
+            tracing::info!("the gRPC listener serves TLS with the controller's own certificate");
+            tokio::spawn(
+                router
+                    .serve_with_incoming_shutdown(
+                        crate::grpc_tls::incoming(grpc_listener, config),
+                        grpc_shutdown,
+                    )
+                    .map(log_failure),
             )
-            .map(move |r| {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
-                // Ending before the drain is a failure too: supervised below.
-                if !*grpc_draining.borrow() {
-                    tracing::error!("the gRPC server stopped");
-                }
-            }),
-    );
+        }
+        None => tokio::spawn(
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    grpc_shutdown,
+                )
+                .map(log_failure),
+        ),
+    };
     critical.push(("the gRPC server ended", grpc));
     critical.push(("the admin server ended", admin));
     let _ = ready_tx.send(true);
@@ -258,12 +329,16 @@ pub async fn run(
         }
     };
     let webhook_ended = async {
-        match webhook.as_mut() {
-            Some(w) => tokio::select! {
+        match (webhook.as_mut(), certs.as_mut()) {
+            (Some(w), Some(c)) => tokio::select! {
                 _ = &mut w.server => "the webhook server ended",
-                _ = &mut w.certs => "the webhook certificate keeper ended",
+                _ = &mut c.keeper => "the certificate keeper ended",
             },
-            None => std::future::pending().await,
+            (None, Some(c)) => {
+                let _ = (&mut c.keeper).await;
+                "the certificate keeper ended"
+            }
+            _ => std::future::pending().await,
         }
     };
     let mut lease_done = false;
@@ -291,7 +366,9 @@ pub async fn run(
     }
     if let Some(w) = webhook {
         w.server.abort();
-        w.certs.abort();
+    }
+    if let Some(c) = certs {
+        c.keeper.abort();
     }
     // The election sees the drain: it stops leading and releases the Lease (bounded).
     if !lease_done && let Some(task) = lease {

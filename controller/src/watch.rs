@@ -3,6 +3,7 @@
 
 use crate::index::{self, Index, KeyPoolInput, LastGood, PoolInput};
 use crate::metrics::Metrics;
+use crate::secret_probe::SecretProbe;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use keyway_api::model::ObjectId;
@@ -11,7 +12,7 @@ use keyway_api::spec::{ApiKeyPool, LoadBalancerPool};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -22,26 +23,36 @@ use tokio::task::JoinHandle;
 pub struct Stores {
     pub pools: Store<LoadBalancerPool>,
     pub key_pools: Store<ApiKeyPool>,
+    /// Only the Secrets labelled `keyway.dev/api-keys: "true"`.
     pub secrets: Store<Secret>,
+    /// Which named Secrets exist without that label (metadata only, on demand).
+    pub unlabelled: SecretProbe,
 }
 
-/// Starts the three reflectors. No `namespaces` watches the whole cluster; several are
-/// watched each on its own and merged into one cache per kind.
+/// Starts the three reflectors and the probe of unlabelled Secrets. No `namespaces` watches
+/// the whole cluster; several are watched each on its own and merged into one cache per kind.
 pub fn start(
     client: Client,
     namespaces: &[String],
     changed: Arc<Notify>,
 ) -> (Stores, Vec<JoinHandle<()>>) {
-    let (pools, t1) = reflect_all::<LoadBalancerPool>(&client, namespaces, changed.clone());
-    let (key_pools, t2) = reflect_all::<ApiKeyPool>(&client, namespaces, changed.clone());
-    let (secrets, t3) = reflect_all::<Secret>(&client, namespaces, changed);
+    let all = || watcher::Config::default().any_semantic();
+    let (pools, t1) = reflect_all::<LoadBalancerPool>(&client, namespaces, all(), changed.clone());
+    let (key_pools, t2) = reflect_all::<ApiKeyPool>(&client, namespaces, all(), changed.clone());
+    // A label selector on the watch itself: the API server sends only opted-in Secrets, so
+    // no other Secret's value reaches this process and the cache does not grow with them.
+    let opted_in = all().labels(keyway_api::secret::API_KEYS_SELECTOR);
+    let (secrets, t3) = reflect_all::<Secret>(&client, namespaces, opted_in, changed.clone());
+    let unlabelled = SecretProbe::new(client);
+    let t4 = tokio::spawn(unlabelled.clone().run(changed));
     (
         Stores {
             pools,
             key_pools,
             secrets,
+            unlabelled,
         },
-        vec![t1, t2, t3],
+        vec![t1, t2, t3, t4],
     )
 }
 
@@ -59,6 +70,7 @@ where
 fn reflect_all<K>(
     client: &Client,
     namespaces: &[String],
+    config: watcher::Config,
     changed: Arc<Notify>,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -67,22 +79,27 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     match namespaces {
-        [] => reflect(api(client, None), changed),
-        [ns] => reflect(api(client, Some(ns)), changed),
+        [] => reflect(api(client, None), config, changed),
+        [ns] => reflect(api(client, Some(ns)), config, changed),
         _ => reflect_merged(
             namespaces.iter().map(|ns| api(client, Some(ns))).collect(),
+            config,
             changed,
         ),
     }
 }
 
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, config)
         .default_backoff()
         .modify(|obj: &mut K| {
             // Halves the cache's memory on large clusters (kube #1209).
@@ -105,7 +122,11 @@ where
 }
 
 /// Like [`reflect`], for one watch per namespace feeding one store through [`Merge`].
-fn reflect_merged<K>(apis: Vec<Api<K>>, changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+fn reflect_merged<K>(
+    apis: Vec<Api<K>>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -113,7 +134,7 @@ where
     let (store, mut writer) = reflector::store();
     let mut merge = Merge::new(apis.len());
     let streams = apis.into_iter().enumerate().map(|(i, api)| {
-        watcher(api, watcher::Config::default().any_semantic())
+        watcher(api, config.clone())
             .default_backoff()
             .modify(|obj: &mut K| {
                 obj.meta_mut().managed_fields = None;
@@ -235,6 +256,10 @@ pub async fn run_indexer(
         tracing::error!("a reflector stopped before its first list completed");
         return;
     }
+    // The first index already tells unlabelled Secrets from missing ones: no pool flaps
+    // through SecretNotFound (and its Event) on every start.
+    let _ = build_index(&stores, &mut LastGood::default());
+    stores.unlabelled.refresh().await;
     let _ = ready.send(true);
     tracing::info!("caches synced; serving snapshots");
     let mut last_good = LastGood::default();
@@ -275,17 +300,27 @@ fn build_index(stores: &Stores, last_good: &mut LastGood) -> Index {
         .collect();
     // Only Secrets an ApiKeyPool names are decoded; the rest of the cache is never read.
     let mut secrets = BTreeMap::new();
+    let mut missing = BTreeSet::new();
     for kp in &key_pools {
         let id = ObjectId::new(&kp.id.namespace, &kp.spec.secret_ref.name);
         if secrets.contains_key(&id) {
             continue;
         }
         let key = reflector::ObjectRef::<Secret>::new(&id.name).within(&id.namespace);
-        if let Some(secret) = stores.secrets.get(&key) {
-            secrets.insert(id, secret_entries(&secret));
+        match stores.secrets.get(&key) {
+            // The watch's selector already holds; checked again so a cache fed otherwise
+            // could never serve an unlabelled Secret.
+            Some(secret) if keyway_api::secret::opted_in(secret.metadata.labels.as_ref()) => {
+                secrets.insert(id, secret_entries(&secret));
+            }
+            _ => {
+                missing.insert(id);
+            }
         }
     }
-    index::build(&pools, &key_pools, &secrets, last_good)
+    let unlabelled = stores.unlabelled.unlabelled(&missing);
+    stores.unlabelled.want(missing);
+    index::build_with_unlabelled(&pools, &key_pools, &secrets, &unlabelled, last_good)
 }
 
 fn secret_entries(secret: &Secret) -> BTreeMap<String, SecretValue> {

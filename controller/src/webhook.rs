@@ -43,10 +43,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
     pub listen: SocketAddr,
-    pub certs: CertSettings,
-    /// `injector.native_sidecar` is set from this at start.
+    /// `injector.native_sidecar` is set from `sidecar_mode` at start.
     pub injector: Injector,
     pub sidecar_mode: SidecarMode,
+    /// Hand injected proxies the controller's own CA bundle (the gRPC listener uses the
+    /// self-managed certificate) unless `injector.controller_ca_pem` is set.
+    pub inject_own_ca: bool,
 }
 
 /// The form of the injected proxy (`--sidecar-mode`).
@@ -62,10 +64,12 @@ pub enum SidecarMode {
 }
 
 /// The serving certificate, swapped in place when the Secret changes: no restart, no dropped
-/// connection.
+/// connection. Shared by the webhook and (self-managed TLS) the gRPC listener.
 #[derive(Debug, Default)]
 pub struct ServingCert {
     current: ArcSwapOption<CertifiedKey>,
+    /// The CA bundle (PEM) clients must trust, as of the last pass.
+    ca_bundle: ArcSwapOption<String>,
 }
 
 /// The webhook's metrics, on the controller's registry.
@@ -92,6 +96,17 @@ impl ServingCert {
 
     pub fn is_loaded(&self) -> bool {
         self.current.load().is_some()
+    }
+
+    pub fn set_ca_bundle(&self, pem: &str) {
+        if self.ca_bundle.load().as_deref().map(String::as_str) != Some(pem) {
+            self.ca_bundle.store(Some(Arc::new(pem.to_owned())));
+        }
+    }
+
+    /// The CA bundle (PEM) clients must trust; `None` before the first pass.
+    pub fn ca_bundle(&self) -> Option<Arc<String>> {
+        self.ca_bundle.load_full()
     }
 }
 
@@ -143,33 +158,56 @@ impl WebhookMetrics {
     }
 }
 
-/// The running webhook: both tasks are critical (they end only on drain).
+/// The running webhook server: critical (it ends only on drain).
 pub struct Webhook {
     pub server: JoinHandle<()>,
-    pub certs: JoinHandle<()>,
     pub addr: SocketAddr,
 }
 
-/// Binds the listener (a bad address fails the start) and spawns the HTTPS server and the
-/// certificate keeper. Handshakes fail until the first certificate is loaded.
-pub async fn start(
-    settings: WebhookSettings,
+/// The controller's self-managed certificates: the keeper task (critical) and what it keeps.
+pub struct Certs {
+    pub serving: Arc<ServingCert>,
+    pub metrics: WebhookMetrics,
+    pub keeper: JoinHandle<()>,
+}
+
+/// Spawns the certificate keeper of `settings` (on every replica).
+pub fn start_certs(
+    settings: CertSettings,
     client: kube::Client,
     registry: &Registry,
     drain: watch::Receiver<bool>,
-) -> anyhow::Result<Webhook> {
+) -> anyhow::Result<Certs> {
     let metrics = WebhookMetrics::register(registry)?;
     let serving = Arc::new(ServingCert::default());
+    let keeper = reconcile::CertManager::new(client, settings, serving.clone(), metrics.clone());
+    let keeper = tokio::spawn(keeper.run(drain));
+    Ok(Certs {
+        serving,
+        metrics,
+        keeper,
+    })
+}
+
+/// Binds the listener (a bad address fails the start) and spawns the HTTPS server, serving
+/// the certificate the keeper of `certs` loads. Handshakes fail until the first one is loaded.
+pub async fn start(
+    settings: WebhookSettings,
+    certs: &Certs,
+    client: &kube::Client,
+    drain: watch::Receiver<bool>,
+) -> anyhow::Result<Webhook> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding the webhook port {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let tls = server_config(serving.clone())?;
+    let tls = server_config(certs.serving.clone())?;
+    let own_ca = settings.inject_own_ca.then(|| certs.serving.clone());
     let mut injector = settings.injector;
     injector.native_sidecar = match settings.sidecar_mode {
         SidecarMode::Native => true,
         SidecarMode::Container => false,
-        SidecarMode::Auto => native_sidecars_supported(&client).await,
+        SidecarMode::Auto => native_sidecars_supported(client).await,
     };
     tracing::info!(
         mode = ?settings.sidecar_mode,
@@ -177,14 +215,15 @@ pub async fn start(
         "injected proxies run as {}",
         if injector.native_sidecar { "native sidecars (init containers, restartPolicy: Always)" } else { "regular containers" }
     );
-    let keeper = reconcile::CertManager::new(client, settings.certs, serving, metrics.clone());
-    let certs = tokio::spawn(keeper.run(drain.clone()));
-    let server = tokio::spawn(serve(listener, tls, Arc::new(injector), metrics, drain));
-    Ok(Webhook {
-        server,
-        certs,
-        addr,
-    })
+    let server = tokio::spawn(serve(
+        listener,
+        tls,
+        Arc::new(injector),
+        own_ca,
+        certs.metrics.clone(),
+        drain,
+    ));
+    Ok(Webhook { server, addr })
 }
 
 /// Asks the API server its version (a few tries: this runs at start, when the API server may
@@ -227,6 +266,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     injector: Arc<Injector>,
+    own_ca: Option<Arc<ServingCert>>,
     metrics: WebhookMetrics,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -249,6 +289,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let injector = injector.clone();
+        let own_ca = own_ca.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let stream =
@@ -264,7 +305,7 @@ pub async fn serve(
                     }
                 };
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let injector = injector.clone();
+                let injector = with_own_ca(&injector, own_ca.as_deref());
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(handle(req, &injector, &metrics).await) }
             });
@@ -272,6 +313,18 @@ pub async fn serve(
                 tracing::debug!(%error, %remote, "webhook connection ended with an error");
             }
         });
+    }
+}
+
+/// The injector, handing proxies the controller's current CA bundle when it serves gRPC with
+/// its self-managed certificate (and no other CA was configured).
+fn with_own_ca(injector: &Arc<Injector>, own_ca: Option<&ServingCert>) -> Arc<Injector> {
+    match own_ca.and_then(ServingCert::ca_bundle) {
+        Some(pem) if injector.controller_ca_pem.is_none() => Arc::new(Injector {
+            controller_ca_pem: Some(pem.as_ref().clone()),
+            ..injector.as_ref().clone()
+        }),
+        _ => injector.clone(),
     }
 }
 

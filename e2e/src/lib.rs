@@ -21,6 +21,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod cluster;
+pub mod discovery;
 pub mod helm;
 pub mod http;
 pub mod node;

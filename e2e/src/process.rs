@@ -214,6 +214,9 @@ pub(crate) async fn start_ready<T>(
     panic!("{what} did not become ready:\n{}", errors.join("\n"));
 }
 
+/// The audience `keyway-controller` requires of proxy tokens by default.
+pub const DEFAULT_AUDIENCE: &str = "keyway.dev";
+
 /// A running `keyway-controller`.
 #[derive(Debug)]
 pub struct Controller {
@@ -241,7 +244,15 @@ impl Controller {
         watch_namespace: Option<&str>,
         extra_args: &[&str],
     ) -> Controller {
-        Self::launch(cluster.kubeconfig(), watch_namespace, None, extra_args, &[]).await
+        Self::launch(
+            cluster.kubeconfig(),
+            watch_namespace,
+            None,
+            extra_args,
+            &[],
+            false,
+        )
+        .await
     }
 
     /// Starts the controller with another identity than the admin: `kubeconfig` (for example
@@ -249,7 +260,7 @@ impl Controller {
     /// `POD_NAMESPACE`, as a pod would have it). `args` are the whole command line except
     /// `--grpc-listen` and `--admin-listen`, which the harness sets to free loopback ports.
     pub async fn start_as(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
-        Self::launch(kubeconfig, None, None, args, env).await
+        Self::launch(kubeconfig, None, None, args, env, true).await
     }
 
     /// Starts a controller on the same addresses as `previous` (which must be dead), so that
@@ -265,7 +276,15 @@ impl Controller {
                 .to_owned()
         };
         let addrs = (strip(&previous.grpc_url), strip(&previous.admin_url));
-        Self::launch(cluster.kubeconfig(), watch_namespace, Some(addrs), &[], &[]).await
+        Self::launch(
+            cluster.kubeconfig(),
+            watch_namespace,
+            Some(addrs),
+            &[],
+            &[],
+            false,
+        )
+        .await
     }
 
     async fn launch(
@@ -274,13 +293,30 @@ impl Controller {
         fixed: Option<(String, String)>,
         extra_args: &[&str],
         extra_env: &[(&str, &str)],
+        whole_command_line: bool,
     ) -> Controller {
         let binary = paths::workspace_binary("keyway-controller");
         let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-        let scheme = if extra_args.contains(&"--grpc-tls-cert") {
-            "https"
+        // The controller serves TLS with its own certificate by default. Tests that are not
+        // about TLS opt out explicitly, as a developer would; a test that passes any TLS flag
+        // (or the opt-out itself) keeps its own choice.
+        let chooses_tls = whole_command_line
+            || extra_args.iter().any(|a| {
+                a.starts_with("--grpc-tls")
+                    || a.starts_with("--tls-")
+                    || a.starts_with("--grpc-plaintext")
+            });
+        let plaintext: &[&str] = if chooses_tls {
+            &[]
         } else {
+            &["--grpc-plaintext"]
+        };
+        let scheme = if !plaintext.is_empty()
+            || extra_args.iter().any(|a| a.starts_with("--grpc-plaintext"))
+        {
             "http"
+        } else {
+            "https"
         };
         let (process, (grpc_url, admin_url)) = start_ready("keyway-controller", || {
             let (grpc, admin) = fixed.clone().unwrap_or_else(|| {
@@ -299,6 +335,7 @@ impl Controller {
                 args.extend(["--watch-namespace".to_owned(), ns.to_owned()]);
             }
             args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+            args.extend(plaintext.iter().map(|s| (*s).to_owned()));
             let mut env = vec![("KUBECONFIG", kubeconfig.as_str()), ("KEYWAY_LOG", "debug")];
             env.extend_from_slice(extra_env);
             let process = Process::spawn("controller", &binary, &args, &env);
@@ -337,7 +374,8 @@ impl Proxy {
     /// answers 200 (a configuration is loaded). `extra_args` are appended to the command line.
     ///
     /// The controller authenticates proxies, so unless `extra_args` has a `--token-file`, the
-    /// proxy gets the token of ServiceAccount `keyway-proxy` of `namespace`, as in a pod.
+    /// proxy gets a token of ServiceAccount `keyway-proxy` of `namespace` with the
+    /// controller's default audience ([`DEFAULT_AUDIENCE`]), as the injector projects it.
     pub async fn start(controller: &Controller, namespace: &str, extra_args: &[&str]) -> Proxy {
         let binary = paths::workspace_binary("keyway-proxy");
         let id = format!("e2e-proxy-{}", random_hex(6));
@@ -347,7 +385,7 @@ impl Proxy {
         if !extra_args.contains(&"--token-file") {
             let token = crate::cluster()
                 .await
-                .service_account_token(namespace, "keyway-proxy", None)
+                .service_account_token(namespace, "keyway-proxy", Some(DEFAULT_AUDIENCE))
                 .await;
             let dir = tempfile::Builder::new()
                 .prefix("keyway-e2e-token-")

@@ -22,6 +22,7 @@ async fn proxies_and_controller_ride_out_an_api_server_outage() {
 kind: Secret
 metadata:
   name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
 {keys}---
 apiVersion: keyway.dev/v1alpha1

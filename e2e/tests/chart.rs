@@ -17,7 +17,9 @@
 //! loopback port): with the chart's RBAC it creates the webhook's TLS Secret and patches the
 //! `caBundle` of the chart's MutatingWebhookConfiguration.
 
+use base64::Engine;
 use keyway_api::spec::{ApiKeyPool, Condition, LoadBalancerPool};
+use keyway_e2e::discovery::{self, Dial, hello};
 use keyway_e2e::helm::{Helm, chart_dir, find, of_kind, parse_manifests};
 use keyway_e2e::http::{HttpClient, chat_request};
 use keyway_e2e::prometheus::Prometheus;
@@ -40,7 +42,8 @@ fn all_features(watch: &[&str]) -> Vec<String> {
     vec![
         "--set".to_owned(),
         "gateway.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,\
-         grafanaDashboard.enabled=true,injector.enabled=true"
+         grafanaDashboard.enabled=true,injector.enabled=true,\
+         gateway.clientTokensSecret=gateway-client-tokens"
             .to_owned(),
         "--set".to_owned(),
         format!("watchNamespaces={{{}}}", watch.join(",")),
@@ -157,14 +160,23 @@ async fn lint_render_and_server_dry_run() {
         "--lease-name=kw-render-keyway-controller",
         "--webhook-listen=0.0.0.0:9443",
         "--webhook-config-name=kw-render-keyway-sidecar-injector",
-        "--webhook-secret-name=kw-render-keyway-webhook-tls",
-        "--sidecar-controller-url=http://kw-render-keyway-controller.{ns}.svc:8443",
+        "--tls-secret-name=kw-render-keyway-webhook-tls",
+        // Secure by default: TLS (self-managed, so no --grpc-tls-* and no opt-out), a
+        // Keyway-specific token audience, bounded streams.
+        "--sidecar-controller-url=https://kw-render-keyway-controller.{ns}.svc:8443",
+        "--token-audience=keyway.dev",
+        "--stream-max-lifetime-seconds=600",
     ] {
         let flag = flag.replace("{ns}", rel_ns.name());
         assert!(a.contains(&flag), "controller args lack {flag}: {a:?}");
     }
+    assert!(
+        !a.iter()
+            .any(|f| f.starts_with("--grpc-plaintext") || f.starts_with("--grpc-tls")),
+        "{a:?}"
+    );
     let dns = format!(
-        "--webhook-dns-names={ctl}.{ns}.svc,{ctl}.{ns}.svc.cluster.local",
+        "--tls-dns-names={ctl}.{ns}.svc,{ctl}.{ns}.svc.cluster.local",
         ns = rel_ns.name()
     );
     assert!(a.contains(&dns), "controller args lack {dns}: {a:?}");
@@ -294,12 +306,28 @@ async fn lint_render_and_server_dry_run() {
     let ga = container_args(gw);
     assert!(
         ga.contains(&format!(
-            "--controller=http://{ctl}.{}.svc:8443",
+            "--controller=https://{ctl}.{}.svc:8443",
             rel_ns.name()
         )),
         "{ga:?}"
     );
     assert!(ga.contains(&"--token-file=/var/run/secrets/keyway/token/token".to_owned()));
+    // The gateway trusts the controller's own CA (only ca.crt of its Secret) and sends a
+    // token with Keyway's audience.
+    assert!(ga.contains(&"--controller-ca=/etc/keyway/controller-ca/ca.crt".to_owned()));
+    // Not an open relay: clients need one of the tokens of the named Secret.
+    assert!(ga.contains(&"--client-tokens-file=/etc/keyway/client-tokens/tokens".to_owned()));
+    let volumes = gw["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains(r#""secretName":"gateway-client-tokens""#),
+        "{volumes}"
+    );
+    assert!(
+        volumes.contains("kw-render-keyway-webhook-tls")
+            && volumes.contains(r#""items":[{"key":"ca.crt","path":"ca.crt"}]"#)
+            && volumes.contains(r#""audience":"keyway.dev""#),
+        "{volumes}"
+    );
     let dash = find(&objs, "ConfigMap", "kw-render-keyway-dashboard");
     assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
     let board: Value = serde_json::from_str(dash["data"]["keyway.json"].as_str().expect("json"))
@@ -532,6 +560,12 @@ async fn schema_rejects_wrong_values_naming_the_field() {
             "maximum",
         ),
         ("controller.logFormat=xml", "/controller/logFormat", "json"),
+        // A gateway is never an open relay by default.
+        (
+            "gateway.enabled=true",
+            "gateway.clientTokensSecret",
+            "allowAnonymousClients",
+        ),
         (
             "serviceMonitor.interval=often",
             "/serviceMonitor/interval",
@@ -599,7 +633,7 @@ fn ready(conditions: &[Condition]) -> Option<&Condition> {
 fn pool_manifests(upstream: &str, key: &str, with_secret: bool) -> String {
     let secret = if with_secret {
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys}}\nstringData:\n  key-a: \"{key}\"\n---\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData:\n  key-a: \"{key}\"\n---\n"
         )
     } else {
         String::new()
@@ -861,8 +895,92 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
     .await;
     t.phase("reconciled: Ready, observedGeneration");
 
+    // The default install is TLS with the controller's own certificate, and tokens need
+    // Keyway's audience. A proxy trusts the CA in the controller's Secret (as the injector
+    // and the gateway hand it over) and dials the Service name the certificate carries.
+    let audience = chart_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--token-audience="))
+        .expect("a --token-audience flag")
+        .to_owned();
+    assert_eq!(audience, "keyway.dev");
+    assert!(controller.grpc_url.starts_with("https://"));
+    let ca_pem = rel_ns
+        .kubectl_ok(&[
+            "get",
+            "secret",
+            &format!("{fullname}-webhook-tls"),
+            "-o",
+            r"jsonpath={.data.ca\.crt}",
+        ])
+        .await;
+    let ca_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_pem.trim())
+            .expect("base64 ca.crt"),
+    )
+    .expect("PEM");
+    let server_name = format!("{ctl}.{}.svc", rel_ns.name());
+    let tls = Dial {
+        url: controller.grpc_url.clone(),
+        ca_pem: Some(ca_pem.clone()),
+        server_name: Some(server_name.clone()),
+    };
+    let plain = Dial {
+        url: controller.grpc_url.replacen("https://", "http://", 1),
+        ..Dial::default()
+    };
+    let (with_audience, default_audience) = tokio::join!(
+        cluster.service_account_token(watched.name(), "keyway-proxy", Some(&audience)),
+        cluster.service_account_token(watched.name(), "keyway-proxy", None),
+    );
+    let watched_ns = watched.name();
+    let attempt = |dial: Dial, token: String| async move {
+        let (_tx, mut inbound) = discovery::open(&dial, Some(&token), hello(watched_ns))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        discovery::next_snapshot(&mut inbound, DEADLINE)
+            .await
+            .map(|_| ())
+    };
+    attempt(tls.clone(), with_audience.clone())
+        .await
+        .expect("TLS with the controller's CA and a keyway.dev token is served");
+    let refused = attempt(plain, with_audience.clone()).await;
+    assert!(refused.is_err(), "a plaintext client was served");
+    let refused = attempt(tls.clone(), default_audience).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("Unauthenticated")),
+        "a pod's default token (the API server's audience) must be refused: {refused:?}"
+    );
+    let untrusted = attempt(
+        Dial {
+            ca_pem: None,
+            ..tls.clone()
+        },
+        with_audience,
+    )
+    .await;
+    assert!(
+        untrusted.is_err(),
+        "a client that does not trust the CA was served"
+    );
+    t.phase("default install: TLS with the controller's own CA, keyway.dev audience");
+
     // A proxy is authenticated (TokenReview with the chart's RBAC) and served.
-    let proxy = Proxy::start(&controller, watched.name(), &[]).await;
+    let proxy = Proxy::start(
+        &controller,
+        watched.name(),
+        &[
+            "--controller-ca-pem",
+            &ca_pem,
+            "--controller-server-name",
+            &server_name,
+        ],
+    )
+    .await;
     let r = http
         .post_json(
             &format!("{}/v1/chat/completions", proxy.url),
@@ -1074,7 +1192,7 @@ async fn prometheus_scrapes_like_the_servicemonitors() {
             ns.name(),
             "--set",
             "serviceMonitor.enabled=true,gateway.enabled=true,injector.enabled=false,\
-             prometheusRule.enabled=true",
+             prometheusRule.enabled=true,gateway.allowAnonymousClients=true",
             "--set",
             "serviceMonitor.interval=1s,serviceMonitor.scrapeTimeout=1s",
         ])

@@ -12,6 +12,7 @@ fn manifests(upstream: &str, akp_extra: &str, lbp_extra: &str) -> String {
 kind: Secret
 metadata:
   name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
   key-a: "sk-e2e-cp-aaaa"
 ---

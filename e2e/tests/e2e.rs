@@ -18,6 +18,7 @@ mod missing_secret;
 mod reliability;
 mod replicas;
 mod secure_push;
+mod security;
 mod sidecar_injection;
 mod validation;
 mod walking_skeleton;

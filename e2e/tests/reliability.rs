@@ -30,6 +30,7 @@ fn manifests(upstream: &str, keys: &[(&str, &str)]) -> String {
 kind: Secret
 metadata:
   name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
 {entries}---
 apiVersion: keyway.dev/v1alpha1

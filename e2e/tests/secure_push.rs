@@ -24,11 +24,17 @@ const AUDIENCE: &str = "keyway-e2e-secure-push";
 const PUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 fn manifests(upstream: &str, key: &str, lbp_extra: &str) -> String {
+    manifests_with(upstream, key, "", lbp_extra)
+}
+
+/// [`manifests`] with extra ApiKeyPool spec lines too (the key owner's consent to a grant).
+fn manifests_with(upstream: &str, key: &str, akp_extra: &str, lbp_extra: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Secret
 metadata:
   name: llm-keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
   key-1: "{key}"
 ---
@@ -39,7 +45,7 @@ metadata:
 spec:
   secretRef:
     name: llm-keys
----
+{akp_extra}---
 apiVersion: keyway.dev/v1alpha1
 kind: LoadBalancerPool
 metadata:
@@ -186,7 +192,8 @@ async fn tls_channel(url: &str, ca: &Path) -> Result<Channel, tonic::transport::
         .await
 }
 
-/// Says Hello as a proxy of `namespace` asking also for `extra`, with `token` as its bearer.
+/// Says Hello as a proxy of `namespace` asking also for `extra` (naming each one's `llm`
+/// pool, as granted pools are served only by name), with `token` as its bearer.
 async fn open(
     channel: Channel,
     token: Option<&str>,
@@ -203,7 +210,7 @@ async fn open(
             proxy_id: format!("raw-{}", random_hex(6)),
             namespace: namespace.to_owned(),
             namespaces: extra.iter().map(|s| (*s).to_owned()).collect(),
-            pools: vec![],
+            pools: extra.iter().map(|ns| format!("{ns}/llm")).collect(),
             build_version: "e2e".into(),
             ..Default::default()
         })),
@@ -302,10 +309,12 @@ async fn secure_push() {
         "  allowedProxyNamespaces: [{}]\n  routes:\n  - headers: [{{name: x-tenant, value: c}}]\n",
         b.name()
     );
+    // The key owner (c's ApiKeyPool) consents to the grant too.
+    let c_consent = format!("  allowedProxyNamespaces: [{}]\n", b.name());
     let (ma, mb, mc) = (
         manifests(&upstream_b.url(), &key_a, ""),
         manifests(&upstream_b.url(), &key_b, ""),
-        manifests(&upstream_c.url(), &key_c, &c_grant),
+        manifests_with(&upstream_c.url(), &key_c, &c_consent, &c_grant),
     );
     tokio::join!(a.apply(&ma), b.apply(&mb), c.apply(&mc));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -351,6 +360,8 @@ async fn secure_push() {
     let token_file_s = token_file.to_string_lossy().into_owned();
     let ca_pem = std::fs::read_to_string(&ca_s).expect("read the CA PEM");
     let extra = format!("{},{}", a.name(), c.name());
+    // A granted pool is served only when the proxy names it.
+    let named = format!("{}/llm,{}/llm", a.name(), c.name());
     let proxy = Proxy::start(
         &controller,
         b.name(),
@@ -363,6 +374,8 @@ async fn secure_push() {
             &ca_pem,
             "--extra-namespaces",
             &extra,
+            "--pools",
+            &named,
         ],
     )
     .await;

@@ -20,6 +20,7 @@ fn manifests(a: &str, b: &str, key_a: &str, key_b: &str) -> String {
 kind: Secret
 metadata:
   name: llm-keys
+  labels: {{keyway.dev/api-keys: "true"}}
 type: Opaque
 stringData:
   key-a: "{key_a}"

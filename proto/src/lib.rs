@@ -704,7 +704,7 @@ spec:
     ttlMinutes: 30
     maxEntries: 5000
     store: redis
-    redis: {sentinels: ["s1:26379", "s2:26379"], masterName: m, db: 2, timeout: 20ms, passwordEnv: REDIS_PASSWORD}
+    redis: {sentinels: ["s1:26379", "s2:26379"], masterName: m, db: 2, timeout: 20ms, passwordEnv: KEYWAY_REDIS_PASSWORD}
   balanceAlgorithm:
     overloadedCapacityRatio: 0.9
     clusterWeightSmoothingFactor: 0.1

@@ -73,9 +73,13 @@ impl ClientTokens {
         }
     }
 
-    /// The header holding a valid token, if any (to be removed before forwarding).
-    pub fn check(&self, headers: &HeaderMap) -> Option<HeaderName> {
+    /// Every header holding a valid token (all to be removed before forwarding: a client
+    /// that sends its Keyway token twice must not have the second copy go upstream); empty
+    /// when none holds one. Other credentials (a client's own upstream key, passed through a
+    /// pool without keys) are left alone.
+    pub fn check(&self, headers: &HeaderMap) -> Vec<HeaderName> {
         let tokens = self.tokens.load();
+        let mut found = Vec::new();
         for name in TOKEN_HEADERS {
             let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -92,10 +96,10 @@ impl ClientTokens {
                 .iter()
                 .any(|t| ct_eq(t.expose().as_bytes(), presented.as_bytes()))
             {
-                return Some(HeaderName::from_static(name));
+                found.push(HeaderName::from_static(name));
             }
         }
-        None
+        found
     }
 }
 
@@ -172,12 +176,16 @@ mod tests {
         let t = ClientTokens::load(&p).unwrap();
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer token-two".parse().unwrap());
-        assert_eq!(t.check(&h).unwrap().as_str(), "authorization");
+        assert_eq!(t.check(&h), ["authorization"]);
         h.clear();
         h.insert("x-api-key", "token-one".parse().unwrap());
-        assert_eq!(t.check(&h).unwrap().as_str(), "x-api-key");
+        assert_eq!(t.check(&h), ["x-api-key"]);
+        // Every header carrying a token is named, so none of them is forwarded.
+        h.insert("x-keyway-token", "token-two".parse().unwrap());
+        assert_eq!(t.check(&h), ["x-keyway-token", "x-api-key"]);
+        h.clear();
         h.insert("x-api-key", "nope".parse().unwrap());
-        assert!(t.check(&h).is_none());
+        assert!(t.check(&h).is_empty());
         std::fs::write(&p, "\n").unwrap();
         assert!(ClientTokens::load(&p).is_err());
     }

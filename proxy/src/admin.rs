@@ -67,6 +67,8 @@ pub struct Admin {
 enum Denied {
     Disabled,
     Unauthorized,
+    /// A read beyond health and metrics on a non-loopback admin port without a token.
+    ReadsNeedAToken,
 }
 
 // === impl Admin ===
@@ -115,11 +117,16 @@ impl Admin {
             _ => {}
         }
         if read {
+            // Beyond loopback (an injected sidecar's admin port is scraped on the pod's
+            // address; a gateway's is on the network), the config and status are not open
+            // to the cluster: they need the token, and without one they are off.
             if self.protect_reads
-                && self.token.is_some()
                 && let Err(d) = self.authorize(&req)
             {
-                return denied(d);
+                return denied(match d {
+                    Denied::Disabled => Denied::ReadsNeedAToken,
+                    other => other,
+                });
             }
             let query = req.uri().query().unwrap_or("");
             return match segs.as_slice() {
@@ -751,6 +758,11 @@ fn denied(d: Denied) -> Response<ProxyBody> {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send the admin token as Authorization: Bearer <token>",
+        ),
+        Denied::ReadsNeedAToken => error(
+            StatusCode::FORBIDDEN,
+            "admin_reads_disabled",
+            "this admin port listens beyond loopback, so /status, /pools, /config and /log-level need a token: start keyway-proxy with --admin-token-file FILE or KEYWAY_ADMIN_TOKEN (or --admin-listen 127.0.0.1:PORT); /healthz, /readyz and /metrics stay open",
         ),
     }
 }

@@ -166,7 +166,7 @@ mod tests {
 
     fn snap(keys: &str, backends: &str) -> Snapshot {
         let yaml = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: {{{keys}}}\n---\n\
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData: {{{keys}}}\n---\n\
              apiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {{name: k}}\nspec: {{secretRef: {{name: s}}}}\n---\n\
              apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {{name: p}}\nspec: {{backends: [{backends}]}}\n"
         );

@@ -30,6 +30,9 @@ pub struct Dataplane {
     registry: Mutex<Registry>,
     metrics: Metrics,
     health_client: OnceLock<Option<health::HealthClient>>,
+    /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
+    /// other namespaces grant it.
+    home_namespace: OnceLock<String>,
 }
 
 /// One compiled snapshot.
@@ -40,6 +43,8 @@ pub struct Router {
     pub key_pools: Vec<Arc<KeyPoolState>>,
     /// Bytes of request body to read ahead (model routes, replayable retries).
     read_ahead: usize,
+    /// See [`Dataplane::set_home_namespace`].
+    home_namespace: Option<String>,
     /// Some pool routes or places requests by the body's `model`.
     needs_model: bool,
 }
@@ -139,7 +144,14 @@ impl Dataplane {
             registry: Default::default(),
             metrics,
             health_client: OnceLock::new(),
+            home_namespace: OnceLock::new(),
         }
+    }
+
+    /// The proxy's own namespace (controller mode): its pools win route ties against pools
+    /// granted by other namespaces, so a granted `pathPrefix: /` cannot take its traffic.
+    pub fn set_home_namespace(&self, namespace: &str) {
+        let _ = self.home_namespace.set(namespace.to_owned());
     }
 
     /// The router to use for one request.
@@ -181,7 +193,9 @@ impl Dataplane {
         });
         let router = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            reg.compile(snapshot, &self.metrics, health_client.as_ref())
+            let mut router = reg.compile(snapshot, &self.metrics, health_client.as_ref());
+            router.home_namespace = self.home_namespace.get().cloned();
+            router
         };
         for p in &router.pools {
             self.metrics
@@ -324,6 +338,7 @@ impl Registry {
             key_pools,
             read_ahead,
             needs_model,
+            home_namespace: None,
         }
     }
 
@@ -411,27 +426,38 @@ impl Registry {
 
 impl Router {
     /// The pool a request belongs to: the most specific matching route wins (longest path
-    /// prefix, then most headers); a pool without routes catches what no route claims.
+    /// prefix, then most headers); a pool without routes catches what no route claims. On a
+    /// tie, a pool of the proxy's own namespace wins over one granted by another namespace
+    /// (`pathPrefix: /` matches everything, so it ties with a catch-all).
     pub fn route(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         model: Option<&str>,
     ) -> Option<&Arc<PoolState>> {
-        // (has route, path prefix length, header count): larger is more specific.
-        type Score = (usize, usize, usize);
+        // (path prefix length, conditions, own namespace, has route): larger wins.
+        type Score = (usize, usize, bool, bool);
         let mut best: Option<(&Arc<PoolState>, Score)> = None;
         for pool in &self.pools {
+            let own = self
+                .home_namespace
+                .as_deref()
+                .is_none_or(|home| pool.model.id.namespace == home);
             let score = if pool.model.routes.is_empty() {
-                Some((0, 0, 0))
+                Some((0, 0, own, false))
             } else {
                 pool.model
                     .routes
                     .iter()
                     .filter(|r| route_matches(r, path, headers, model))
                     .map(|r| {
-                        let prefix = r.path_prefix.as_ref().map_or(0, |p| p.len());
-                        (1, prefix, r.headers.len() + usize::from(r.model.is_some()))
+                        // "/" says no more than no prefix at all.
+                        let prefix = r
+                            .path_prefix
+                            .as_ref()
+                            .map_or(0, |p| if p == "/" { 0 } else { p.len() });
+                        let conditions = r.headers.len() + usize::from(r.model.is_some());
+                        (prefix, conditions, own, true)
                     })
                     .max()
             };

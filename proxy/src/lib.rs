@@ -44,6 +44,8 @@ use tokio::task::JoinHandle;
 
 /// Where the config comes from.
 #[derive(Clone, Debug)]
+// Built once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// A manifest file, re-read every `reload_interval`.
     File {
@@ -149,6 +151,7 @@ pub async fn start(
             "env"
         }
         Source::Controller(d) => {
+            dataplane.set_home_namespace(&d.namespace);
             background.push(tokio::spawn(discovery::run(
                 d.clone(),
                 tx.clone(),
@@ -199,6 +202,7 @@ pub async fn start(
         None => None,
     };
     let gate = Arc::new(TrafficGate {
+        loopback_only: settings.listen.ip().is_loopback(),
         allowed: settings.access.allowed_sources.clone(),
         tokens: client_tokens,
         sample: settings.access.access_log_sample,
@@ -340,9 +344,38 @@ fn apply_logged(
     changes.log(v, source);
 }
 
+/// Whether a request to a loopback listener names a loopback host (`localhost`, `127.x.y.z`,
+/// `[::1]`, with any port) in its `Host` (or HTTP/2 `:authority`). A browser sends the page's
+/// own domain there, so a web page whose domain resolves to 127.0.0.1 (DNS rebinding) cannot
+/// use a developer's local proxy and its keys. A request naming no host at all (HTTP/1.0) is
+/// not a browser's and passes.
+fn loopback_host<B>(req: &::http::Request<B>) -> bool {
+    let host = match req.headers().get(::http::header::HOST) {
+        Some(h) => match h.to_str() {
+            Ok(h) => h,
+            Err(_) => return false,
+        },
+        None => match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => return true,
+        },
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Listener-level checks of the traffic port (source address, client token) and the sampled
 /// access log, around the forwarder.
 pub(crate) struct TrafficGate {
+    /// The listener is a loopback address: requests must name a loopback host (see
+    /// [`loopback_host`]).
+    loopback_only: bool,
     allowed: Vec<keyway_api::model::Cidr>,
     tokens: Option<Arc<access::ClientTokens>>,
     sample: f64,
@@ -376,20 +409,25 @@ impl TrafficGate {
                 &format!("source {} is not allowed (--allowed-sources)", remote.ip()),
             );
         }
+        if self.loopback_only && !loopback_host(&req) {
+            return reject(
+                Rejection::ForbiddenHost,
+                "this proxy listens on loopback and serves requests for localhost, 127.0.0.1 or [::1] only (another Host is a web page reaching it through DNS rebinding)",
+            );
+        }
         if let Some(tokens) = &self.tokens {
-            match tokens.check(req.headers()) {
-                // The client's Keyway token never goes upstream.
-                Some(header) => {
-                    req.headers_mut().remove(header);
-                    req.headers_mut().remove("x-keyway-token");
-                }
-                None => {
-                    return reject(
-                        Rejection::Unauthorized,
-                        "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
-                    );
-                }
+            let found = tokens.check(req.headers());
+            if found.is_empty() {
+                return reject(
+                    Rejection::Unauthorized,
+                    "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
+                );
             }
+            // The client's Keyway token never goes upstream, in whichever headers it came.
+            for header in found {
+                req.headers_mut().remove(header);
+            }
+            req.headers_mut().remove("x-keyway-token");
         }
         if self.sample <= 0.0 || rand::random::<f64>() >= self.sample {
             return next(req).await;
@@ -475,5 +513,51 @@ impl Drop for Running {
         for t in self.background.iter().chain(self.servers.iter()) {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_listeners_serve_loopback_hosts_only() {
+        let req = |host: Option<&str>| {
+            let mut b = ::http::Request::builder().uri("/v1/chat/completions");
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "127.0.0.2",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(loopback_host(&req(Some(ok))), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:8080",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+        ] {
+            assert!(!loopback_host(&req(Some(bad))), "{bad}");
+        }
+        assert!(loopback_host(&req(None)), "no Host: not a browser");
+        let h2 = ::http::Request::builder()
+            .uri("http://evil.example:8080/v1/models")
+            .body(())
+            .unwrap();
+        assert!(
+            !loopback_host(&h2),
+            ":authority counts when there is no Host"
+        );
     }
 }

@@ -89,6 +89,10 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     controller_ca_pem: Option<String>,
+    /// Controller mode: the name the controller's TLS certificate must carry when it is not
+    /// the URL's host (e.g. keyway-controller.keyway.svc while dialling an address).
+    #[arg(long, env = "KEYWAY_CONTROLLER_SERVER_NAME")]
+    controller_server_name: Option<String>,
     /// Add x-keyway-pool/-backend/-key-id to responses (default: on in file mode, off otherwise).
     #[arg(long, env = "KEYWAY_EXPOSE_HEADERS")]
     expose_headers: Option<bool>,
@@ -151,6 +155,10 @@ struct RunArgs {
     /// Traffic port: require one of these client tokens (one per line; re-read on change).
     #[arg(long, env = "KEYWAY_CLIENT_TOKENS_FILE")]
     client_tokens_file: Option<PathBuf>,
+    /// Serve a traffic port beyond loopback (a gateway) without client tokens: anyone who
+    /// reaches it spends the pool's keys. Without this flag such a proxy refuses to start.
+    #[arg(long, env = "KEYWAY_ALLOW_ANONYMOUS_CLIENTS")]
+    allow_anonymous_clients: bool,
     /// The admin API's bearer token, from a file (else KEYWAY_ADMIN_TOKEN). Without one,
     /// admin writes are disabled.
     #[arg(long)]
@@ -225,6 +233,23 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.run))
 }
 
+/// A traffic port beyond loopback is a gateway: it needs client tokens, or the explicit
+/// `--allow-anonymous-clients` (say, behind a mesh that authenticates callers).
+fn gateway_is_not_an_open_relay(args: &RunArgs) -> Result<(), String> {
+    if args.listen.ip().is_loopback()
+        || args.client_tokens_file.is_some()
+        || args.allow_anonymous_clients
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "--listen {} is reachable beyond this machine, and without client tokens anyone who \
+         reaches it spends the pool's keys: give --client-tokens-file FILE, or \
+         --allow-anonymous-clients if something in front authenticates callers",
+        args.listen
+    ))
+}
+
 /// `keyway-proxy check`: every problem, its field path and a hint.
 fn check(config: &Path) -> ExitCode {
     let text = match std::fs::read_to_string(config) {
@@ -236,6 +261,11 @@ fn check(config: &Path) -> ExitCode {
     };
     let env = |name: &str| std::env::var(name).ok();
     let errors = keyway_api::manifest::Manifests::check(&text, &env);
+    // Valid here, different in a cluster: said, but not an error (exit code unchanged).
+    let (parsed, _) = keyway_api::manifest::Manifests::parse_lenient(&text, &env);
+    for warning in parsed.warnings() {
+        println!("warning: {warning}");
+    }
     if errors.is_empty() {
         return match keyway_proxy::config::file::parse(&text) {
             Ok(snap) => {
@@ -285,6 +315,10 @@ fn export(include_secrets: bool) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = gateway_is_not_an_open_relay(&args) {
+        eprintln!("keyway-proxy: {e}");
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    }
     let file_mode = args.config.is_some();
     let admin_token = match keyway_proxy::access::admin_token(
         args.admin_token_file.as_deref(),
@@ -328,7 +362,13 @@ async fn run(args: RunArgs) -> ExitCode {
                 eprintln!("keyway-proxy: --controller-ca-pem: {e:#}");
                 return ExitCode::from(EXIT_INVALID_CONFIG);
             }
-            let default_token = Path::new(keyway_proxy::discovery::DEFAULT_TOKEN_FILE);
+            let default_token = [
+                keyway_proxy::discovery::KEYWAY_TOKEN_FILE,
+                keyway_proxy::discovery::DEFAULT_TOKEN_FILE,
+            ]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists());
             Source::Controller(DiscoverySettings {
                 controller_url: url,
                 proxy_id: args.proxy_id.unwrap_or_else(default_proxy_id),
@@ -340,9 +380,10 @@ async fn run(args: RunArgs) -> ExitCode {
                 backoff_max: Duration::from_secs(10),
                 token_file: args
                     .token_file
-                    .or_else(|| default_token.exists().then(|| default_token.to_path_buf())),
+                    .or_else(|| default_token.map(Path::to_path_buf)),
                 controller_ca: args.controller_ca,
                 controller_ca_pem: args.controller_ca_pem,
+                controller_server_name: args.controller_server_name,
             })
         }
         (None, None) => {

@@ -173,7 +173,11 @@ impl ProviderKeys {
             json!({
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": format!("{name}-keys")},
+                // Labelled, so the exported file works as it is with `kubectl apply` too.
+                "metadata": {
+                    "name": format!("{name}-keys"),
+                    "labels": {keyway_api::secret::API_KEYS_LABEL: keyway_api::secret::API_KEYS_LABEL_VALUE},
+                },
                 "stringData": string_data,
             }),
             json!({

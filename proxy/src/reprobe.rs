@@ -1,10 +1,14 @@
-//! Keys disabled by 401/403 are re-probed on their pool's interval with a free request (a
-//! `GET` of the pool's health path, `/v1/models` by default, with that key), and re-enabled
-//! when it passes. A probe never costs tokens.
+//! Free probes of keys (a `GET` of the pool's health path, `/v1/models` by default, with
+//! that key; a probe never costs tokens):
+//! - a key refused (401/403) for one request is probed at once: refused again, it is disabled
+//!   (the key is bad); accepted, the refusal was the request's doing and the key stays;
+//! - keys disabled by refusals are re-probed on their pool's interval and re-enabled when the
+//!   upstream accepts them.
 
 use crate::dataplane::{Dataplane, PoolState};
 use crate::health::{self, HealthClient};
 use crate::http::auth;
+use crate::keys::{ProbeAnswer, ProbePurpose};
 use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::Empty;
@@ -13,8 +17,9 @@ use keyway_api::secret::SecretValue;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the pools are asked which keys are due; each pool's own interval decides.
-const TICK: Duration = Duration::from_secs(2);
+/// How often the pools are asked which keys are due (re-enabling: each pool's own interval
+/// decides; verifying a refused key: at the next tick).
+const TICK: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs forever.
@@ -41,26 +46,45 @@ pub async fn run(dataplane: Arc<Dataplane>) {
                 .pools
                 .iter()
                 .find(|p| matches!(&p.keys, Ok(Some(k)) if Arc::ptr_eq(k, kp)));
-            for (id, value) in due {
-                let ok = match pool {
-                    Some(p) => probe(&client, p, &value).await,
-                    None => false,
+            for (id, value, purpose) in due {
+                let answer = match pool {
+                    Some(p) => probe(&client, p, &value, purpose).await,
+                    None => ProbeAnswer::Unknown,
                 };
-                tracing::info!(key_pool = %kp.label, key_id = %id, ok, "re-probed a disabled key");
-                kp.engine.probe_result(&id, ok);
+                match purpose {
+                    ProbePurpose::Reenable => {
+                        tracing::info!(key_pool = %kp.label, key_id = %id, ?answer, "re-probed a disabled key");
+                    }
+                    ProbePurpose::Verify if answer == ProbeAnswer::Refused => {
+                        tracing::warn!(key_pool = %kp.label, key_id = %id, "key refused by the upstream, also for a free probe; disabling it");
+                    }
+                    ProbePurpose::Verify => {
+                        tracing::info!(key_pool = %kp.label, key_id = %id, ?answer, "verified a key after a refused request");
+                    }
+                }
+                kp.engine.probe_result(&id, purpose, answer);
             }
         }
     }
 }
 
-/// One probe: `true` when the upstream accepts the key.
-async fn probe(client: &HealthClient, pool: &PoolState, key: &SecretValue) -> bool {
+/// One probe with `key`.
+async fn probe(
+    client: &HealthClient,
+    pool: &PoolState,
+    key: &SecretValue,
+    purpose: ProbePurpose,
+) -> ProbeAnswer {
     let Some(backend) = pool.backends.iter().find(|b| b.model.weight > 0) else {
-        return false;
+        return ProbeAnswer::Unknown;
     };
     if matches!(pool.model.auth, Auth::BodyField { .. }) {
-        // A free GET cannot carry a body key: let the next real request be the trial.
-        return true;
+        // A free GET cannot carry a body key. Re-enabling: let the next real request be the
+        // trial. Verifying: no evidence, refusals of several requests decide.
+        return match purpose {
+            ProbePurpose::Reenable => ProbeAnswer::Accepted,
+            ProbePurpose::Verify => ProbeAnswer::Unknown,
+        };
     }
     let path = match backend.model.health_check.as_ref().map(|h| &h.target) {
         Some(HealthTarget::Path(p)) => p.clone(),
@@ -78,7 +102,7 @@ async fn probe(client: &HealthClient, pool: &PoolState, key: &SecretValue) -> bo
         url.push_str(&q);
     }
     let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
+        return ProbeAnswer::Unknown;
     };
     let mut req = Request::new(Empty::<Bytes>::new());
     *req.uri_mut() = uri;
@@ -89,7 +113,8 @@ async fn probe(client: &HealthClient, pool: &PoolState, key: &SecretValue) -> bo
         req.headers_mut().insert(http::header::HOST, v);
     }
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success(),
-        _ => false,
+        Ok(Ok(resp)) if resp.status().is_success() => ProbeAnswer::Accepted,
+        Ok(Ok(resp)) if matches!(resp.status().as_u16(), 401 | 403) => ProbeAnswer::Refused,
+        _ => ProbeAnswer::Unknown,
     }
 }

@@ -254,3 +254,95 @@ async fn quick_start_logs_json_lines_without_key_values() {
     assert_eq!(access["path"], "/v1/chat/completions");
     find("log filter changed");
 }
+
+#[test]
+fn a_gateway_needs_client_tokens_or_an_explicit_opt_out() {
+    // A traffic port on every interface without client tokens: refused, naming both ways out.
+    let out = command()
+        .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--client-tokens-file") && stderr.contains("--allow-anonymous-clients"),
+        "{stderr}"
+    );
+    // With the opt-out it starts (and is stopped here).
+    let mut child = command()
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous-clients",
+        ])
+        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening"), "{line}");
+}
+
+#[test]
+fn check_warns_about_what_a_cluster_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyway.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {k1: sk-live-secret-1}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {name: keys}
+spec: {secretRef: {name: keys}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: shared}
+spec:
+  apiKeyPoolRef: {name: keys}
+  allowedProxyNamespaces: [team-b]
+  backends: [{name: a, endpoint: "http://127.0.0.1:1"}]
+"#,
+    )
+    .unwrap();
+    let out = command()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Valid here (a user's own file), but said: a cluster would not serve it the same way.
+    assert!(out.status.success(), "{stdout}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings.iter().any(|w| w.contains("Secret default/keys")
+            && w.contains("keyway.dev/api-keys")
+            && w.contains("SecretNotLabelled")),
+        "{stdout}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spec.allowedProxyNamespaces")
+                && w.contains("team-b")
+                && w.contains("key owner")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-live-secret-1"));
+}

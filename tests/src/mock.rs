@@ -168,6 +168,9 @@ struct State {
     mcp_sessions: HashSet<String>,
     /// Standing behaviours for requests carrying a given key (checked before the queue).
     key_behaviors: HashMap<String, Behavior>,
+    /// Standing behaviours for requests carrying a header with a given value (checked
+    /// first): a request the upstream refuses for itself, whatever its key.
+    header_behaviors: Vec<(String, String, Behavior)>,
 }
 
 impl Default for State {
@@ -181,6 +184,7 @@ impl Default for State {
             deep_health: default_deep_health(),
             mcp_sessions: HashSet::new(),
             key_behaviors: HashMap::new(),
+            header_behaviors: Vec::new(),
         }
     }
 }
@@ -386,6 +390,20 @@ impl MockUpstream {
         };
     }
 
+    /// Every request whose header `name` has `value` gets `behavior`, before any other rule:
+    /// the upstream refusing the request itself (a bad organization header, say) whatever key
+    /// it carries. A later rule for the same header and value replaces it.
+    pub fn set_header_behavior(&self, name: &str, value: &str, behavior: Behavior) {
+        let mut state = self.shared.lock();
+        let name = name.to_ascii_lowercase();
+        state
+            .header_behaviors
+            .retain(|(n, v, _)| !(*n == name && v == value));
+        state
+            .header_behaviors
+            .push((name, value.to_owned(), behavior));
+    }
+
     /// Number of `fail_next` behaviours not consumed yet.
     pub fn pending_failures(&self) -> usize {
         self.shared.lock().queued.len()
@@ -550,9 +568,21 @@ async fn handle(
             .key
             .as_ref()
             .and_then(|k| state.key_behaviors.get(k).cloned());
+        let by_header = state
+            .header_behaviors
+            .iter()
+            .find(|(n, v, _)| {
+                recorded
+                    .headers
+                    .get(n.as_str())
+                    .is_some_and(|h| h.as_bytes() == v.as_bytes())
+            })
+            .map(|(_, _, b)| b.clone());
         state.requests.push(recorded);
         if is_health {
             Behavior::Normal
+        } else if let Some(b) = by_header {
+            b
         } else if let Some(b) = by_key {
             b
         } else {

@@ -58,6 +58,8 @@ fn index_with(
         generation: Some(1),
         spec: ApiKeyPoolSpec {
             secret_ref: LocalObjectRef { name: "s".into() },
+            // The key owner consents to whatever the pool grants.
+            allowed_proxy_namespaces: pool.spec.allowed_proxy_namespaces.clone(),
             ..Default::default()
         },
     };
@@ -143,6 +145,7 @@ async fn proxy_for_url(controller_url: &str, ns: &str) -> keyway_proxy::Running 
             token_file: None,
             controller_ca: None,
             controller_ca_pem: None,
+            controller_server_name: None,
         })),
         prometheus::Registry::new(),
     )
@@ -472,13 +475,15 @@ async fn tokens_decide_the_namespace_and_grants_decide_what_else_is_sent() {
             proxy_id: "b-proxy".into(),
             namespace: "team-b".into(),
             namespaces: vec!["team-a".into(), "team-c".into()],
-            pools: vec![],
+            // Granted pools are served only when named.
+            pools: vec!["team-a/llm".into(), "team-c/llm".into()],
             report_interval: Duration::from_millis(200),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             token_file: Some(token),
             controller_ca: None,
             controller_ca_pem: None,
+            controller_server_name: None,
         })),
         prometheus::Registry::new(),
     )

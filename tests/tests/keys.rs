@@ -21,7 +21,7 @@ fn config(upstream: &str, akp: &str, lbp: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: llm-keys}}
+metadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: "true"}}}}
 stringData:
   key-a: "{KEY_A}"
   key-b: "{KEY_B}"
@@ -182,23 +182,90 @@ async fn a_full_queue_answers_429_at_once() {
 }
 
 #[tokio::test]
-async fn a_401_disables_the_key_with_a_reason_and_the_request_is_served_by_another() {
+async fn a_revoked_key_is_disabled_with_a_reason_and_the_request_is_served_by_another() {
     let up = MockUpstream::start("a").await.unwrap();
     let p = FileProxy::start(&config(&up.url(), "", "")).await;
-    up.fail_next(1, Behavior::status(401));
-    let r = chat(&p.url(), &[]).await.unwrap();
-    assert_eq!(r.status, 200);
-    let refused = if up.received_keys()[0] == KEY_A {
-        "key-a"
-    } else {
-        "key-b"
-    };
-    let state = key_state(&p, refused).await;
-    assert_eq!(state["state"], "disabled");
-    assert!(state["reason"].as_str().unwrap().contains("401"), "{state}");
-    for _ in 0..4 {
-        assert_ne!(key_of(&chat(&p.url(), &[]).await.unwrap()), refused);
+    // key-a is revoked: the upstream refuses it for every request, probes included.
+    up.set_key_behavior(KEY_A, Some(Behavior::status(401)));
+    // Round robin: one of the first two requests meets key-a and is served by key-b.
+    for _ in 0..2 {
+        assert_eq!(chat(&p.url(), &[]).await.unwrap().status, 200);
     }
+    // The free probe of key-a is refused too: that is evidence about the key.
+    eventually(Duration::from_secs(10), "key-a disabled", || async {
+        key_state(&p, "key-a").await["state"] == "disabled"
+    })
+    .await;
+    let state = key_state(&p, "key-a").await;
+    assert!(state["reason"].as_str().unwrap().contains("401"), "{state}");
+    let probe = up
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/models" && r.key.as_deref() == Some(KEY_A))
+        .expect("key-a was probed");
+    assert_eq!(probe.method, http::Method::GET, "probes never cost tokens");
+    for _ in 0..4 {
+        assert_eq!(key_of(&chat(&p.url(), &[]).await.unwrap()), "key-b");
+    }
+}
+
+/// A request the upstream refuses for itself (here a bad organization header): it is
+/// replayed on one other key at most, the client gets the upstream's 401, and no key is
+/// disabled, because a free probe with each refused key passes.
+#[tokio::test]
+async fn one_request_cannot_disable_keys() {
+    let up = MockUpstream::start("a").await.unwrap();
+    // Four keys: without the bound, one request would walk through all of them.
+    let four = config(&up.url(), "", "").replace(
+        &format!("  key-b: \"{KEY_B}\"\n"),
+        &format!(
+            "  key-b: \"{KEY_B}\"\n  key-c: \"sk-test-charlie-0003\"\n  key-d: \"sk-test-delta-0004\"\n"
+        ),
+    );
+    let p = FileProxy::start(&four).await;
+    up.set_header_behavior("openai-organization", "org-wrong", Behavior::status(401));
+    let bad = [("openai-organization", "org-wrong")];
+    let r = chat(&p.url(), &bad).await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let tried = up
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .count();
+    assert_eq!(
+        tried, 2,
+        "the refusal is replayed on one other key, no more"
+    );
+    // The two refused keys were suspected and probed for free; both probes pass.
+    eventually(
+        Duration::from_secs(10),
+        "both refused keys verified",
+        || async {
+            up.requests()
+                .iter()
+                .filter(|r| r.path == "/v1/models")
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    // The same bad request again and again: still no key is disabled.
+    for _ in 0..5 {
+        assert_eq!(chat(&p.url(), &bad).await.unwrap().status, 401);
+    }
+    for id in ["key-a", "key-b", "key-c", "key-d"] {
+        assert_eq!(key_state(&p, id).await["state"], "active", "{id}");
+    }
+    // Each refused key was probed and passed, so each serves again (a suspected key is only
+    // passed over until its probe answers).
+    let served = Mutex::new(std::collections::BTreeSet::new());
+    eventually(Duration::from_secs(10), "every key serves", || async {
+        let key = key_of(&chat(&p.url(), &[]).await.unwrap());
+        let mut served = served.lock().unwrap();
+        served.insert(key);
+        served.len() == 4
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -455,27 +522,30 @@ async fn no_key_value_appears_in_logs_status_metrics_or_headers() {
 async fn a_disabled_key_is_reprobed_for_free_and_re_enabled() {
     let up = MockUpstream::start("a").await.unwrap();
     let p = FileProxy::start(&config(&up.url(), "  disable: {reprobeSeconds: 10}\n", "")).await;
-    up.fail_next(1, Behavior::status(401));
-    assert_eq!(chat(&p.url(), &[]).await.unwrap().status, 200);
-    let refused_value = up.received_keys()[0].clone();
-    let refused = if refused_value == KEY_A {
-        "key-a"
-    } else {
-        "key-b"
-    };
-    assert_eq!(key_state(&p, refused).await["state"], "disabled");
-
+    up.set_key_behavior(KEY_A, Some(Behavior::status(401)));
+    for _ in 0..2 {
+        assert_eq!(chat(&p.url(), &[]).await.unwrap().status, 200);
+    }
+    eventually(Duration::from_secs(10), "key-a disabled", || async {
+        key_state(&p, "key-a").await["state"] == "disabled"
+    })
+    .await;
+    // The key is fixed upstream: the next scheduled probe re-enables it.
+    up.set_key_behavior(KEY_A, None);
     eventually(
         Duration::from_secs(20),
         "key re-enabled after a passing probe",
-        || async { key_state(&p, refused).await["state"] == "active" },
+        || async { key_state(&p, "key-a").await["state"] == "active" },
     )
     .await;
-    let probe = up
+    let probes: Vec<_> = up
         .requests()
         .into_iter()
-        .find(|r| r.path == "/v1/models")
-        .expect("the key was re-probed");
-    assert_eq!(probe.method, http::Method::GET, "probes never cost tokens");
-    assert_eq!(probe.key.as_deref(), Some(refused_value.as_str()));
+        .filter(|r| r.path == "/v1/models" && r.key.as_deref() == Some(KEY_A))
+        .collect();
+    assert!(probes.len() >= 2, "verified, then re-probed");
+    assert!(
+        probes.iter().all(|r| r.method == http::Method::GET),
+        "probes never cost tokens"
+    );
 }

@@ -21,7 +21,7 @@ fn yaml(upstream: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: k}}
+metadata: {{name: k, labels: {{keyway.dev/api-keys: "true"}}}}
 stringData: {{key-a: "sk-limits-aaaa"}}
 ---
 apiVersion: keyway.dev/v1alpha1
@@ -348,7 +348,7 @@ fn config_values_that_would_become_headers_refuse_cr_lf() {
     let cases = [
         (
             "key value",
-            "apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {key-a: \"sk-a\\r\\nx-injected: 1\"}\n---\napiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {name: keys}\nspec: {secretRef: {name: k}}\n",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {keyway.dev/api-keys: \"true\"}}\nstringData: {key-a: \"sk-a\\r\\nx-injected: 1\"}\n---\napiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {name: keys}\nspec: {secretRef: {name: k}}\n",
         ),
         (
             "hostHeader",

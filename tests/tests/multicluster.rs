@@ -405,7 +405,7 @@ fn redis_settings(redis: &RedisServer) -> keyway_api::model::RedisStore {
 
 const KEYS: &str = r#"apiVersion: v1
 kind: Secret
-metadata: {name: mcp-keys}
+metadata: {name: mcp-keys, labels: {keyway.dev/api-keys: "true"}}
 stringData: {k1: "sk-mcp-1111", k2: "sk-mcp-2222", k3: "sk-mcp-3333"}
 ---
 apiVersion: keyway.dev/v1alpha1

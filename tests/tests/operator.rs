@@ -4,6 +4,7 @@
 
 mod support;
 
+use base64::Engine;
 use http::Method;
 use keyway_api::model::Cidr;
 use keyway_api::secret::SecretValue;
@@ -106,7 +107,9 @@ async fn admin_writes_edit_the_file_and_apply() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_no_values("POST keys", &r.text());
     let file = std::fs::read_to_string(&p.path).unwrap();
-    assert!(file.contains("key-c") && file.contains(NEW_KEY), "{file}");
+    // Written as base64 `data`, so it is never `${ENV}`-expanded.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(NEW_KEY);
+    assert!(file.contains("key-c") && file.contains(&encoded), "{file}");
     let r = get(&format!("{}/pools/llm", p.admin())).await.unwrap();
     let pool: Value = serde_json::from_str(&r.text()).unwrap();
     let ids: Vec<&str> = pool["keys"]
@@ -141,7 +144,8 @@ async fn admin_writes_edit_the_file_and_apply() {
     let r = admin(&p, Method::DELETE, "/pools/llm/keys/key-a", Some(TOKEN), "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let file = std::fs::read_to_string(&p.path).unwrap();
-    assert!(!file.contains("key-a") && file.contains(ROTATED), "{file}");
+    let rotated = base64::engine::general_purpose::STANDARD.encode(ROTATED);
+    assert!(!file.contains("key-a") && file.contains(&rotated), "{file}");
 
     // Backends.
     let c = MockUpstream::start("c").await.unwrap();
@@ -288,6 +292,7 @@ async fn writes_are_refused_in_controller_and_quick_start_modes() {
         token_file: None,
         controller_ca: None,
         controller_ca_pem: None,
+        controller_server_name: None,
     });
     // An admin port on every interface: reads other than health and metrics need the token.
     let running = start_source(controller, |s| {
@@ -323,6 +328,30 @@ async fn writes_are_refused_in_controller_and_quick_start_modes() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+
+    // Without a token, such a port serves health and metrics only: the config and status
+    // are not open to the whole cluster.
+    let open = start_source(
+        Source::Static(
+            keyway_api::manifest::Manifests::parse(
+                &two_backend_pool("http://127.0.0.1:1", "http://127.0.0.1:2", KEYS, ""),
+                &|_| None,
+            )
+            .unwrap()
+            .resolve()
+            .unwrap(),
+        ),
+        |s| s.admin_listen = "0.0.0.0:0".parse().unwrap(),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", open.admin_addr.port());
+    for path in ["/status", "/config", "/pools/llm", "/log-level"] {
+        let r = get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.text().contains("--admin-token-file"), "{}", r.text());
+    }
+    assert_eq!(get(&format!("{base}/readyz")).await.unwrap().status, 200);
+    assert_eq!(get(&format!("{base}/metrics")).await.unwrap().status, 200);
 
     let env = |n: &str| (n == "KEYWAY_OPENAI_KEYS").then(|| "sk-test-env-1".to_string());
     let qs = keyway_proxy::quickstart::QuickStart::from_env(&env)
@@ -420,6 +449,17 @@ async fn client_tokens_are_required_reloaded_and_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    // The token sent twice: neither copy goes upstream.
+    let r = chat(
+        &p.url(),
+        &[
+            ("x-keyway-token", "client-token-one"),
+            ("x-api-key", "client-token-one"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
     for req in a.requests() {
         let all: Vec<String> = req
             .headers
@@ -449,4 +489,30 @@ async fn client_tokens_are_required_reloaded_and_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(r.status, 401);
+}
+
+/// DNS rebinding: a web page whose domain resolves to 127.0.0.1 reaches a quick-start proxy
+/// from the developer's browser, with its own domain as `Host`. The loopback listener serves
+/// loopback names only; the documented `curl localhost:8080` and `127.0.0.1` keep working.
+#[tokio::test]
+async fn a_loopback_proxy_refuses_other_host_names() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let p = FileProxy::start(&two_backend_pool(&a.url(), &a.url(), KEYS, "")).await;
+    let port = p.proxy.addr.port();
+    for (host, status) in [
+        (format!("evil.example:{port}"), 403),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+    ] {
+        let r = chat(&p.url(), &[("host", &host)]).await.unwrap();
+        assert_eq!(r.status, status, "Host {host}: {}", r.text());
+        if status == 403 {
+            assert!(r.text().contains("forbidden_host"), "{}", r.text());
+        }
+    }
+    assert_eq!(
+        a.request_count(),
+        2,
+        "the refused request never went upstream"
+    );
 }

@@ -14,7 +14,7 @@ fn provider_pool(name: &str, provider: &str, upstream: &str, extra: &str) -> Str
     format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: {name}-keys}}
+metadata: {{name: {name}-keys, labels: {{keyway.dev/api-keys: "true"}}}}
 stringData:
   {name}-1: "sk-{name}-value-1"
 ---

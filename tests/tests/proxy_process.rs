@@ -24,7 +24,7 @@ fn yaml(backends: &[(&str, String)], keys: &[(&str, &str)]) -> String {
         .map(|(n, u)| format!("    - {{name: {n}, endpoint: \"{u}\"}}\n"))
         .collect();
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData:\n{entries}---\n\
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: k, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData:\n{entries}---\n\
          apiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {{name: keys}}\n\
          spec: {{secretRef: {{name: k}}}}\n---\n\
          apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {{name: llm}}\n\

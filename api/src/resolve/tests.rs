@@ -359,6 +359,30 @@ fn multi_cluster_errors_name_the_field() {
         other => panic!("{other:?}"),
     }
 
+    // passwordEnv names only variables meant for Redis, never e.g. the admin token.
+    for (name, ok) in [
+        ("KEYWAY_ADMIN_TOKEN", false),
+        ("AWS_SECRET_ACCESS_KEY", false),
+        ("KEYWAY_REDIS_", false),
+        ("KEYWAY_REDIS_PASSWORD", true),
+    ] {
+        s.affinity
+            .as_mut()
+            .unwrap()
+            .redis
+            .as_mut()
+            .unwrap()
+            .password_env = Some(name.into());
+        match pool(&id(), &s) {
+            Ok(_) => assert!(ok, "{name} was accepted"),
+            Err(e) => {
+                assert!(!ok, "{name}: {e}");
+                assert_eq!(e.field, "spec.affinity.redis.passwordEnv");
+                assert!(e.message.contains("KEYWAY_REDIS_"), "{e}");
+            }
+        }
+    }
+
     let mut s = base.clone();
     s.affinity = Some(AffinitySpec {
         header: Some("bad header".into()),

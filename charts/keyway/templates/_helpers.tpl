@@ -98,13 +98,17 @@ app.kubernetes.io/component: gateway
 {{/* http(s)://<fullname>-controller.<ns>.svc:<grpc port>, what proxies dial (https when the
 gRPC listener has TLS). */}}
 {{- define "keyway.controllerUrl" -}}
-{{- $scheme := ternary "https" "http" (not (empty .Values.controller.grpcTlsSecret)) -}}
+{{- $scheme := ternary "http" "https" (and .Values.controller.grpcPlaintext (empty .Values.controller.grpcTlsSecret)) -}}
 {{- printf "%s://%s.%s.svc:%d" $scheme (include "keyway.controller.fullname" .) .Release.Namespace (int .Values.controller.grpcPort) -}}
 {{- end -}}
 
 {{/* The audience of proxy tokens: the gateway's own setting, else the controller's. */}}
 {{- define "keyway.gateway.tokenAudience" -}}
+{{- if .Values.controller.allowAnyTokenAudience -}}
+{{- .Values.gateway.tokenAudience -}}
+{{- else -}}
 {{- default .Values.controller.tokenAudience .Values.gateway.tokenAudience -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The hardened container securityContext both components use. */}}

@@ -161,6 +161,12 @@ fn granted(mut p: PoolInput, namespaces: &[&str]) -> PoolInput {
     p
 }
 
+/// The key owner's side of a grant.
+fn consenting(mut k: KeyPoolInput, namespaces: &[&str]) -> KeyPoolInput {
+    k.spec.allowed_proxy_namespaces = namespaces.iter().map(|s| s.to_string()).collect();
+    k
+}
+
 /// Namespaces a (private), b (the proxy's) and c (grants b one of its two pools).
 fn three_namespaces() -> Index {
     let mut s = secrets("a", "sa", &[("ka", "value-a")]);
@@ -177,8 +183,8 @@ fn three_namespaces() -> Index {
         &[
             key_pool("a", "keys", "sa"),
             key_pool("b", "keys", "sb"),
-            key_pool("c", "keys", "sc"),
-            key_pool("c", "other-keys", "sd"),
+            consenting(key_pool("c", "keys", "sc"), &["b"]),
+            consenting(key_pool("c", "other-keys", "sd"), &["x"]),
         ],
         &s,
         &mut LastGood::default(),
@@ -205,24 +211,26 @@ fn asking_for_a_namespace_without_a_grant_gives_nothing_of_it() {
 }
 
 #[test]
-fn a_grant_sends_that_pool_and_its_keys_only() {
+fn a_grant_sends_that_pool_and_its_keys_only_when_named() {
     let idx = three_namespaces();
-    let snap = idx.snapshot_for_proxy("b", &["a".into(), "c".into()], &[]);
+    let snap = idx.snapshot_for_proxy("b", &["a".into(), "c".into()], &["c/shared".into()]);
     assert_eq!(
         ids(&snap),
         (
             vec!["b/llm".into(), "c/shared".into()],
             vec!["b/keys".into(), "c/keys".into()]
         ),
-        "c/other grants x, not b; its key pool stays home"
+        "own pools plus the named grant; c/other grants x, not b, and its key pool stays home"
     );
-    // A granted namespace the proxy did not ask for is not sent.
+    // A granted pool the proxy did not name is not sent, even for an asked-for namespace.
     assert_eq!(
-        idx.snapshot_for_proxy("b", &[], &[]),
+        idx.snapshot_for_proxy("b", &["c".into()], &[]),
         idx.snapshot_for("b", &[])
     );
+    // Naming it is enough: the namespace counts as asked for.
+    assert_eq!(idx.snapshot_for_proxy("b", &[], &["c/shared".into()]), snap);
     // The namespace x was granted c/other.
-    let x = idx.snapshot_for_proxy("x", &["c".into()], &[]);
+    let x = idx.snapshot_for_proxy("x", &[], &["c/other".into()]);
     assert_eq!(
         ids(&x),
         (vec!["c/other".into()], vec!["c/other-keys".into()])
@@ -230,29 +238,66 @@ fn a_grant_sends_that_pool_and_its_keys_only() {
 }
 
 #[test]
+fn a_grant_needs_the_key_owners_consent() {
+    let s = secrets("c", "sc", &[("kc", "value-c")]);
+    let pools = [granted(
+        pool("c", "shared", "http://c", Some("keys")),
+        &["b"],
+    )];
+    let named = ["c/shared".to_string()];
+    // The pool's author grants b, the ApiKeyPool does not: b gets nothing.
+    let idx = build(
+        &pools,
+        &[key_pool("c", "keys", "sc")],
+        &s,
+        &mut LastGood::default(),
+    );
+    let b = idx.snapshot_for_proxy("b", &[], &named);
+    assert!(b.pools.is_empty() && b.key_pools.is_empty(), "{b:?}");
+    // The key owner consents to another namespace only: still nothing for b.
+    let other = [consenting(key_pool("c", "keys", "sc"), &["x"])];
+    let idx = build(&pools, &other, &s, &mut LastGood::default());
+    assert!(idx.snapshot_for_proxy("b", &[], &named).pools.is_empty());
+    // Both consent: served.
+    let both = [consenting(key_pool("c", "keys", "sc"), &["b"])];
+    let idx = build(&pools, &both, &s, &mut LastGood::default());
+    assert_eq!(idx.snapshot_for_proxy("b", &[], &named).key_pools.len(), 1);
+    // A pool without keys needs only its own grant.
+    let keyless = [granted(pool("c", "open", "http://c", None), &["b"])];
+    let idx = build(&keyless, &[], &s, &mut LastGood::default());
+    assert_eq!(
+        idx.snapshot_for_proxy("b", &[], &["c/open".into()])
+            .pools
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn the_pool_filter_takes_names_and_qualified_names() {
     let idx = three_namespaces();
     let extra = ["c".to_string()];
+    // A bare name is one of the proxy's own pools, never a granted one.
     let by_name = idx.snapshot_for_proxy("b", &extra, &["shared".into()]);
-    assert_eq!(
-        ids(&by_name),
-        (vec!["c/shared".into()], vec!["c/keys".into()])
-    );
+    assert!(by_name.pools.is_empty(), "{by_name:?}");
     let qualified = idx.snapshot_for_proxy("b", &extra, &["b/llm".into()]);
     assert_eq!(
         ids(&qualified),
         (vec!["b/llm".into()], vec!["b/keys".into()])
     );
+    // Own names narrow the own pools; a foreign name adds to them.
+    let both = idx.snapshot_for_proxy("b", &extra, &["llm".into(), "c/shared".into()]);
+    assert_eq!(ids(&both).0, vec!["b/llm".to_string(), "c/shared".into()]);
     // A filter naming a pool that is not granted does not bypass the grant.
     let sneaky = idx.snapshot_for_proxy("b", &["a".into()], &["a/llm".into()]);
-    assert!(sneaky.pools.is_empty() && sneaky.key_pools.is_empty());
+    assert_eq!(ids(&sneaky).0, vec!["b/llm".to_string()]);
 }
 
 #[test]
 fn a_revoked_grant_takes_effect_even_while_serving_the_last_good_version() {
     let mut lg = LastGood::default();
     let s = secrets("c", "sc", &[("kc", "value-c")]);
-    let kps = [key_pool("c", "keys", "sc")];
+    let kps = [consenting(key_pool("c", "keys", "sc"), &["b"])];
     let before = build(
         &[granted(
             pool("c", "shared", "http://c", Some("keys")),
@@ -264,7 +309,7 @@ fn a_revoked_grant_takes_effect_even_while_serving_the_last_good_version() {
     );
     assert_eq!(
         before
-            .snapshot_for_proxy("b", &["c".into()], &[])
+            .snapshot_for_proxy("b", &[], &["c/shared".into()])
             .pools
             .len(),
         1
@@ -278,6 +323,6 @@ fn a_revoked_grant_takes_effect_even_while_serving_the_last_good_version() {
     );
     assert!(after.pools[&ObjectId::new("c", "shared")].serving_last_good);
     assert_eq!(after.snapshot_for("c", &[]).pools.len(), 1);
-    let b = after.snapshot_for_proxy("b", &["c".into()], &[]);
+    let b = after.snapshot_for_proxy("b", &[], &["c/shared".into()]);
     assert!(b.pools.is_empty() && b.key_pools.is_empty());
 }

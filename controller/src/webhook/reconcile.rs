@@ -1,5 +1,7 @@
-//! Keeps the webhook's certificates in their Secret and its CA in the
-//! `MutatingWebhookConfiguration`, on every replica, leader or not.
+//! Keeps the controller's certificates in their Secret and their CA in the
+//! `MutatingWebhookConfiguration`, on every replica, leader or not. The same serving
+//! certificate (for the controller Service's names) secures the webhook and the gRPC
+//! discovery listener, whose clients (the proxies) are handed the CA bundle.
 //!
 //! Every pass reads the Secret, creates or renews its contents when needed (optimistic
 //! concurrency: a create that finds the Secret, or an update that finds it changed, re-reads
@@ -36,8 +38,9 @@ pub struct CertSettings {
     /// Namespace of the Secret (the controller's own).
     pub namespace: String,
     pub secret_name: String,
-    /// The cluster-scoped `MutatingWebhookConfiguration` whose `caBundle`s are patched.
-    pub config_name: String,
+    /// The cluster-scoped `MutatingWebhookConfiguration` whose `caBundle`s are patched;
+    /// `None` when the webhook is off (the certificates then only serve gRPC).
+    pub config_name: Option<String>,
     /// SANs of the serving certificate (IP addresses become IP SANs).
     pub dns_names: Vec<String>,
 }
@@ -155,9 +158,17 @@ impl CertManager {
             );
             self.loaded = Some(serving.info.fingerprint.clone());
         }
+        // The bundle first: once a handshake can succeed, injected proxies are handed it.
+        let bundle = material.ca_bundle(now);
+        self.serving.set_ca_bundle(&bundle);
         self.serving.set(serving.key.clone());
 
-        let bundle = material.ca_bundle(now);
+        if self.settings.config_name.is_none() {
+            // No webhook configuration to hand the CA to: proxies read the bundle from the
+            // Secret (or get it injected), so a new CA may sign from the next pass on.
+            self.trusted_ca = Some(serving.ca.fingerprint.clone());
+            return Ok(Pass::Done);
+        }
         match self.patch_bundle(&bundle).await? {
             Some(trusted) => {
                 self.warned_missing = false;
@@ -294,7 +305,9 @@ impl CertManager {
     /// Makes every webhook of the configuration trust `bundle`. `None`: no configuration;
     /// `Some(trusted)`: whether every webhook now has it.
     async fn patch_bundle(&mut self, bundle: &str) -> Result<Option<bool>, Error> {
-        let name = &self.settings.config_name;
+        let Some(name) = &self.settings.config_name else {
+            return Ok(Some(true));
+        };
         let config = self.configs.get_opt(name).await.map_err(|source| Error::Kube {
             what: format!(
                 "reading MutatingWebhookConfiguration {name} (RBAC: get mutatingwebhookconfigurations)"

@@ -46,6 +46,7 @@ async fn start() -> Running {
         listener,
         server_config(serving.clone()).expect("tls"),
         Arc::new(injector()),
+        None,
         metrics.clone(),
         drain_rx,
     ));
@@ -208,4 +209,28 @@ async fn serves_reviews_and_swaps_certificates_without_restart() {
     // A client trusting another CA is refused.
     let stranger = certs::Material::generate(now(), &names()).expect("material");
     assert!(connect(running.addr, &stranger.ca_cert).await.is_err());
+}
+
+#[test]
+fn injected_proxies_trust_the_controllers_own_ca() {
+    let injector = Arc::new(injector());
+    let own = ServingCert::default();
+    // Before the first pass: nothing to hand over.
+    assert_eq!(with_own_ca(&injector, Some(&own)).controller_ca_pem, None);
+    own.set_ca_bundle("-----BEGIN CERTIFICATE-----\nown\n-----END CERTIFICATE-----\n");
+    let pem = with_own_ca(&injector, Some(&own)).controller_ca_pem.clone();
+    assert!(pem.is_some_and(|p| p.contains("own")));
+    // Not serving gRPC with its own certificate: nothing added.
+    assert_eq!(with_own_ca(&injector, None).controller_ca_pem, None);
+    // A configured CA (--sidecar-controller-ca) wins.
+    let configured = Arc::new(Injector {
+        controller_ca_pem: Some("configured".into()),
+        ..injector.as_ref().clone()
+    });
+    assert_eq!(
+        with_own_ca(&configured, Some(&own))
+            .controller_ca_pem
+            .as_deref(),
+        Some("configured")
+    );
 }

@@ -107,6 +107,17 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of all keys held (what a client's header values cost here).
+    pub fn key_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.map.keys().map(|k| k.len()).sum::<usize>()
+            })
+            .sum()
+    }
 }
 
 impl Shard {

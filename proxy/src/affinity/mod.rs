@@ -22,6 +22,11 @@ use resp::{RedisClient, Reply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Affinity values (user ids, session ids: client headers of up to 64 KiB) longer than this
+/// are stored as their SHA-256 instead, so memory and Redis keys are bounded by bytes, not
+/// only by entries.
+pub const MAX_KEY_BYTES: usize = 64;
+
 /// Redis is retried this long after a failure (doubling up to [`MAX_DOWN`]).
 const FIRST_DOWN: Duration = Duration::from_millis(500);
 const MAX_DOWN: Duration = Duration::from_secs(5);
@@ -96,6 +101,7 @@ impl AffinityStore {
 
     /// The assignment of `value`, refreshing its TTL.
     pub async fn get(&self, value: &str) -> Option<Arc<str>> {
+        let value = &*bounded_key(value);
         let found = match &self.redis {
             Some(r) => match r.get(value).await {
                 Ok(found) => {
@@ -124,6 +130,7 @@ impl AffinityStore {
     /// Stores an assignment. With `only_if_absent`, an assignment another replica stored in
     /// the meantime wins and is returned instead.
     pub async fn put(&self, value: &str, assignment: Arc<str>, only_if_absent: bool) -> Arc<str> {
+        let value = &*bounded_key(value);
         let stored = match &self.redis {
             Some(r) => match r.put(value, &assignment, only_if_absent).await {
                 Ok(winner) => winner.unwrap_or(assignment),
@@ -137,6 +144,21 @@ impl AffinityStore {
         self.memory.put(value, stored.clone(), Instant::now());
         stored
     }
+}
+
+/// `value` itself when short, else `sha256:` and its digest in hex (71 bytes): a client
+/// cannot make an entry as large as its header.
+pub fn bounded_key(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_KEY_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn kind(store: &StoreKind) -> &'static str {
@@ -241,5 +263,52 @@ impl Down {
             tracing::warn!(%error, retry_in = ?self.backoff, "redis affinity store unreachable; using the memory store");
         }
         self.until = Some(Instant::now() + self.backoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_bounded_by_bytes() {
+        let short = "user-42";
+        assert_eq!(bounded_key(short), short);
+        let a = "a".repeat(64 * 1024);
+        let mut b = a.clone();
+        b.push('b');
+        let (ka, kb) = (bounded_key(&a), bounded_key(&b));
+        assert!(
+            ka.len() <= 71 && kb.len() <= 71,
+            "{} {}",
+            ka.len(),
+            kb.len()
+        );
+        assert_ne!(ka, kb, "different values keep different keys");
+        assert_eq!(ka, bounded_key(&a), "stable");
+    }
+
+    #[tokio::test]
+    async fn a_store_of_huge_user_ids_stays_small() {
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::register(&registry).unwrap();
+        let settings = model::Affinity {
+            header: "user-id".into(),
+            ttl: Duration::from_secs(60),
+            max_entries: 100_000,
+            store: StoreKind::Memory,
+        };
+        let store = AffinityStore::new(settings, "ns/pool", &metrics.clusters);
+        for i in 0..200 {
+            let user = format!("{i}-{}", "x".repeat(64 * 1024));
+            store.put(&user, "cluster-a".into(), false).await;
+            assert_eq!(store.get(&user).await.as_deref(), Some("cluster-a"));
+        }
+        // 200 users of 64 KiB each: 13 MiB as keys; a few KiB as digests.
+        assert!(
+            store.memory.key_bytes() <= 200 * 71,
+            "{}",
+            store.memory.key_bytes()
+        );
     }
 }

@@ -12,6 +12,9 @@ const MAX_IDLE: usize = 8;
 /// Largest bulk string or array accepted from the server.
 const MAX_BULK: usize = 1 << 20;
 const MAX_ARRAY: usize = 1024;
+/// Largest whole reply, nested arrays included: the bounds per element alone would allow
+/// 1024 × 1024 × ... × 1 MiB.
+pub const MAX_REPLY: usize = 2 << 20;
 
 /// A reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,8 +178,18 @@ pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
-/// Reads one reply. Error replies come back as `Simple("-...")` so the caller decides.
+/// Reads one reply of at most [`MAX_REPLY`] bytes. Error replies come back as
+/// `Simple("-...")` so the caller decides.
 pub async fn read_reply<R>(r: &mut R, depth: usize) -> Result<Reply, RedisError>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut budget = MAX_REPLY;
+    read_bounded(r, depth, &mut budget).await
+}
+
+/// [`read_reply`], charging every byte read (and every element's bookkeeping) to `budget`.
+async fn read_bounded<R>(r: &mut R, depth: usize, budget: &mut usize) -> Result<Reply, RedisError>
 where
     R: tokio::io::AsyncBufRead + Unpin,
 {
@@ -185,9 +198,14 @@ where
     }
     let mut line = Vec::with_capacity(32);
     let n = (&mut *r)
-        .take(64 * 1024)
+        .take((64 * 1024).min(*budget as u64))
         .read_until(b'\n', &mut line)
         .await?;
+    // An element costs at least its Reply, even when its line is short (`*0`, `$-1`).
+    let cost = n.max(std::mem::size_of::<Reply>());
+    *budget = budget
+        .checked_sub(cost)
+        .ok_or(RedisError::Protocol("reply too large"))?;
     if n == 0 {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }
@@ -215,6 +233,9 @@ where
             if len > MAX_BULK {
                 return Err(RedisError::Protocol("bulk string too large"));
             }
+            *budget = budget
+                .checked_sub(len + 2)
+                .ok_or(RedisError::Protocol("reply too large"))?;
             let mut data = vec![0; len + 2];
             r.read_exact(&mut data).await?;
             if !data.ends_with(b"\r\n") {
@@ -234,7 +255,7 @@ where
             }
             let mut items = Vec::with_capacity(len);
             for _ in 0..len {
-                items.push(Box::pin(read_reply(r, depth + 1)).await?);
+                items.push(Box::pin(read_bounded(r, depth + 1, budget)).await?);
             }
             Reply::Array(Some(items))
         }
@@ -284,6 +305,32 @@ mod tests {
         ] {
             assert!(parse(bad).await.is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn bounds_the_whole_reply_not_only_each_element() {
+        // Three bulk strings of 1 MiB each: every one within its own bound, 3 MiB together.
+        let mut reply = b"*3\r\n".to_vec();
+        for _ in 0..3 {
+            reply.extend_from_slice(format!("${}\r\n", 1 << 20).as_bytes());
+            reply.extend(std::iter::repeat_n(b'x', 1 << 20));
+            reply.extend_from_slice(b"\r\n");
+        }
+        assert!(parse(&reply).await.is_err());
+        // Nested arrays of tiny elements cost their bookkeeping too.
+        let mut nested = b"*1000\r\n".to_vec();
+        for _ in 0..1000 {
+            nested.extend_from_slice(b"*1000\r\n");
+            for _ in 0..1000 {
+                nested.extend_from_slice(b"$-1\r\n");
+            }
+        }
+        assert!(parse(&nested).await.is_err());
+        // One large reply within the budget is fine.
+        let mut one = format!("${}\r\n", 1 << 20).into_bytes();
+        one.extend(std::iter::repeat_n(b'y', 1 << 20));
+        one.extend_from_slice(b"\r\n");
+        assert!(parse(&one).await.is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! changed, the whole set validated with the proxy's own code, then written atomically (temp
 //! file + rename in the same directory). Comments are not kept: the file is re-serialised.
 
+use base64::Engine;
 use keyway_api::manifest::{DEFAULT_NAMESPACE, Manifests};
 use keyway_api::model::Snapshot;
 use keyway_api::spec::BackendSpec;
@@ -62,8 +63,10 @@ pub fn apply(
     edit: &Edit,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(String, Snapshot), EditError> {
-    let mut docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
-        .map_err(|e| EditError::new(500, format!("the config file is not valid YAML: {e}")))?;
+    let mut docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| {
+        let e = keyway_api::manifest::yaml_error(&e);
+        EditError::new(500, format!("the config file: {e}"))
+    })?;
     docs.retain(|d| !d.is_null());
     let lbp = find(&docs, "LoadBalancerPool", namespace, pool).ok_or_else(|| {
         EditError::new(
@@ -91,15 +94,20 @@ pub fn apply(
                 _ => {}
             }
             let doc = &mut docs[secret];
-            if let Some(data) = doc.get_mut("data").and_then(Value::as_object_mut) {
-                data.remove(id);
+            if let Some(sd) = doc.get_mut("stringData").and_then(Value::as_object_mut) {
+                sd.remove(id);
             }
             let obj = doc
                 .as_object_mut()
                 .ok_or_else(|| EditError::new(500, "Secret is not an object"))?;
-            let sd = obj.entry("stringData").or_insert_with(|| json!({}));
-            if let Some(sd) = sd.as_object_mut() {
-                sd.insert(id.clone(), Value::String(value.clone()));
+            // Base64 `data`, not `stringData`: a value written over the admin API is taken
+            // as it is, never `${ENV}`-expanded (a caller could otherwise copy any of the
+            // proxy's environment variables, the admin token included, into a key sent
+            // upstream).
+            let data = obj.entry("data").or_insert_with(|| json!({}));
+            if let Some(data) = data.as_object_mut() {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+                data.insert(id.clone(), Value::String(encoded));
             }
         }
         Edit::RemoveKey { id } => {
@@ -168,8 +176,13 @@ pub fn apply(
     Ok((text, snapshot))
 }
 
-/// Writes `text` to `path` atomically: a temp file in the same directory, then rename.
+/// Writes `text` to `path` atomically: a temp file in the same directory, then rename. The
+/// temp file is created 0600 (the text holds key values: no other user may read it, not even
+/// for the moment before the rename); the result keeps the file's permissions, or stays 0600
+/// for a new file.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -179,7 +192,20 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.keyway-{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
+    // A temp file left by a crash is replaced, never written through (create_new: no
+    // following a symlink planted under its name either).
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    drop(file);
     if let Ok(meta) = std::fs::metadata(path) {
         // Keep the file's permissions (it may hold keys and be 0600).
         let _ = std::fs::set_permissions(&tmp, meta.permissions());
@@ -192,7 +218,9 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 /// The manifests with Secret values replaced by `<redacted>`; `${ENV}` references are kept
 /// (they are names, not values).
 pub fn redacted(yaml: &str) -> Result<String, String> {
-    let mut docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| e.to_string())?;
+    // Never the parser's own rendering: it quotes the lines around the error, values included.
+    let mut docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| keyway_api::manifest::yaml_error(&e))?;
     docs.retain(|d| !d.is_null());
     for d in &mut docs {
         if d.get("kind").and_then(Value::as_str) != Some("Secret") {
@@ -276,7 +304,7 @@ mod tests {
     const FILE: &str = r#"
 apiVersion: v1
 kind: Secret
-metadata: {name: s}
+metadata: {name: s, labels: {keyway.dev/api-keys: "true"}}
 stringData: {k1: "${K1}", k2: literal-secret}
 ---
 apiVersion: keyway.dev/v1alpha1
@@ -328,6 +356,40 @@ spec:
     }
 
     #[test]
+    fn values_written_over_the_api_are_never_expanded() {
+        let add = Edit::AddKey {
+            id: "k3".into(),
+            value: "${K1}".into(),
+        };
+        let (text, snap) = apply(FILE, "default", "llm", &add, &env).unwrap();
+        let k3 = snap.key_pools[0]
+            .keys
+            .iter()
+            .find(|k| k.id == "k3")
+            .unwrap();
+        assert_eq!(
+            k3.value.expose(),
+            "${K1}",
+            "expanded to the environment's value"
+        );
+        // And after a reload of the written file, too.
+        let reloaded = Manifests::parse(&text, &env).unwrap().resolve().unwrap();
+        let k3 = reloaded.key_pools[0]
+            .keys
+            .iter()
+            .find(|k| k.id == "k3")
+            .unwrap();
+        assert_eq!(k3.value.expose(), "${K1}");
+        // The file's own references still expand.
+        let k1 = reloaded.key_pools[0]
+            .keys
+            .iter()
+            .find(|k| k.id == "k1")
+            .unwrap();
+        assert_eq!(k1.value.expose(), "from-env");
+    }
+
+    #[test]
     fn backends_and_evacuation_are_validated() {
         let b: BackendSpec =
             serde_json::from_value(json!({"name": "b", "endpoint": "http://127.0.0.1:2"})).unwrap();
@@ -365,6 +427,33 @@ spec:
         assert!(out.contains("${K1}"));
         assert!(!out.contains("literal-secret"), "{out}");
         assert!(out.contains("<redacted>"));
+    }
+
+    #[test]
+    fn atomic_writes_never_widen_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A new file holds keys: 0600 whatever the umask.
+        let fresh = dir.path().join("new.yaml");
+        write_atomic(&fresh, "k: v").unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        // An existing file keeps its mode.
+        let kept = dir.path().join("kept.yaml");
+        std::fs::write(&kept, "old").unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&kept, "new").unwrap();
+        assert_eq!(mode(&kept), 0o640);
+        // A stale temp file (say a symlink planted under its name) is not written through.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".kept.yaml.keyway-{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        write_atomic(&kept, "newer").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "newer");
     }
 
     #[test]

@@ -66,6 +66,53 @@ fn routes_by_most_specific_match() {
 }
 
 #[test]
+fn own_namespace_pools_win_route_ties_over_granted_ones() {
+    let yaml = r#"
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: mine, namespace: team-b}
+spec:
+  backends: [{name: a, endpoint: "http://127.0.0.1:1"}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: shared, namespace: team-c}
+spec:
+  routes: [{pathPrefix: /}]
+  backends: [{name: a, endpoint: "http://127.0.0.1:2"}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: chat, namespace: team-c}
+spec:
+  routes: [{pathPrefix: /v1/chat}]
+  backends: [{name: a, endpoint: "http://127.0.0.1:3"}]
+"#;
+    let dp = dataplane();
+    dp.set_home_namespace("team-b");
+    dp.apply(snapshot(yaml));
+    let r = dp.router();
+    let empty = http::HeaderMap::new();
+    let route = |path: &str| r.route(path, &empty, None).unwrap().model.id.to_string();
+    // A granted `/` ties with the own catch-all, and the own pool wins.
+    assert_eq!(route("/v1/embeddings"), "team-b/mine");
+    // A longer granted prefix is more specific: the proxy named that pool on purpose.
+    assert_eq!(route("/v1/chat/completions"), "team-c/chat");
+    // Without a home namespace (file mode) `/` is still more specific than no route at all.
+    let file = dataplane();
+    file.apply(snapshot(yaml));
+    let r = file.router();
+    assert_eq!(
+        r.route("/v1/embeddings", &empty, None)
+            .unwrap()
+            .model
+            .id
+            .to_string(),
+        "team-c/shared"
+    );
+}
+
+#[test]
 fn no_route_without_a_catch_all() {
     let dp = dataplane();
     let only_routed = TWO_POOLS.split("---").nth(1).unwrap();

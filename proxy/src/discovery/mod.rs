@@ -23,6 +23,9 @@ mod quota;
 
 /// Where Kubernetes mounts a pod's ServiceAccount token.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Where the sidecar injector mounts the projected token with Keyway's audience; preferred
+/// over [`DEFAULT_TOKEN_FILE`] when present.
+pub const KEYWAY_TOKEN_FILE: &str = "/var/run/secrets/keyway.dev/serviceaccount/token";
 
 /// How to reach the controller and who we are.
 #[derive(Clone, Debug)]
@@ -43,6 +46,9 @@ pub struct DiscoverySettings {
     pub controller_ca: Option<PathBuf>,
     /// The same as PEM text (e.g. from an environment variable set by the sidecar injector).
     pub controller_ca_pem: Option<String>,
+    /// The name the controller's certificate must carry, when it differs from the URL's host
+    /// (dialling an address, not the Service name).
+    pub controller_server_name: Option<String>,
 }
 
 /// Runs forever, reconnecting as needed. `controller_url` may list several controller
@@ -78,7 +84,9 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
         attempt = attempt.wrapping_add(1);
         let got_snapshot = match stream_once(&settings, &tx, &dataplane, &state).await {
             Ok(got) => {
-                tracing::warn!(controller = %settings.controller_url, "controller closed the stream");
+                // Streams have a bounded lifetime: a close is routine, the reconnect presents
+                // a fresh token.
+                tracing::info!(controller = %settings.controller_url, "controller closed the stream");
                 got
             }
             Err((got, error)) => {
@@ -316,6 +324,10 @@ fn endpoint(settings: &DiscoverySettings) -> anyhow::Result<Endpoint> {
             }
             (None, None) => tls.with_webpki_roots(),
         };
+        let tls = match &settings.controller_server_name {
+            Some(name) => tls.domain_name(name.clone()),
+            None => tls,
+        };
         endpoint = endpoint
             .tls_config(tls)
             .context("the controller TLS settings are invalid")?;
@@ -501,6 +513,7 @@ mod tests {
             token_file: None,
             controller_ca: None,
             controller_ca_pem: None,
+            controller_server_name: None,
         };
         assert!(endpoint(&s).is_ok());
         s.controller_url = "not a url".into();

@@ -28,6 +28,9 @@ pub enum Rejection {
     ForbiddenSource,
     /// Client authentication is on and the request has no valid token.
     Unauthorized,
+    /// A loopback listener got a request for another host name (DNS rebinding: a web page
+    /// in the developer's browser calling the local proxy under its own domain).
+    ForbiddenHost,
 }
 
 // === impl Rejection ===
@@ -50,6 +53,7 @@ impl Rejection {
             Rejection::SessionGone => "session_not_found",
             Rejection::ForbiddenSource => "forbidden_source",
             Rejection::Unauthorized => "unauthorized",
+            Rejection::ForbiddenHost => "forbidden_host",
         }
     }
 
@@ -57,7 +61,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute | Rejection::SessionGone => StatusCode::NOT_FOUND,
             Rejection::ClientBody => StatusCode::BAD_REQUEST,
-            Rejection::ForbiddenSource => StatusCode::FORBIDDEN,
+            Rejection::ForbiddenSource | Rejection::ForbiddenHost => StatusCode::FORBIDDEN,
             Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::KeysUnavailable => StatusCode::TOO_MANY_REQUESTS,

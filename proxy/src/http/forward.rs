@@ -237,6 +237,8 @@ impl Forwarder {
         };
         let mut failed_backends: Vec<usize> = Vec::new();
         let mut refused_keys: Vec<KeyId> = Vec::new();
+        // 401/403 answers so far: one may be the key's fault, two are the request's.
+        let mut auth_refusals = 0usize;
         let mut lease: Option<Lease> = None;
         // Time spent waiting on upstreams; everything else is Keyway's overhead.
         let mut upstream_time = Duration::ZERO;
@@ -369,7 +371,12 @@ impl Forwarder {
                     failed_backends.push(idx);
                 }
                 Outcome::NextKey(resp) => {
-                    if !prepared.body.replayable() {
+                    let auth_refused = matches!(resp.status().as_u16(), 401 | 403);
+                    auth_refusals += usize::from(auth_refused);
+                    // An auth refusal is replayed on one other key at most: a request the
+                    // upstream refuses for itself (a bad organization header) must not walk
+                    // through, and cast suspicion on, every key of the pool.
+                    if !prepared.body.replayable() || (auth_refused && auth_refusals > 1) {
                         let overhead = started.elapsed().saturating_sub(upstream_time);
                         return self.finish(
                             resp,

@@ -108,6 +108,7 @@ mod window;
 
 use keyway_api::secret::SecretValue;
 use sched::{Grant, Outcome, Sched};
+pub use sched::{ProbeAnswer, ProbePurpose};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -592,14 +593,16 @@ impl KeyPool {
     /// the caller to probe (e.g. list models) and report with [`KeyPool::probe_result`]. A key
     /// handed out is offered again only after another `auth_reprobe_interval`, so a lost
     /// probe is retried.
-    pub fn reprobe_due(&self) -> Vec<(KeyId, SecretValue)> {
+    pub fn reprobe_due(&self) -> Vec<(KeyId, SecretValue, ProbePurpose)> {
         self.shared.run(|s, now, _| s.reprobe_due(now))
     }
 
-    /// The result of a probe of a key from [`KeyPool::reprobe_due`]: `ok` re-enables it (and
-    /// serves waiters), otherwise it stays disabled until its next probe.
-    pub fn probe_result(&self, id: &str, ok: bool) {
-        self.shared.run(|s, now, _| s.probe_result(id, ok, now));
+    /// The result of a probe of a key from [`KeyPool::reprobe_due`]. Re-enabling: accepted
+    /// re-enables it (and serves waiters), otherwise it stays disabled until its next probe.
+    /// Verifying a refused key: refused disables it, accepted clears the suspicion.
+    pub fn probe_result(&self, id: &str, purpose: ProbePurpose, answer: ProbeAnswer) {
+        self.shared
+            .run(|s, now, _| s.probe_result(id, purpose, answer, now));
     }
 
     /// Moves the pool's clock forward (tests of windows and cooldowns) and wakes waiters.
@@ -683,7 +686,10 @@ impl Lease {
         self.finish(Outcome::RateLimited(cooldown));
     }
 
-    /// The upstream rejected the key (401/403): it is disabled until a probe succeeds.
+    /// The upstream refused this request with the key (401/403). That is evidence about the
+    /// request as much as the key: the key is disabled only when a free probe with it is
+    /// refused too (asked for here, run by [`crate::reprobe`]), or, when no probe can tell,
+    /// after refusals of several different requests.
     pub fn auth_failed(self, status: u16) {
         self.finish(Outcome::AuthFailed(status));
     }

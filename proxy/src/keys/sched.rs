@@ -16,6 +16,14 @@ use tokio::sync::oneshot;
 
 /// The quota window, and the Retry-After above which a rate-limited key counts as exhausted.
 const MINUTE_MS: u64 = 60_000;
+/// Auth refusals of a key (401/403) from this many different requests within
+/// [`STRIKE_WINDOW_MS`] disable it when no free probe can tell (body-field keys, upstreams
+/// without a free endpoint). One request alone never disables a key.
+const STRIKES_TO_DISABLE: usize = 3;
+const STRIKE_WINDOW_MS: u64 = 60_000;
+/// A key a probe just accepted is not probed again for this long: a client that keeps
+/// sending requests the upstream refuses costs at most one free probe per key per interval.
+const VERIFY_INTERVAL_MS: u64 = 10_000;
 /// Longest failure-ratio disable (unless the configured backoff is longer).
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// How long a key stays deprioritised when the upstream gave no reset time.
@@ -127,6 +135,48 @@ struct Key {
     pace_until: u64,
     /// Consecutive failure-ratio disables.
     streak: u32,
+    /// What the auth refusals say about the key (see [`Suspicion`]).
+    suspicion: Suspicion,
+}
+
+/// Evidence about a key that was refused (401/403) for some request: a refusal may be the
+/// request's fault (a bad organization header), so the key is disabled only when a free
+/// probe with it is refused too, or, when no probe can tell, after refusals of several
+/// different requests.
+#[derive(Clone, Debug, Default)]
+struct Suspicion {
+    /// When recent requests with this key were refused (at most [`STRIKES_TO_DISABLE`]).
+    strikes: Vec<u64>,
+    /// The status of the last refusal.
+    status: u16,
+    /// A probe is wanted (handed out by `reprobe_due`).
+    probe_wanted: bool,
+    /// A probe was handed out and has not answered yet.
+    probing: bool,
+    /// When a probe last accepted the key.
+    accepted_at: Option<u64>,
+    /// Probes cannot tell for this key (body-field auth, no free endpoint): strikes decide.
+    unprovable: bool,
+}
+
+/// What a free probe with a key found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeAnswer {
+    /// 2xx: the upstream accepts the key.
+    Accepted,
+    /// 401/403: the upstream refuses the key itself.
+    Refused,
+    /// Anything else (no free endpoint, a timeout, 5xx, a body-field key): no evidence.
+    Unknown,
+}
+
+/// Why a key is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbePurpose {
+    /// Disabled by refusals: re-enable it when the upstream accepts it again.
+    Reenable,
+    /// Refused for one request: is it the key or the request?
+    Verify,
 }
 
 impl Key {
@@ -149,6 +199,7 @@ impl Key {
             pass: 0,
             pace_until: 0,
             streak: 0,
+            suspicion: Suspicion::default(),
         }
     }
 
@@ -935,10 +986,35 @@ impl Sched {
             }
             Outcome::AuthFailed(status) => {
                 k.totals.failures += 1;
-                k.health = Health::AuthFailed {
-                    status,
-                    next_probe: now.saturating_add(t.reprobe),
-                };
+                let sus = &mut k.suspicion;
+                sus.status = status;
+                sus.strikes
+                    .retain(|at| now.saturating_sub(*at) < STRIKE_WINDOW_MS);
+                sus.strikes.push(now);
+                if sus.strikes.len() > STRIKES_TO_DISABLE {
+                    sus.strikes.remove(0);
+                }
+                let recently_accepted = sus
+                    .accepted_at
+                    .is_some_and(|at| now.saturating_sub(at) < VERIFY_INTERVAL_MS);
+                if sus.unprovable && sus.strikes.len() >= STRIKES_TO_DISABLE {
+                    // No probe can tell, and different requests keep being refused.
+                    k.suspicion = Suspicion::default();
+                    k.health = Health::AuthFailed {
+                        status,
+                        next_probe: now.saturating_add(t.reprobe),
+                    };
+                } else {
+                    if !sus.unprovable && !sus.probing && !recently_accepted {
+                        sus.probe_wanted = true;
+                    }
+                    // Under suspicion, other keys go first (it is still used when no other
+                    // key is eligible): a revoked key is not tried once per request while
+                    // the evidence comes in.
+                    if !recently_accepted {
+                        k.pace_until = now.saturating_add(VERIFY_INTERVAL_MS);
+                    }
+                }
             }
             Outcome::Cancelled => k.totals.cancelled += 1,
         }
@@ -1010,7 +1086,7 @@ impl Sched {
         self.reconcile(slot, now);
     }
 
-    pub(super) fn reprobe_due(&mut self, now: u64) -> Vec<(KeyId, SecretValue)> {
+    pub(super) fn reprobe_due(&mut self, now: u64) -> Vec<(KeyId, SecretValue, ProbePurpose)> {
         let reprobe = self.t.reprobe;
         let mut out = Vec::new();
         for &slot in &self.parked {
@@ -1019,25 +1095,87 @@ impl Sched {
                 && *next_probe <= now
             {
                 *next_probe = now.saturating_add(reprobe);
-                out.push((k.id.to_string(), SecretValue::clone(&k.value)));
+                out.push((
+                    k.id.to_string(),
+                    SecretValue::clone(&k.value),
+                    ProbePurpose::Reenable,
+                ));
+            }
+        }
+        for k in self.keys.iter_mut().filter(|k| k.live) {
+            if k.suspicion.probe_wanted {
+                k.suspicion.probe_wanted = false;
+                k.suspicion.probing = true;
+                out.push((
+                    k.id.to_string(),
+                    SecretValue::clone(&k.value),
+                    ProbePurpose::Verify,
+                ));
             }
         }
         out
     }
 
-    pub(super) fn probe_result(&mut self, id: &str, ok: bool, now: u64) {
+    pub(super) fn probe_result(
+        &mut self,
+        id: &str,
+        purpose: ProbePurpose,
+        answer: ProbeAnswer,
+        now: u64,
+    ) {
         let reprobe = self.t.reprobe;
         let Some(&slot) = self.by_id.get(id) else {
             return;
         };
         let k = &mut self.keys[slot as usize];
-        if let Health::AuthFailed { next_probe, .. } = &mut k.health {
-            if ok {
-                k.health = Health::Active;
-                k.window.clear_outcomes();
-                self.reconcile(slot, now);
-            } else {
-                *next_probe = now.saturating_add(reprobe);
+        match purpose {
+            ProbePurpose::Reenable => {
+                if let Health::AuthFailed { next_probe, .. } = &mut k.health {
+                    if answer == ProbeAnswer::Accepted {
+                        k.health = Health::Active;
+                        k.window.clear_outcomes();
+                        self.reconcile(slot, now);
+                    } else {
+                        *next_probe = now.saturating_add(reprobe);
+                    }
+                }
+            }
+            ProbePurpose::Verify => {
+                let sus = &mut k.suspicion;
+                sus.probing = false;
+                match answer {
+                    // The key works: the refusals were the requests' doing.
+                    ProbeAnswer::Accepted => {
+                        sus.strikes.clear();
+                        sus.accepted_at = Some(now);
+                        k.pace_until = 0;
+                        self.reconcile(slot, now);
+                    }
+                    // Refused without any request of a client: the key itself.
+                    ProbeAnswer::Refused => {
+                        let status = sus.status;
+                        k.suspicion = Suspicion::default();
+                        if !matches!(k.health, Health::AuthFailed { .. }) {
+                            k.health = Health::AuthFailed {
+                                status,
+                                next_probe: now.saturating_add(reprobe),
+                            };
+                            self.reconcile(slot, now);
+                        }
+                    }
+                    ProbeAnswer::Unknown => {
+                        sus.unprovable = true;
+                        if sus.strikes.len() >= STRIKES_TO_DISABLE {
+                            let status = sus.status;
+                            k.suspicion = Suspicion::default();
+                            k.health = Health::AuthFailed {
+                                status,
+                                next_probe: now.saturating_add(reprobe),
+                            };
+                            self.reconcile(slot, now);
+                        }
+                    }
+                }
             }
         }
     }

@@ -387,10 +387,69 @@ fn cooldown_ends_in_real_time() {
     assert_eq!(pick(&p), "k0");
 }
 
+/// A refusal asks for a free probe of the key; a refused probe disables it.
+fn refuse_and_confirm(p: &KeyPool, status: u16) {
+    p.try_acquire_id("k0").unwrap().auth_failed(status);
+    let due = p.reprobe_due();
+    assert_eq!(due.len(), 1, "a refusal asks for a probe");
+    assert_eq!((due[0].0.as_str(), due[0].2), ("k0", ProbePurpose::Verify));
+    p.probe_result("k0", ProbePurpose::Verify, ProbeAnswer::Refused);
+}
+
+#[test]
+fn one_refused_request_disables_nothing_when_the_key_probes_fine() {
+    let p = pool(Selection::RoundRobin, keys(2));
+    p.try_acquire_id("k0").unwrap().auth_failed(401);
+    // Still in rotation while the evidence is out.
+    assert_eq!(status(&p, "k0").state, KeyState::Active);
+    let due = p.reprobe_due();
+    assert_eq!((due.len(), due[0].2), (1, ProbePurpose::Verify));
+    assert!(p.reprobe_due().is_empty(), "one probe at a time");
+    p.probe_result("k0", ProbePurpose::Verify, ProbeAnswer::Accepted);
+    assert_eq!(status(&p, "k0").state, KeyState::Active);
+    // More refused requests right after a passing probe cost no further probe, and however
+    // many there are, the key stays: the probe said the key is fine.
+    for _ in 0..5 {
+        p.try_acquire_id("k0").unwrap().auth_failed(401);
+    }
+    assert!(p.reprobe_due().is_empty());
+    assert_eq!(status(&p, "k0").state, KeyState::Active);
+    // Once the interval passed, a new refusal is verified again.
+    p.advance(secs(11));
+    p.try_acquire_id("k0").unwrap().auth_failed(401);
+    assert_eq!(p.reprobe_due().len(), 1);
+}
+
+#[test]
+fn without_a_probe_refusals_of_several_requests_decide() {
+    let p = pool(Selection::RoundRobin, keys(2));
+    p.try_acquire_id("k0").unwrap().auth_failed(403);
+    assert_eq!(p.reprobe_due().len(), 1);
+    p.probe_result("k0", ProbePurpose::Verify, ProbeAnswer::Unknown);
+    assert_eq!(
+        status(&p, "k0").state,
+        KeyState::Active,
+        "one request is not evidence"
+    );
+    p.try_acquire_id("k0").unwrap().auth_failed(403);
+    assert_eq!(status(&p, "k0").state, KeyState::Active);
+    p.try_acquire_id("k0").unwrap().auth_failed(403);
+    assert!(matches!(status(&p, "k0").state, KeyState::Disabled { .. }));
+    // Refusals spread wider than the window do not add up.
+    let p = pool(Selection::RoundRobin, keys(2));
+    p.try_acquire_id("k0").unwrap().auth_failed(403);
+    p.probe_result("k0", ProbePurpose::Verify, ProbeAnswer::Unknown);
+    for _ in 0..4 {
+        p.advance(secs(40));
+        p.try_acquire_id("k0").unwrap().auth_failed(403);
+    }
+    assert_eq!(status(&p, "k0").state, KeyState::Active);
+}
+
 #[test]
 fn auth_failure_disables_until_a_probe_succeeds() {
     let p = pool(Selection::RoundRobin, keys(2));
-    p.try_acquire(None, &[]).unwrap().auth_failed(401);
+    refuse_and_confirm(&p, 401);
     assert_eq!(
         status(&p, "k0").state,
         KeyState::Disabled {
@@ -408,13 +467,14 @@ fn auth_failure_disables_until_a_probe_succeeds() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].0, "k0");
     assert_eq!(due[0].1.expose(), "sk-secret-k0");
+    assert_eq!(due[0].2, ProbePurpose::Reenable);
     // Marked as being probed: not offered again until another interval passes.
     assert!(p.reprobe_due().is_empty());
-    p.probe_result("k0", false);
+    p.probe_result("k0", ProbePurpose::Reenable, ProbeAnswer::Refused);
     assert!((0..10).all(|_| pick(&p) == "k1"));
     p.advance(secs(300));
     assert_eq!(p.reprobe_due().len(), 1);
-    p.probe_result("k0", true);
+    p.probe_result("k0", ProbePurpose::Reenable, ProbeAnswer::Accepted);
     assert_eq!(status(&p, "k0").state, KeyState::Active);
     let c = counts((0..10).map(|_| pick(&p)));
     assert_eq!(c["k0"], 5);
@@ -882,17 +942,19 @@ async fn a_successful_probe_and_an_update_wake_waiters() {
         },
         keys(1),
     ));
-    p.try_acquire(None, &[]).unwrap().auth_failed(403);
+    refuse_and_confirm(&p, 403);
     let w = tokio::spawn({
         let p = p.clone();
         async move { p.acquire(None, &[]).await.map(|l| l.id().to_owned()) }
     });
     queued(&p, 1).await;
-    p.probe_result("k0", true);
+    p.probe_result("k0", ProbePurpose::Reenable, ProbeAnswer::Accepted);
     assert_eq!(w.await.unwrap().unwrap(), "k0");
 
     let held = p.try_acquire(None, &[]).unwrap();
     held.auth_failed(401);
+    assert_eq!(p.reprobe_due().len(), 1);
+    p.probe_result("k0", ProbePurpose::Verify, ProbeAnswer::Refused);
     let w = tokio::spawn({
         let p = p.clone();
         async move { p.acquire(None, &[]).await.map(|l| l.id().to_owned()) }

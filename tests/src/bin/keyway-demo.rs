@@ -32,6 +32,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: demo-keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
   key-1: demo-secret-value-1
   key-2: demo-secret-value-2

@@ -83,7 +83,7 @@ pub fn two_backend_pool(a: &str, b: &str, keys: &[(&str, &str)], auth: &str) -> 
     format!(
         r#"apiVersion: v1
 kind: Secret
-metadata: {{name: llm-keys}}
+metadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: "true"}}}}
 stringData:
 {entries}---
 apiVersion: keyway.dev/v1alpha1
