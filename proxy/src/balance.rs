@@ -21,6 +21,7 @@
 //! Weight 0 backends never get traffic; backends the caller marks ineligible are skipped;
 //! `None` means no backend could take the request.
 
+use crate::hash::{fmix64, fnv1a, fnv1a_from};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -219,7 +220,7 @@ impl Balancer {
     }
 
     /// Chooses a backend for a request. `hash` is the request's affinity hash (e.g.
-    /// [`hash_key`] of the `user-id` header) for [`Strategy::ConsistentHash`]; `None` balances
+    /// [`crate::hash::hash_key`] of the `user-id` header) for [`Strategy::ConsistentHash`]; `None` balances
     /// that request round robin. Other strategies ignore it. Any `u64` works: it is mixed
     /// again before use, so even sequential ids spread evenly.
     ///
@@ -457,7 +458,7 @@ impl Ring {
                 break;
             };
             let b = &backends[i];
-            let base = fnv1a(FNV_OFFSET, b.name.as_bytes());
+            let base = fnv1a(b.name.as_bytes());
             let count = vnodes(b.weight);
             owners += 1;
             entries.reserve(usize::try_from(count).unwrap_or(0));
@@ -537,42 +538,7 @@ impl Ring {
 /// The ring point of virtual node `v` of the backend whose name hashed to `base`:
 /// `fmix64(FNV-1a(name ++ v as 8 little-endian bytes))`.
 fn vnode_point(base: u64, v: u64) -> u64 {
-    fmix64(fnv1a(base, &v.to_le_bytes()))
-}
-
-// === hashing ===
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// A 64-bit hash of `bytes` that is the same in every process, on every platform and with
-/// every Rust version: FNV-1a 64 followed by MurmurHash3's `fmix64` finalizer (FNV-1a alone
-/// spreads short, similar keys poorly over the high bits). Use it for affinity keys (e.g. the
-/// `user-id` header) passed to [`Balancer::pick`].
-///
-/// Not `std::hash::DefaultHasher`: its output is deterministic within one build, but std
-/// documents that its algorithm "is not specified ... and should not be relied upon over
-/// releases", and proxies built by different toolchains (a rolling upgrade) must agree.
-pub fn hash_key(bytes: &[u8]) -> u64 {
-    fmix64(fnv1a(FNV_OFFSET, bytes))
-}
-
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
-/// MurmurHash3's 64-bit finalizer: a bijection with full avalanche.
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
+    fmix64(fnv1a_from(base, &v.to_le_bytes()))
 }
 
 // === helpers ===

@@ -3,7 +3,7 @@
 //! locks (`ArcSwap::load`); counters of backends and keys that survive a swap are kept.
 
 use crate::affinity::AffinityStore;
-use crate::balance::{self, Balancer, Candidates, InFlight, OwnedInFlightGuard};
+use crate::balance::{Balancer, Candidates, InFlight, OwnedInFlightGuard};
 use crate::cluster::TokenRate;
 use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
 use crate::http::UpstreamClient;
@@ -490,7 +490,7 @@ impl PoolState {
         }
         headers
             .get(&self.hash_header)
-            .map(|v| balance::hash_key(v.as_bytes()))
+            .map(|v| crate::hash::hash_key(v.as_bytes()))
     }
 
     /// Chooses a backend for one attempt, never one in `exclude` (already tried).

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod keys;

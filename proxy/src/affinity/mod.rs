@@ -16,8 +16,8 @@ pub mod resp;
 
 pub use memory::MemoryStore;
 
+use crate::metrics::{ClusterMetrics, StoreMetrics};
 use keyway_api::model::{self, AffinityStore as StoreKind};
-use prometheus::IntCounter;
 use resp::{RedisClient, Reply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,22 +48,10 @@ struct Down {
     backoff: Duration,
 }
 
-/// Lookup and fallback counters, labelled by pool and store.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    pub hits: IntCounter,
-    pub misses: IntCounter,
-    pub fallbacks: IntCounter,
-}
-
 impl AffinityStore {
     /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`) and labels the
     /// store's metrics.
-    pub fn new(
-        settings: model::Affinity,
-        pool: &str,
-        metrics: &crate::metrics::ClusterMetrics,
-    ) -> Self {
+    pub fn new(settings: model::Affinity, pool: &str, metrics: &ClusterMetrics) -> Self {
         let metrics = metrics.store(pool, kind(&settings.store));
         let memory = MemoryStore::new(settings.ttl, settings.max_entries as usize);
         let redis = match &settings.store {

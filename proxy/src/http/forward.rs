@@ -15,7 +15,6 @@ use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
 use super::response::{ClusterTokens, RequestGauge, ResponseBody, UsageTap};
 use super::{BoxError, ProxyBody};
-use crate::balance;
 use crate::dataplane::{BackendState, Dataplane, KeyPoolState, PoolState};
 use crate::keys::{KeyId, Lease, Unavailable};
 use crate::placement::{PlaceError, Placement};
@@ -770,14 +769,14 @@ fn next_backend(
 fn key_affinity_hash(kp: &KeyPoolState, prepared: &Prepared) -> Option<u64> {
     let st = kp.model.stickiness.as_ref()?;
     if let Some(v) = prepared.headers.get(st.header.as_str()) {
-        return Some(balance::hash_key(v.as_bytes()));
+        return Some(crate::hash::hash_key(v.as_bytes()));
     }
     let n = st.prompt_prefix_bytes as usize;
     if n == 0 {
         return None;
     }
     let body = prepared.body.bytes()?;
-    Some(balance::hash_key(&body[..body.len().min(n)]))
+    Some(crate::hash::hash_key(&body[..body.len().min(n)]))
 }
 
 /// Whether the response declares a body small enough to read for a quota error.
