@@ -11,20 +11,21 @@
 use crate::access::ct_eq;
 use crate::config::SnapshotTx;
 use crate::config::edit::{self, Edit};
-use crate::dataplane::{Counters, Dataplane};
+use crate::dataplane::{Dataplane, LiveView};
 use crate::http::ProxyBody;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use keyway_api::model::{Cidr, Snapshot};
+use keyway_api::model::{self, Cidr, Snapshot};
 use keyway_api::secret::SecretValue;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Request bodies of the admin API are small JSON documents.
@@ -57,8 +58,6 @@ pub struct Admin {
     pub allowed_sources: Vec<Cidr>,
     /// File mode: where edited configs are published, as the file watcher does.
     pub tx: SnapshotTx,
-    /// Snapshots applied so far.
-    pub version: Arc<AtomicU64>,
     /// One file edit at a time.
     pub edits: Arc<tokio::sync::Mutex<()>>,
 }
@@ -336,7 +335,7 @@ impl Admin {
                 "action": edit.action(),
                 "pool": format!("{namespace}/{pool}"),
                 "target": target,
-                "version": self.version.load(Ordering::Acquire),
+                "version": self.dataplane.version(),
             }),
         )
     }
@@ -429,11 +428,7 @@ impl Admin {
             };
         }
         let router = self.dataplane.router();
-        let doc = effective_config(
-            &router.snapshot,
-            self.source,
-            self.version.load(Ordering::Acquire),
-        );
+        let doc = effective_config(&router.snapshot, self.source, self.dataplane.version());
         if format == "yaml" {
             match serde_saphyr::to_string(&doc) {
                 Ok(y) => typed(StatusCode::OK, "application/yaml", y),
@@ -451,53 +446,7 @@ impl Admin {
     fn metrics(&self) -> Response<ProxyBody> {
         // Health and key state are read where they live; the gauges are refreshed at scrape
         // time.
-        let router = self.dataplane.router();
-        let metrics = self.dataplane.metrics();
-        for p in &router.pools {
-            metrics
-                .healthy_backends
-                .with_label_values(&[p.label.as_str()])
-                .set(p.healthy_count() as i64);
-        }
-        let now = std::time::Instant::now();
-        for p in &router.pools {
-            if p.model.mode == keyway_api::model::Mode::MultiCluster {
-                let c = &metrics.clusters;
-                for b in &p.backends {
-                    let labels = [p.label.as_str(), b.model.name.as_str()];
-                    c.healthy.with_label_values(&labels).set(i64::from(
-                        b.model.weight > 0 && b.health.is_available(now, false),
-                    ));
-                    c.tokens_per_minute
-                        .with_label_values(&labels)
-                        .set(b.counters.tokens.per_minute(now));
-                    if let Some((capacity, consumption)) = b.health.load() {
-                        c.capacity.with_label_values(&labels).set(capacity);
-                        c.consumption.with_label_values(&labels).set(consumption);
-                    }
-                }
-            }
-            if let Some(store) = &p.affinity {
-                metrics
-                    .clusters
-                    .entries
-                    .with_label_values(&[p.label.as_str()])
-                    .set(store.local_len() as i64);
-            }
-        }
-        metrics.key_state.reset();
-        for kp in &router.key_pools {
-            metrics
-                .key_queue
-                .with_label_values(&[kp.label.as_str()])
-                .set(kp.engine.queue_len() as i64);
-            for k in kp.keys() {
-                metrics
-                    .key_state
-                    .with_label_values(&[kp.label.as_str(), k.id.as_str(), k.state])
-                    .set(1);
-            }
-        }
+        refresh_gauges(self.dataplane.metrics(), &self.dataplane.view());
         let encoder = TextEncoder::new();
         let mut buf = Vec::new();
         if let Err(error) = encoder.encode(&self.registry.gather(), &mut buf) {
@@ -516,76 +465,119 @@ impl Admin {
     }
 
     fn status_json(&self) -> Value {
-        let router = self.dataplane.router();
-        let pools: Vec<_> = router
-            .pools
-            .iter()
+        let view = self.dataplane.view();
+        let pools: Vec<_> = view
+            .pools()
             .map(|p| {
-                let now = std::time::Instant::now();
+                let model = p.model();
                 json!({
-                    "namespace": p.model.id.namespace,
-                    "name": p.model.id.name,
-                    "mode": p.model.mode,
-                    "strategy": p.model.strategy,
-                    "evacuatePrimary": p.model.evacuate_primary,
+                    "namespace": model.id.namespace,
+                    "name": model.id.name,
+                    "mode": model.mode,
+                    "strategy": model.strategy,
+                    "evacuatePrimary": model.evacuate_primary,
                     "activeBackend": p.active_backend(),
-                    "healthyBackends": p.healthy_count(),
-                    "keyPool": p.model.key_pool,
-                    "keyPoolAvailable": p.keys.is_ok(),
-                    "affinity": p.affinity.as_ref().map(|a| json!({
+                    "healthyBackends": p.healthy_backends(),
+                    "keyPool": model.key_pool,
+                    "keyPoolAvailable": p.key_pool_available(),
+                    "affinity": p.affinity().map(|a| json!({
                         "header": a.settings.header,
                         "store": a.kind(),
                         "ttlSeconds": a.settings.ttl.as_secs(),
                         "localEntries": a.local_len(),
                     })),
-                    "backends": p.backends.iter().map(|b| json!({
-                        "name": b.model.name,
-                        "endpoint": b.model.endpoint.to_string(),
-                        "weight": b.model.weight,
-                        "role": b.model.role,
-                        "healthy": b.health.is_active_healthy(),
-                        "ejected": b.health.is_ejected(now),
-                        "models": b.health.models().into_iter().map(|(name, m)| json!({
+                    "backends": p.backends().map(|b| json!({
+                        "name": b.name(),
+                        "endpoint": b.model().endpoint.to_string(),
+                        "weight": b.model().weight,
+                        "role": b.model().role,
+                        "healthy": b.healthy,
+                        "ejected": b.ejected,
+                        "models": b.models().into_iter().map(|(name, m)| json!({
                             "name": name,
                             "healthy": m.healthy,
                             "capacity": m.capacity,
                             "consumption": m.consumption,
                         })).collect::<Vec<_>>(),
-                        "usage": usage(&b.counters),
-                        "tokensPerMinute": b.counters.tokens.per_minute(now),
+                        "usage": {
+                            "requests": b.requests,
+                            "failures": b.failures,
+                            "lastUsedUnixMs": b.last_used_ms,
+                        },
+                        "tokensPerMinute": b.tokens_per_minute,
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
-        let key_pools: Vec<_> = router
-            .key_pools
-            .iter()
+        let key_pools: Vec<_> = view
+            .key_pools()
             .map(|kp| {
                 json!({
-                    "namespace": kp.id.namespace,
-                    "name": kp.id.name,
-                    "selection": kp.model.selection,
-                    "queueLength": kp.engine.queue_len(),
-                    "keys": kp.keys(),
+                    "namespace": kp.state.id.namespace,
+                    "name": kp.state.id.name,
+                    "selection": kp.state.model.selection,
+                    "queueLength": kp.queue_len,
+                    "keys": kp.keys,
                 })
             })
             .collect();
         json!({
             "source": self.source,
             "loaded": self.dataplane.is_loaded(),
-            "configVersion": self.version.load(Ordering::Acquire),
+            "configVersion": self.dataplane.version(),
             "pools": pools,
             "keyPools": key_pools,
         })
     }
 }
 
-fn usage(c: &Counters) -> serde_json::Value {
-    json!({
-        "requests": c.requests.load(Ordering::Relaxed),
-        "failures": c.failures.load(Ordering::Relaxed),
-        "lastUsedUnixMs": c.last_used_ms.load(Ordering::Relaxed),
-    })
+/// Sets the gauges that are read from live state rather than counted as things happen.
+fn refresh_gauges(metrics: &Metrics, view: &LiveView) {
+    for p in view.pools() {
+        metrics
+            .healthy_backends
+            .with_label_values(&[p.label()])
+            .set(p.healthy_backends() as i64);
+    }
+    for p in view.pools() {
+        if p.model().mode == model::Mode::MultiCluster {
+            let c = &metrics.clusters;
+            for b in p.backends() {
+                let labels = [p.label(), b.name()];
+                c.healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(b.available));
+                c.tokens_per_minute
+                    .with_label_values(&labels)
+                    .set(b.tokens_per_minute);
+                if let Some((capacity, consumption)) = b.load {
+                    c.capacity.with_label_values(&labels).set(capacity);
+                    c.consumption.with_label_values(&labels).set(consumption);
+                }
+            }
+        }
+        if let Some(store) = p.affinity() {
+            metrics
+                .clusters
+                .entries
+                .with_label_values(&[p.label()])
+                .set(store.local_len() as i64);
+        }
+    }
+    metrics.key_state.reset();
+    for kp in view.key_pools() {
+        let label = kp.state.label.as_str();
+        metrics
+            .key_queue
+            .with_label_values(&[label])
+            .set(kp.queue_len as i64);
+        for k in &kp.keys {
+            metrics
+                .key_state
+                .with_label_values(&[label, k.id.as_str(), k.state])
+                .set(1);
+        }
+    }
 }
 
 /// The served config as JSON: everything but key values (keys appear by id with limits).

@@ -12,7 +12,6 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
-pub mod changes;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
@@ -23,7 +22,6 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod placement;
 pub mod quickstart;
 pub mod reprobe;
 pub mod tls;
@@ -37,7 +35,6 @@ use keyway_api::model::Snapshot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -124,7 +121,6 @@ pub async fn start(
     let (tx, rx): (SnapshotTx, SnapshotRx) = watch::channel(None);
     let mut background = Vec::new();
 
-    let version = Arc::new(AtomicU64::new(0));
     let source_name = match &settings.source {
         Source::File {
             path,
@@ -161,13 +157,12 @@ pub async fn start(
     // Apply the first snapshot before serving, so file mode is ready immediately.
     let first = tx.borrow().clone();
     if let Some(s) = &first {
-        apply_logged(&dataplane, None, s.clone(), &version, source_name);
+        dataplane::apply_logged(&dataplane, None, s.clone(), source_name);
     }
-    background.push(tokio::spawn(apply_snapshots(
+    background.push(tokio::spawn(dataplane::apply_snapshots(
         rx,
         dataplane.clone(),
         first,
-        version.clone(),
         source_name,
     )));
     background.push(tokio::spawn(reprobe::run(dataplane.clone())));
@@ -250,7 +245,6 @@ pub async fn start(
         token: settings.access.admin_token.clone().map(Arc::new),
         allowed_sources: settings.access.admin_allowed_sources.clone(),
         tx: tx.clone(),
-        version: version.clone(),
         edits: Default::default(),
     };
     let admin_task = tokio::spawn(http::server::serve(
@@ -306,39 +300,6 @@ async fn serve_traffic(
         limit_state,
     )
     .await
-}
-
-async fn apply_snapshots(
-    mut rx: SnapshotRx,
-    dataplane: Arc<Dataplane>,
-    mut last: Option<Arc<Snapshot>>,
-    version: Arc<AtomicU64>,
-    source: &'static str,
-) {
-    while rx.changed().await.is_ok() {
-        let snapshot = rx.borrow_and_update().clone();
-        if let Some(s) = snapshot {
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &s)) {
-                continue;
-            }
-            apply_logged(&dataplane, last.as_deref(), s.clone(), &version, source);
-            last = Some(s);
-        }
-    }
-}
-
-/// Applies a snapshot, bumps the config version and logs what changed (ids only).
-fn apply_logged(
-    dataplane: &Dataplane,
-    old: Option<&Snapshot>,
-    new: Arc<Snapshot>,
-    version: &AtomicU64,
-    source: &'static str,
-) {
-    let changes = changes::Changes::between(old, &new);
-    dataplane.apply(new);
-    let v = version.fetch_add(1, Ordering::AcqRel) + 1;
-    changes.log(v, source);
 }
 
 /// Listener-level checks of the traffic port (source address, client token) and the sampled

@@ -5,8 +5,8 @@
 //! The affinity store (see [`crate::affinity`]) holds one small string per user or session:
 //! `c\t<backend>` for a user's cluster, `s\t<backend>\t<key id>` for a session.
 
+use super::PoolState;
 use crate::cluster::{self, Candidate, Ineligible, Load};
-use crate::dataplane::PoolState;
 use http::HeaderMap;
 use keyway_api::model::Mode;
 use std::sync::Arc;
