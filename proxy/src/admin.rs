@@ -13,6 +13,7 @@ use crate::config::SnapshotTx;
 use crate::config::edit::{self, Edit};
 use crate::dataplane::{Dataplane, LiveView};
 use crate::http::ProxyBody;
+use crate::http::error::{Rejection, error_response};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -73,19 +74,16 @@ enum Denied {
 impl Admin {
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
         if !Cidr::allows(&self.allowed_sources, remote.ip()) {
+            let rejection = Rejection::ForbiddenSource;
             self.dataplane
                 .metrics()
                 .rejected
-                .with_label_values(&["forbidden_source"])
+                .with_label_values(&[rejection.as_str()])
                 .inc();
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden_source",
-                &format!(
-                    "source {} is not allowed (--admin-allowed-sources)",
-                    remote.ip()
-                ),
-            );
+            return rejection.response(&format!(
+                "source {} is not allowed (--admin-allowed-sources)",
+                remote.ip()
+            ));
         }
         let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<String> = path
@@ -739,19 +737,14 @@ fn denied(d: Denied) -> Response<ProxyBody> {
             "admin_writes_disabled",
             "admin writes are disabled: start keyway-proxy with --admin-token-file FILE or KEYWAY_ADMIN_TOKEN, then send Authorization: Bearer <token>",
         ),
-        Denied::Unauthorized => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the admin token as Authorization: Bearer <token>",
-        ),
+        Denied::Unauthorized => Rejection::Unauthorized
+            .response("send the admin token as Authorization: Bearer <token>"),
     }
 }
 
+/// An admin API error, in the same JSON shape as the traffic port's.
 fn error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
-    json_response(
-        status,
-        &json!({"error": {"type": kind, "message": message, "source": "keyway"}}),
-    )
+    error_response(status, kind, message)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {

@@ -12,7 +12,6 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
-pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
@@ -22,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod multicluster;
 pub mod quickstart;
 pub mod reprobe;
 pub mod tls;
@@ -35,7 +35,7 @@ use keyway_api::model::Snapshot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -194,7 +194,7 @@ pub async fn start(
         )?)),
         None => None,
     };
-    let gate = Arc::new(TrafficGate {
+    let gate = Arc::new(http::gate::TrafficGate {
         allowed: settings.access.allowed_sources.clone(),
         tokens: client_tokens,
         sample: settings.access.access_log_sample,
@@ -207,7 +207,7 @@ pub async fn start(
             dataplane.clone(),
             settings.forwarder.clone(),
         )?);
-        let task = tokio::spawn(serve_traffic(
+        let task = tokio::spawn(http::gate::serve_traffic(
             traffic,
             acceptor,
             forwarder,
@@ -270,118 +270,6 @@ pub async fn start(
         servers: vec![traffic_task, admin_task],
         background,
     })
-}
-
-/// The traffic port's accept loop on the current runtime: the access gate, then one
-/// forwarder.
-async fn serve_traffic(
-    listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    forwarder: Arc<Forwarder>,
-    gate: Arc<TrafficGate>,
-    shutdown: watch::Receiver<bool>,
-    drain: Duration,
-    limit_state: http::server::LimitState,
-) {
-    let is_tls = acceptor.is_some();
-    http::server::serve(
-        listener,
-        acceptor,
-        move |req, remote| {
-            let f = forwarder.clone();
-            let gate = gate.clone();
-            async move {
-                gate.serve(req, remote, |req| f.serve(req, remote, is_tls))
-                    .await
-            }
-        },
-        shutdown,
-        drain,
-        limit_state,
-    )
-    .await
-}
-
-/// Listener-level checks of the traffic port (source address, client token) and the sampled
-/// access log, around the forwarder.
-pub(crate) struct TrafficGate {
-    allowed: Vec<keyway_api::model::Cidr>,
-    tokens: Option<Arc<access::ClientTokens>>,
-    sample: f64,
-    dataplane: Arc<Dataplane>,
-}
-
-impl TrafficGate {
-    async fn serve<F, Fut>(
-        &self,
-        mut req: ::http::Request<hyper::body::Incoming>,
-        remote: SocketAddr,
-        next: F,
-    ) -> ::http::Response<crate::http::ProxyBody>
-    where
-        F: FnOnce(::http::Request<hyper::body::Incoming>) -> Fut,
-        Fut: std::future::Future<Output = ::http::Response<crate::http::ProxyBody>>,
-    {
-        use crate::http::error::Rejection;
-        let reject = |r: Rejection, msg: &str| {
-            self.dataplane
-                .metrics()
-                .rejected
-                .with_label_values(&[r.as_str()])
-                .inc();
-            r.response(msg)
-        };
-        if !keyway_api::model::Cidr::allows(&self.allowed, remote.ip()) {
-            tracing::debug!(remote = %remote.ip(), "traffic from a source not in --allowed-sources");
-            return reject(
-                Rejection::ForbiddenSource,
-                &format!("source {} is not allowed (--allowed-sources)", remote.ip()),
-            );
-        }
-        if let Some(tokens) = &self.tokens {
-            match tokens.check(req.headers()) {
-                // The client's Keyway token never goes upstream.
-                Some(header) => {
-                    req.headers_mut().remove(header);
-                    req.headers_mut().remove("x-keyway-token");
-                }
-                None => {
-                    return reject(
-                        Rejection::Unauthorized,
-                        "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
-                    );
-                }
-            }
-        }
-        if self.sample <= 0.0 || rand::random::<f64>() >= self.sample {
-            return next(req).await;
-        }
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let resp = next(req).await;
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        tracing::info!(
-            access_log = true,
-            method = %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            remote = %remote.ip(),
-            request_id = %header("x-request-id"),
-            pool = %header("x-keyway-pool"),
-            backend = %header("x-keyway-backend"),
-            key_id = %header("x-keyway-key-id"),
-            "request"
-        );
-        resp
-    }
 }
 
 // === impl Running ===

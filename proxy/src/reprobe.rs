@@ -4,7 +4,7 @@
 
 use crate::dataplane::{Dataplane, PoolState};
 use crate::health::{self, HealthClient};
-use crate::http::auth;
+use crate::http::inject;
 use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::Empty;
@@ -71,7 +71,7 @@ async fn probe(client: &HealthClient, pool: &PoolState, key: &SecretValue) -> bo
         None => (path, None),
     };
     let mut headers = HeaderMap::new();
-    let query = auth::inject(&pool.model.auth, key, &mut headers, query.as_deref());
+    let query = inject::inject(&pool.model.auth, key, &mut headers, query.as_deref());
     let mut url = format!("{}{path}", backend.model.endpoint);
     if let Some(q) = query {
         url.push('?');

@@ -1,11 +1,11 @@
 //! Affinity: which backend (and key) a user or a protocol session belongs to.
 //!
 //! One [`AffinityStore`] per pool with `spec.affinity`, kept across config snapshots while the
-//! affinity settings stay the same. Values are small strings written by [`crate::placement`]:
+//! affinity settings stay the same. Values are small strings written by `dataplane::placement`:
 //! a user's cluster, or a session's backend and key id.
 //!
 //! - `memory`: [`MemoryStore`], per proxy. Replicas still agree on users' first clusters
-//!   because the first choice is a rendezvous hash (see [`crate::cluster`]), not a coin flip.
+//!   because the first choice is a rendezvous hash (see [`crate::multicluster`]), not a coin flip.
 //! - `redis`: every replica reads and writes the same assignments. The memory store mirrors
 //!   them, and answers alone while Redis is unreachable (each such lookup counts as a
 //!   fallback); Redis is retried after a short backoff, so a dead Redis costs no timeout per

@@ -5,11 +5,11 @@
 
 use crate::affinity::AffinityStore;
 use crate::balance::{Balancer, Candidates, InFlight, OwnedInFlightGuard};
-use crate::cluster::TokenRate;
 use crate::health::{BackendHealth, CheckLabel};
 use crate::http::UpstreamClient;
 use crate::keys;
 use crate::metrics::{Metrics, PoolClusterMetrics};
+use crate::multicluster::TokenRate;
 use keyway_api::model::{self, Mode, ObjectId, Role};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,6 @@
-//! Responses Keyway writes itself. JSON in the shape LLM clients already parse
-//! (`{"error": {"type", "message"}}`), naming pools and paths, never keys.
+//! Responses Keyway writes itself, on the traffic and the admin port alike. JSON in the shape
+//! LLM clients already parse (`{"error": {"type", "message", "source": "keyway"}}`), naming
+//! pools and paths, never keys. [`error_body`] is the one writer of that body.
 
 use super::ProxyBody;
 use bytes::Bytes;
@@ -24,10 +25,13 @@ pub enum Rejection {
     NoCluster,
     /// A learned session's backend left the config.
     SessionGone,
-    /// The client's address is not in the allowed sources (listener or pool).
+    /// The client's address is not in the allowed sources (listener, pool or admin port).
     ForbiddenSource,
-    /// Client authentication is on and the request has no valid token.
+    /// Client authentication is on and the request has no valid token (or the admin token
+    /// is wrong).
     Unauthorized,
+    /// The listener is at `--max-connections`: the connection is answered and closed.
+    TooManyConnections,
 }
 
 // === impl Rejection ===
@@ -50,6 +54,7 @@ impl Rejection {
             Rejection::SessionGone => "session_not_found",
             Rejection::ForbiddenSource => "forbidden_source",
             Rejection::Unauthorized => "unauthorized",
+            Rejection::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -68,29 +73,59 @@ impl Rejection {
             Rejection::NoBackends
             | Rejection::KeyPoolUnavailable
             | Rejection::NotReady
-            | Rejection::NoCluster => StatusCode::SERVICE_UNAVAILABLE,
+            | Rejection::NoCluster
+            | Rejection::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// A JSON error response with a message for humans.
     pub fn response(self, message: &str) -> Response<ProxyBody> {
-        let body = serde_json::json!({
-            "error": {
-                "type": self.as_str(),
-                "message": message,
-                "source": "keyway",
-            }
-        });
-        let mut resp = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
+        error_response(self.status(), self.as_str(), message)
+    }
+}
+
+/// The JSON error body: `{"error": {"type": kind, "message": message, "source": "keyway"}}`.
+pub fn error_body(kind: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "type": kind,
+            "message": message,
+            "source": "keyway",
+        }
+    });
+    Bytes::from(body.to_string())
+}
+
+/// A JSON error response (see [`error_body`]).
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(error_body(kind, message))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_error_shape_for_every_port() {
+        let body: serde_json::Value = serde_json::from_slice(&error_body("no_route", "m")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"type": "no_route", "message": "m", "source": "keyway"}})
         );
-        *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        let resp = Rejection::TooManyConnections.response("busy");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, error_body("too_many_connections", "busy"));
     }
 }

@@ -8,11 +8,11 @@
 //!
 //! Both need a replayable (buffered) body; a request whose body streamed through is sent once.
 
-use super::auth;
 use super::body::{IdleTimeout, RequestBody, SseKeepAlive};
 use super::client::{self, ErrorChain, UpstreamClient};
 use super::error::Rejection;
 use super::headers::strip_hop_by_hop;
+use super::inject;
 use super::response::{ClusterTokens, RequestGauge, ResponseBody, UsageTap};
 use super::{BoxError, ProxyBody};
 use crate::dataplane::{BackendState, Dataplane, KeyPoolState, PoolState};
@@ -206,7 +206,7 @@ impl Forwarder {
         let mut strip_usage = false;
         let mut key_affinity = None;
         if let Some(kp) = key_pool {
-            auth::strip_client_credential(&pool.model.auth, &mut prepared.headers);
+            inject::strip_client_credential(&pool.model.auth, &mut prepared.headers);
             if matches!(pool.model.auth, Auth::BodyField { .. }) && !prepared.body.replayable() {
                 let msg = format!(
                     "pool {} injects the key into the JSON body, which must be at most {} bytes",
@@ -478,10 +478,10 @@ impl Forwarder {
         let mut query = prepared.query.clone();
         let body = match lease {
             Some(l) => {
-                query = auth::inject(&pool.model.auth, l.value(), &mut headers, query.as_deref());
+                query = inject::inject(&pool.model.auth, l.value(), &mut headers, query.as_deref());
                 match (&pool.model.auth, prepared.body.bytes()) {
                     (Auth::BodyField { .. }, Some(bytes)) => {
-                        match auth::inject_body(&pool.model.auth, l.value(), bytes) {
+                        match inject::inject_body(&pool.model.auth, l.value(), bytes) {
                             Some(b) => {
                                 headers.remove(header::CONTENT_LENGTH);
                                 Some(Full::new(b).map_err(|never| match never {}).boxed())
@@ -648,7 +648,7 @@ impl Forwarder {
         self.dataplane
             .metrics()
             .key_unavailable
-            .with_label_values(&[kp.label.as_str(), unavailable_label(unavailable)])
+            .with_label_values(&[kp.label.as_str(), unavailable.reason.as_str()])
             .inc();
         let mut resp = self.reject(Rejection::KeysUnavailable, &msg);
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -727,19 +727,6 @@ impl Forwarder {
             .with_label_values(&[rejection.as_str()])
             .inc();
         rejection.response(message)
-    }
-}
-
-fn unavailable_label(u: &Unavailable) -> &'static str {
-    use crate::keys::UnavailableReason as R;
-    match u.reason {
-        R::NoKeys => "no_keys",
-        R::Cooling => "cooling",
-        R::Exhausted => "exhausted",
-        R::Disabled => "disabled",
-        R::AtCapacity => "at_capacity",
-        R::QueueFull => "queue_full",
-        R::QueueTimeout => "queue_timeout",
     }
 }
 

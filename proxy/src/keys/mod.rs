@@ -313,6 +313,23 @@ pub enum UnavailableReason {
     QueueTimeout,
 }
 
+// === impl UnavailableReason ===
+
+impl UnavailableReason {
+    /// The bounded metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnavailableReason::NoKeys => "no_keys",
+            UnavailableReason::Cooling => "cooling",
+            UnavailableReason::Exhausted => "exhausted",
+            UnavailableReason::Disabled => "disabled",
+            UnavailableReason::AtCapacity => "at_capacity",
+            UnavailableReason::QueueFull => "queue_full",
+            UnavailableReason::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
 /// No key now: why, and when one is expected back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unavailable {

@@ -1,7 +1,7 @@
 //! Multi-cluster choice: which clusters may take a model's new users, how much each weighs,
 //! and how a user's first cluster is chosen so that every replica agrees.
 //!
-//! Pure functions over [`Candidate`]s; [`crate::placement`] feeds them the live health.
+//! Pure functions over [`Candidate`]s; `dataplane::placement` feeds them the live health.
 //!
 //! - A cluster is **eligible** for a model when it is healthy, the model is reported healthy
 //!   there (deep health check), and the model is not overloaded
