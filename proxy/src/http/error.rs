@@ -6,6 +6,7 @@ use super::ProxyBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use std::borrow::Cow;
 
 /// Why the proxy answered a request itself. `as_str` is the bounded metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,13 @@ pub enum Rejection {
     Unauthorized,
     /// The listener is at `--max-connections`: the connection is answered and closed.
     TooManyConnections,
+}
+
+/// A request the proxy answers itself: why, and a message for humans.
+#[derive(Debug)]
+pub struct Refusal {
+    pub rejection: Rejection,
+    pub message: Cow<'static, str>,
 }
 
 // === impl Rejection ===
@@ -81,6 +89,22 @@ impl Rejection {
     /// A JSON error response with a message for humans.
     pub fn response(self, message: &str) -> Response<ProxyBody> {
         error_response(self.status(), self.as_str(), message)
+    }
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    pub fn new(rejection: Rejection, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            rejection,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn response(&self) -> Response<ProxyBody> {
+        self.rejection.response(&self.message)
     }
 }
 
