@@ -37,10 +37,11 @@ use self::admit::Routed;
 use self::attempt::{Tries, build_request, next_backend, send};
 use self::classify::{Failure, Outcome, classify, timed_out, upstream_failed};
 use self::place::Exchange;
-use self::respond::Answer;
+use self::respond::{Answer, learn};
 use super::ProxyBody;
 use super::client::{self, UpstreamClient};
 use super::error::{Refusal, Rejection};
+use super::headers::strip_hop_by_hop;
 use super::response::RequestGauge;
 use crate::dataplane::{BackendState, Dataplane, PoolState};
 use http::{HeaderName, Request, Response};
@@ -120,7 +121,11 @@ impl Forwarder {
         };
 
         // place
-        let mut exchange = match routed.place(started, router.read_ahead_bytes()).await {
+        let placed = routed
+            .pool
+            .place(&routed.prepared.headers, routed.model.as_deref())
+            .await;
+        let mut exchange = match routed.placed(placed, started, router.read_ahead_bytes()) {
             Ok(e) => e,
             Err(refusal) => return self.refuse(refusal),
         };
@@ -210,14 +215,18 @@ impl Forwarder {
             };
 
             // respond / account
+            let (mut head, body) = resp.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            learn(ex, &head, idx, key_id.as_deref()).await;
             let answer = Answer {
-                resp,
+                head,
+                body,
                 backend: idx,
                 key_id,
                 lease: tries.lease.take(),
                 in_flight,
             };
-            return self.respond(ex, answer, gauge).await;
+            return self.respond(ex, answer, gauge);
         }
         self.refuse(Refusal::new(
             Rejection::UpstreamConnect,

@@ -44,20 +44,23 @@ pub(super) struct KeyPrep {
 // === impl Routed ===
 
 impl<'r> Routed<'r> {
-    /// Places the request and prepares it for its key. `read_ahead` is how much body the
-    /// router buffers (named when a body is too large to take the key).
-    pub async fn place(self, started: Instant, read_ahead: usize) -> Result<Exchange<'r>, Refusal> {
+    /// The request placed (`placed` is what [`PoolState::place`] answered) and prepared for
+    /// its key. `read_ahead` is how much body the router buffers (named when a body is too
+    /// large to take the key).
+    pub fn placed(
+        self,
+        placed: Result<Placement, PlaceError>,
+        started: Instant,
+        read_ahead: usize,
+    ) -> Result<Exchange<'r>, Refusal> {
         let Routed {
             pool,
             key_pool,
-            model,
             request_id,
             mut prepared,
+            ..
         } = self;
-        let placement = match pool.place(&prepared.headers, model.as_deref()).await {
-            Ok(p) => p,
-            Err(e) => return Err(place_refusal(pool, e)),
-        };
+        let placement = placed.map_err(|e| place_refusal(pool, e))?;
         let keys = match key_pool {
             Some(kp) => prepare_keys(pool, kp, &mut prepared, read_ahead)?,
             None => KeyPrep::default(),

@@ -10,7 +10,6 @@ use crate::dataplane::{BackendState, KeyPoolState};
 use crate::http::ProxyBody;
 use crate::http::body::{IdleTimeout, SseKeepAlive};
 use crate::http::error::{Refusal, Rejection};
-use crate::http::headers::strip_hop_by_hop;
 use crate::http::response::{ClusterTokens, RequestGauge, ResponseBody, UsageTap};
 use crate::keys::{Lease, Unavailable};
 use http::{HeaderName, HeaderValue, Response, header};
@@ -22,9 +21,10 @@ static X_KEYWAY_KEY_ID: HeaderName = HeaderName::from_static("x-keyway-key-id");
 static X_KEYWAY_POOL: HeaderName = HeaderName::from_static("x-keyway-pool");
 static X_KEYWAY_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-keyway-overhead-ms");
 
-/// The answer of the attempt that ends the request.
+/// The answer of the attempt that ends the request (its hop-by-hop headers stripped).
 pub(super) struct Answer {
-    pub resp: Response<ProxyBody>,
+    pub head: http::response::Parts,
+    pub body: ProxyBody,
     /// The index of the backend that answered.
     pub backend: usize,
     pub key_id: Option<String>,
@@ -34,13 +34,32 @@ pub(super) struct Answer {
     pub in_flight: OwnedInFlightGuard,
 }
 
+/// Remembers the session a successful answer opened (an affinity header the request did not
+/// send), so the session's next requests come back to this backend with this key.
+pub(super) async fn learn(
+    ex: &Exchange<'_>,
+    head: &http::response::Parts,
+    backend: usize,
+    key_id: Option<&str>,
+) {
+    if head.status.is_success() {
+        ex.pool
+            .learn_session(
+                ex.placement.affinity_value.as_deref(),
+                &head.headers,
+                backend,
+                key_id,
+            )
+            .await;
+    }
+}
+
 // === impl Forwarder ===
 
 impl Forwarder {
-    /// The client's response: hop-by-hop headers stripped, an upstream session learned, the
-    /// body wrapped so it bounds idle streams, keeps SSE alive and settles the key, then
-    /// decorated and counted.
-    pub(super) async fn respond(
+    /// The client's response: the body wrapped so it bounds idle streams, keeps SSE alive
+    /// and settles the key, then decorated and counted.
+    pub(super) fn respond(
         &self,
         ex: &Exchange<'_>,
         answer: Answer,
@@ -49,17 +68,7 @@ impl Forwarder {
         let metrics = self.dataplane.metrics();
         let pool = ex.pool;
         let backend = &pool.backends[answer.backend];
-        let (mut parts, upstream) = answer.resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if parts.status.is_success() {
-            pool.learn_session(
-                ex.placement.affinity_value.as_deref(),
-                &parts.headers,
-                answer.backend,
-                answer.key_id.as_deref(),
-            )
-            .await;
-        }
+        let (mut parts, upstream) = (answer.head, answer.body);
         let is_sse = parts
             .headers
             .get(header::CONTENT_TYPE)

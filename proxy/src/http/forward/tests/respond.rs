@@ -1,4 +1,4 @@
-use super::super::respond::Answer;
+use super::super::respond::{Answer, learn};
 use super::super::{Forwarder, ForwarderSettings};
 use super::*;
 use crate::dataplane::Placement;
@@ -112,7 +112,7 @@ async fn no_key_is_a_429_with_the_earliest_retry() {
 }
 
 #[tokio::test]
-async fn respond_wraps_the_body_and_learns_the_session() {
+async fn respond_wraps_the_body_and_the_session_is_learned() {
     let yaml = KEYLESS.replace(
         "spec:\n  backends:",
         "spec:\n  affinity: {header: mcp-session-id}\n  sseKeepAlive: 15s\n  backends:",
@@ -123,27 +123,26 @@ async fn respond_wraps_the_body_and_learns_the_session() {
     let f = forwarder(&dp, true, false);
     let gauge = dp.metrics().in_flight.clone();
     gauge.inc();
+    let (head, body) = upstream(
+        200,
+        &[
+            ("content-type", "text/event-stream"),
+            ("content-length", "12"),
+            ("mcp-session-id", "s-1"),
+        ],
+        "data: hi\n\n\n\n",
+    )
+    .into_parts();
+    learn(&ex, &head, 1, None).await;
     let answer = Answer {
-        resp: upstream(
-            200,
-            &[
-                ("content-type", "text/event-stream"),
-                ("content-length", "12"),
-                ("connection", "close"),
-                ("mcp-session-id", "s-1"),
-            ],
-            "data: hi\n\n\n\n",
-        ),
+        head,
+        body,
         backend: 1,
         key_id: None,
         lease: None,
         in_flight: ex.pool.start_request(1),
     };
-    let resp = f.respond(&ex, answer, RequestGauge(gauge.clone())).await;
-    assert!(
-        !resp.headers().contains_key("connection"),
-        "hop-by-hop headers stay here"
-    );
+    let resp = f.respond(&ex, answer, RequestGauge(gauge.clone()));
     assert!(
         !resp.headers().contains_key("content-length"),
         "keep-alive comments change the length"
@@ -159,4 +158,12 @@ async fn respond_wraps_the_body_and_learns_the_session() {
     headers.insert("mcp-session-id", "s-1".parse().unwrap());
     let placed = ex.pool.place(&headers, None).await.unwrap();
     assert_eq!((placed.backend, placed.pinned), (Some(1), true));
+
+    // An error answer opens no session.
+    let (head, _) = upstream(500, &[("mcp-session-id", "s-2")], "").into_parts();
+    learn(&ex, &head, 0, None).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("mcp-session-id", "s-2".parse().unwrap());
+    let placed = ex.pool.place(&headers, None).await.unwrap();
+    assert!(!placed.pinned);
 }
