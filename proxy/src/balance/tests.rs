@@ -1,6 +1,8 @@
+use super::ring::vnode_point;
 use super::*;
-use crate::hash::{FNV_OFFSET, hash_key};
+use crate::hash::{FNV_OFFSET, fnv1a, fnv1a_from, hash_key};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Candidates with fixed state.

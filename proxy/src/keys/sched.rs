@@ -1,5 +1,10 @@
 //! The scheduler behind [`KeyPool`]: key state, the ready heaps, timers and the wait queue,
 //! all guarded by the pool's one mutex. Times are milliseconds on the pool's clock.
+//!
+//! One file on purpose, above the usual size: every method keeps the same invariant (each key
+//! is in exactly one place, and the ready heaps, timer heap, per-place counts and the wait
+//! queue agree with it) inside one critical section. Split by topic, each part would reach
+//! into the others' fields; the invariant is easier to check where it is kept.
 
 use super::heap::Heap;
 use super::window::{Field, Window};
