@@ -1,6 +1,6 @@
 //! keyway-controller: the control plane.
 //!
-//! - [`watch`]: Kubernetes in (reflectors) and the indexer task.
+//! - [`reflectors`]: Kubernetes in (reflectors) and the indexer task.
 //! - [`index`]: pure resolution of pools, key pools and Secrets into per-namespace snapshots.
 //! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
 //! - [`status`]: where status is written.
@@ -21,7 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod proxies;
 pub mod quota;
+pub mod reflectors;
 pub mod runtime;
 pub mod status;
-pub mod watch;
 pub mod webhook;
