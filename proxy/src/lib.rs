@@ -1,10 +1,15 @@
-//! keyway-proxy: the data plane.
+//! keyway-proxy: the data plane. One request walks [`http`]; one config change walks
+//! [`dataplane`]; `docs/architecture.md` has the map and both walks.
 //!
-//! - [`http`]: the traffic port; `http::forward` is where a request is routed, a backend and a
-//!   key are chosen, and the request is rewritten and sent upstream.
-//! - [`dataplane`]: the compiled config the request path reads (routing, cursors, counters).
+//! - [`http`]: the traffic port from accept to answer; `http::forward` is the request's
+//!   pipeline of stages (admit, read/route, place, key, backend, inject, send, classify,
+//!   respond).
+//! - [`dataplane`]: where applying a config meets serving: the swap holder, compilation,
+//!   routing, pools with backend choice and placement, the read-only view of live state.
+//! - [`balance`], [`keys`], [`health`], [`multicluster`], [`affinity`], [`usage`], [`hash`]:
+//!   what the two paths use.
 //! - [`config`]: the standalone file source; [`discovery`]: the controller source.
-//! - [`admin`]: health, readiness, metrics, status.
+//! - [`admin`]: health, readiness, metrics, status, file-mode writes.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

@@ -1,7 +1,7 @@
 //! The live data plane: where applying a config meets serving requests.
 //!
 //! A config change walks one way: a source publishes a snapshot (`crate::config`,
-//! `crate::discovery`), [`apply`] compiles it into a [`Router`] and [`Dataplane`] swaps it in.
+//! `crate::discovery`), `apply` compiles it into a [`Router`] and [`Dataplane`] swaps it in.
 //! A request reads the current [`Router`] without locks: [`Router::route`] finds its pool,
 //! [`PoolState::place`] and [`PoolState::pick`] its backend.
 //!
