@@ -1,6 +1,6 @@
 //! keyway-controller: the control plane.
 //!
-//! - [`watch`]: Kubernetes in (reflectors) and the indexer task.
+//! - [`reflectors`]: Kubernetes in (reflectors) and the indexer task.
 //! - [`secret_probe`]: which named Secrets exist without the opt-in label (metadata only).
 //! - [`index`]: pure resolution of pools, key pools and Secrets into per-namespace snapshots.
 //! - [`grpc`]: the discovery stream that pushes snapshots to proxies; [`auth`]: who a proxy is.
@@ -26,9 +26,9 @@ pub mod leader;
 pub mod metrics;
 pub mod proxies;
 pub mod quota;
+pub mod reflectors;
 pub mod replicas;
 pub mod runtime;
 pub mod secret_probe;
 pub mod status;
-pub mod watch;
 pub mod webhook;

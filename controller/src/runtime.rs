@@ -103,7 +103,7 @@ pub async fn run(
     let metrics = Metrics::register(&registry)?;
     let changed = Arc::new(Notify::new());
     let (stores, mut reflectors) =
-        crate::watch::start(client.clone(), &settings.namespaces, changed.clone());
+        crate::reflectors::start(client.clone(), &settings.namespaces, changed.clone());
     let (index_tx, index_rx) = watch::channel(Arc::new(Index::default()));
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -131,7 +131,7 @@ pub async fn run(
     }
     critical.push((
         "the indexer ended",
-        tokio::spawn(crate::watch::run_indexer(
+        tokio::spawn(crate::reflectors::run_indexer(
             stores.clone(),
             changed,
             index_tx,

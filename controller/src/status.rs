@@ -7,7 +7,7 @@ use crate::events::{self, Events};
 use crate::index::{Index, Resolution};
 use crate::metrics::Metrics;
 use crate::proxies::Proxies;
-use crate::watch::Stores;
+use crate::reflectors::Stores;
 use keyway_api::model::ObjectId;
 use keyway_api::spec::{
     ApiKeyPool, ApiKeyPoolStatus, Condition, LoadBalancerPool, LoadBalancerPoolStatus,

@@ -71,7 +71,7 @@ pub fn json_body(data: &[u8]) {
     };
     let key = SecretValue::new("sk-fuzz-\"\\\u{7f}key");
     let body = Bytes::copy_from_slice(data);
-    if let Some(out) = keyway_proxy::http::auth::inject_body(&auth, &key, &body) {
+    if let Some(out) = keyway_proxy::http::inject::inject_body(&auth, &key, &body) {
         // Whatever the client's body, the result is one JSON object with the key in place
         // whenever the input was one (duplicate members: the last one wins in serde_json).
         if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(&out)

@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyway_proxy::affinity::MemoryStore;
-use keyway_proxy::cluster::{rendezvous, weight};
+use keyway_proxy::multicluster::{rendezvous, weight};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,8 @@
 //! Consistent hashing gets a different user hash each iteration (1,000 users).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keyway_proxy::balance::{BackendSpec, Balancer, Candidates, InFlight, Strategy, hash_key};
+use keyway_proxy::balance::{BackendSpec, Balancer, Candidates, InFlight, Strategy};
+use keyway_proxy::hash::hash_key;
 use std::hint::black_box;
 
 const SIZES: [usize; 3] = [2, 8, 64];

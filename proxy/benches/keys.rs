@@ -11,7 +11,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keyway_api::secret::SecretValue;
-use keyway_proxy::balance::hash_key;
+use keyway_proxy::hash::hash_key;
 use keyway_proxy::keys::{KeyConfig, KeyLimits, KeyPool, PoolSettings, Selection, Stickiness};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -1,10 +1,15 @@
-//! keyway-proxy: the data plane.
+//! keyway-proxy: the data plane. One request walks [`http`]; one config change walks
+//! [`dataplane`]; `docs/architecture.md` has the map and both walks.
 //!
-//! - [`http`]: the traffic port; `http::forward` is where a request is routed, a backend and a
-//!   key are chosen, and the request is rewritten and sent upstream.
-//! - [`dataplane`]: the compiled config the request path reads (routing, cursors, counters).
+//! - [`http`]: the traffic port from accept to answer; `http::forward` is the request's
+//!   pipeline of stages (admit, read/route, place, key, backend, inject, send, classify,
+//!   respond).
+//! - [`dataplane`]: where applying a config meets serving: the swap holder, compilation,
+//!   routing, pools with backend choice and placement, the read-only view of live state.
+//! - [`balance`], [`keys`], [`health`], [`multicluster`], [`affinity`], [`usage`], [`hash`]:
+//!   what the two paths use.
 //! - [`config`]: the standalone file source; [`discovery`]: the controller source.
-//! - [`admin`]: health, readiness, metrics, status.
+//! - [`admin`]: health, readiness, metrics, status, file-mode writes.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -12,17 +17,16 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
-pub mod changes;
-pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod placement;
+pub mod multicluster;
 pub mod quickstart;
 pub mod reprobe;
 pub mod tls;
@@ -36,8 +40,7 @@ use keyway_api::model::Snapshot;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -125,7 +128,6 @@ pub async fn start(
     let (tx, rx): (SnapshotTx, SnapshotRx) = watch::channel(None);
     let mut background = Vec::new();
 
-    let version = Arc::new(AtomicU64::new(0));
     let source_name = match &settings.source {
         Source::File {
             path,
@@ -163,13 +165,12 @@ pub async fn start(
     // Apply the first snapshot before serving, so file mode is ready immediately.
     let first = tx.borrow().clone();
     if let Some(s) = &first {
-        apply_logged(&dataplane, None, s.clone(), &version, source_name);
+        dataplane::apply_logged(&dataplane, None, s.clone(), source_name);
     }
-    background.push(tokio::spawn(apply_snapshots(
+    background.push(tokio::spawn(dataplane::apply_snapshots(
         rx,
         dataplane.clone(),
         first,
-        version.clone(),
         source_name,
     )));
     background.push(tokio::spawn(reprobe::run(dataplane.clone())));
@@ -201,7 +202,7 @@ pub async fn start(
         )?)),
         None => None,
     };
-    let gate = Arc::new(TrafficGate {
+    let gate = Arc::new(http::gate::TrafficGate {
         loopback_only: settings.listen.ip().is_loopback(),
         allowed: settings.access.allowed_sources.clone(),
         tokens: client_tokens,
@@ -215,7 +216,7 @@ pub async fn start(
             dataplane.clone(),
             settings.forwarder.clone(),
         )?);
-        let task = tokio::spawn(serve_traffic(
+        let task = tokio::spawn(http::gate::serve_traffic(
             traffic,
             acceptor,
             forwarder,
@@ -253,7 +254,6 @@ pub async fn start(
         token: settings.access.admin_token.clone().map(Arc::new),
         allowed_sources: settings.access.admin_allowed_sources.clone(),
         tx: tx.clone(),
-        version: version.clone(),
         edits: Default::default(),
     };
     let admin_task = tokio::spawn(http::server::serve(
@@ -279,185 +279,6 @@ pub async fn start(
         servers: vec![traffic_task, admin_task],
         background,
     })
-}
-
-/// The traffic port's accept loop on the current runtime: the access gate, then one
-/// forwarder.
-async fn serve_traffic(
-    listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    forwarder: Arc<Forwarder>,
-    gate: Arc<TrafficGate>,
-    shutdown: watch::Receiver<bool>,
-    drain: Duration,
-    limit_state: http::server::LimitState,
-) {
-    let is_tls = acceptor.is_some();
-    http::server::serve(
-        listener,
-        acceptor,
-        move |req, remote| {
-            let f = forwarder.clone();
-            let gate = gate.clone();
-            async move {
-                gate.serve(req, remote, |req| f.serve(req, remote, is_tls))
-                    .await
-            }
-        },
-        shutdown,
-        drain,
-        limit_state,
-    )
-    .await
-}
-
-async fn apply_snapshots(
-    mut rx: SnapshotRx,
-    dataplane: Arc<Dataplane>,
-    mut last: Option<Arc<Snapshot>>,
-    version: Arc<AtomicU64>,
-    source: &'static str,
-) {
-    while rx.changed().await.is_ok() {
-        let snapshot = rx.borrow_and_update().clone();
-        if let Some(s) = snapshot {
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &s)) {
-                continue;
-            }
-            apply_logged(&dataplane, last.as_deref(), s.clone(), &version, source);
-            last = Some(s);
-        }
-    }
-}
-
-/// Applies a snapshot, bumps the config version and logs what changed (ids only).
-fn apply_logged(
-    dataplane: &Dataplane,
-    old: Option<&Snapshot>,
-    new: Arc<Snapshot>,
-    version: &AtomicU64,
-    source: &'static str,
-) {
-    let changes = changes::Changes::between(old, &new);
-    dataplane.apply(new);
-    let v = version.fetch_add(1, Ordering::AcqRel) + 1;
-    changes.log(v, source);
-}
-
-/// Whether a request to a loopback listener names a loopback host (`localhost`, `127.x.y.z`,
-/// `[::1]`, with any port) in its `Host` (or HTTP/2 `:authority`). A browser sends the page's
-/// own domain there, so a web page whose domain resolves to 127.0.0.1 (DNS rebinding) cannot
-/// use a developer's local proxy and its keys. A request naming no host at all (HTTP/1.0) is
-/// not a browser's and passes.
-fn loopback_host<B>(req: &::http::Request<B>) -> bool {
-    let host = match req.headers().get(::http::header::HOST) {
-        Some(h) => match h.to_str() {
-            Ok(h) => h,
-            Err(_) => return false,
-        },
-        None => match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => return true,
-        },
-    };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or("", |(ip, _)| ip),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Listener-level checks of the traffic port (source address, client token) and the sampled
-/// access log, around the forwarder.
-pub(crate) struct TrafficGate {
-    /// The listener is a loopback address: requests must name a loopback host (see
-    /// [`loopback_host`]).
-    loopback_only: bool,
-    allowed: Vec<keyway_api::model::Cidr>,
-    tokens: Option<Arc<access::ClientTokens>>,
-    sample: f64,
-    dataplane: Arc<Dataplane>,
-}
-
-impl TrafficGate {
-    async fn serve<F, Fut>(
-        &self,
-        mut req: ::http::Request<hyper::body::Incoming>,
-        remote: SocketAddr,
-        next: F,
-    ) -> ::http::Response<crate::http::ProxyBody>
-    where
-        F: FnOnce(::http::Request<hyper::body::Incoming>) -> Fut,
-        Fut: std::future::Future<Output = ::http::Response<crate::http::ProxyBody>>,
-    {
-        use crate::http::error::Rejection;
-        let reject = |r: Rejection, msg: &str| {
-            self.dataplane
-                .metrics()
-                .rejected
-                .with_label_values(&[r.as_str()])
-                .inc();
-            r.response(msg)
-        };
-        if !keyway_api::model::Cidr::allows(&self.allowed, remote.ip()) {
-            tracing::debug!(remote = %remote.ip(), "traffic from a source not in --allowed-sources");
-            return reject(
-                Rejection::ForbiddenSource,
-                &format!("source {} is not allowed (--allowed-sources)", remote.ip()),
-            );
-        }
-        if self.loopback_only && !loopback_host(&req) {
-            return reject(
-                Rejection::ForbiddenHost,
-                "this proxy listens on loopback and serves requests for localhost, 127.0.0.1 or [::1] only (another Host is a web page reaching it through DNS rebinding)",
-            );
-        }
-        if let Some(tokens) = &self.tokens {
-            let found = tokens.check(req.headers());
-            if found.is_empty() {
-                return reject(
-                    Rejection::Unauthorized,
-                    "a Keyway client token is required: send it as Authorization: Bearer <token> (or x-keyway-token)",
-                );
-            }
-            // The client's Keyway token never goes upstream, in whichever headers it came.
-            for header in found {
-                req.headers_mut().remove(header);
-            }
-            req.headers_mut().remove("x-keyway-token");
-        }
-        if self.sample <= 0.0 || rand::random::<f64>() >= self.sample {
-            return next(req).await;
-        }
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let resp = next(req).await;
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        tracing::info!(
-            access_log = true,
-            method = %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            remote = %remote.ip(),
-            request_id = %header("x-request-id"),
-            pool = %header("x-keyway-pool"),
-            backend = %header("x-keyway-backend"),
-            key_id = %header("x-keyway-key-id"),
-            "request"
-        );
-        resp
-    }
 }
 
 // === impl Running ===
@@ -513,51 +334,5 @@ impl Drop for Running {
         for t in self.background.iter().chain(self.servers.iter()) {
             t.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::loopback_host;
-
-    #[test]
-    fn loopback_listeners_serve_loopback_hosts_only() {
-        let req = |host: Option<&str>| {
-            let mut b = ::http::Request::builder().uri("/v1/chat/completions");
-            if let Some(h) = host {
-                b = b.header("host", h);
-            }
-            b.body(()).unwrap()
-        };
-        for ok in [
-            "localhost",
-            "localhost:8080",
-            "LOCALHOST:8080",
-            "127.0.0.1:8080",
-            "127.0.0.2",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(loopback_host(&req(Some(ok))), "{ok}");
-        }
-        for bad in [
-            "evil.example",
-            "evil.example:8080",
-            "localhost.evil.example",
-            "127.0.0.1.evil.example:8080",
-            "10.0.0.1:8080",
-            "[::2]:8080",
-        ] {
-            assert!(!loopback_host(&req(Some(bad))), "{bad}");
-        }
-        assert!(loopback_host(&req(None)), "no Host: not a browser");
-        let h2 = ::http::Request::builder()
-            .uri("http://evil.example:8080/v1/models")
-            .body(())
-            .unwrap();
-        assert!(
-            !loopback_host(&h2),
-            ":authority counts when there is no Host"
-        );
     }
 }

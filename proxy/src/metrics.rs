@@ -2,8 +2,8 @@
 //! values are bounded (pool, backend, key id, status class, error kind), never key values.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric the proxy exports. Names are documented in the README's metrics section.
@@ -84,14 +84,22 @@ pub struct ClusterMetrics {
     pub entries: IntGaugeVec,
 }
 
+/// One affinity store's lookup and fallback counters, labelled by pool and store.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub fallbacks: IntCounter,
+}
+
 /// One pool's handles on [`ClusterMetrics`].
 #[derive(Clone)]
 pub struct PoolClusterMetrics {
     pool: String,
     rebalances: IntCounterVec,
-    pub assignment_changes: prometheus::IntCounter,
+    pub assignment_changes: IntCounter,
     deviations: IntCounterVec,
-    pub sessions_learned: prometheus::IntCounter,
+    pub sessions_learned: IntCounter,
 }
 
 impl PoolClusterMetrics {
@@ -227,8 +235,8 @@ impl ClusterMetrics {
     }
 
     /// The lookup counters of one pool's store.
-    pub fn store(&self, pool: &str, store: &str) -> crate::affinity::StoreMetrics {
-        crate::affinity::StoreMetrics {
+    pub fn store(&self, pool: &str, store: &str) -> StoreMetrics {
+        StoreMetrics {
             hits: self.lookups.with_label_values(&[pool, store, "hit"]),
             misses: self.lookups.with_label_values(&[pool, store, "miss"]),
             fallbacks: self.fallbacks.with_label_values(&[pool]),

@@ -7,7 +7,7 @@
 
 use crate::dataplane::{Dataplane, PoolState};
 use crate::health::{self, HealthClient};
-use crate::http::auth;
+use crate::http::inject;
 use crate::keys::{ProbeAnswer, ProbePurpose};
 use bytes::Bytes;
 use http::{HeaderMap, Request};
@@ -95,7 +95,7 @@ async fn probe(
         None => (path, None),
     };
     let mut headers = HeaderMap::new();
-    let query = auth::inject(&pool.model.auth, key, &mut headers, query.as_deref());
+    let query = inject::inject(&pool.model.auth, key, &mut headers, query.as_deref());
     let mut url = format!("{}{path}", backend.model.endpoint);
     if let Some(q) = query {
         url.push('?');

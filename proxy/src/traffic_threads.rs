@@ -7,6 +7,7 @@
 
 use crate::dataplane::Dataplane;
 use crate::http::Forwarder;
+use crate::http::gate::{TrafficGate, serve_traffic};
 use crate::{Settings, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub(crate) async fn start(
     settings: &Settings,
     dataplane: &Arc<Dataplane>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    gate: Arc<crate::TrafficGate>,
+    gate: Arc<TrafficGate>,
     shutdown: watch::Receiver<bool>,
     limit_state: crate::http::server::LimitState,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
@@ -70,7 +71,7 @@ pub(crate) async fn start(
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
-                            crate::serve_traffic(
+                            serve_traffic(
                                 l,
                                 acceptor,
                                 forwarder,

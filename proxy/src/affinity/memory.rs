@@ -39,7 +39,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let i = (crate::balance::hash_key(key.as_bytes()) as usize) % SHARDS;
+        let i = (crate::hash::hash_key(key.as_bytes()) as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -1,11 +1,11 @@
 //! Affinity: which backend (and key) a user or a protocol session belongs to.
 //!
 //! One [`AffinityStore`] per pool with `spec.affinity`, kept across config snapshots while the
-//! affinity settings stay the same. Values are small strings written by [`crate::placement`]:
+//! affinity settings stay the same. Values are small strings written by `dataplane::placement`:
 //! a user's cluster, or a session's backend and key id.
 //!
 //! - `memory`: [`MemoryStore`], per proxy. Replicas still agree on users' first clusters
-//!   because the first choice is a rendezvous hash (see [`crate::cluster`]), not a coin flip.
+//!   because the first choice is a rendezvous hash (see [`crate::multicluster`]), not a coin flip.
 //! - `redis`: every replica reads and writes the same assignments. The memory store mirrors
 //!   them, and answers alone while Redis is unreachable (each such lookup counts as a
 //!   fallback); Redis is retried after a short backoff, so a dead Redis costs no timeout per
@@ -16,8 +16,8 @@ pub mod resp;
 
 pub use memory::MemoryStore;
 
+use crate::metrics::{ClusterMetrics, StoreMetrics};
 use keyway_api::model::{self, AffinityStore as StoreKind};
-use prometheus::IntCounter;
 use resp::{RedisClient, Reply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,22 +53,10 @@ struct Down {
     backoff: Duration,
 }
 
-/// Lookup and fallback counters, labelled by pool and store.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    pub hits: IntCounter,
-    pub misses: IntCounter,
-    pub fallbacks: IntCounter,
-}
-
 impl AffinityStore {
     /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`) and labels the
     /// store's metrics.
-    pub fn new(
-        settings: model::Affinity,
-        pool: &str,
-        metrics: &crate::metrics::ClusterMetrics,
-    ) -> Self {
+    pub fn new(settings: model::Affinity, pool: &str, metrics: &ClusterMetrics) -> Self {
         let metrics = metrics.store(pool, kind(&settings.store));
         let memory = MemoryStore::new(settings.ttl, settings.max_entries as usize);
         let redis = match &settings.store {

@@ -1,5 +1,6 @@
 use super::*;
 use keyway_api::manifest::Manifests;
+use std::sync::atomic::Ordering;
 
 fn snapshot(yaml: &str) -> Arc<model::Snapshot> {
     Arc::new(
@@ -175,4 +176,52 @@ fn counters_survive_a_swap_but_not_removal() {
         pool3.backends[0].counters.requests.load(Ordering::Relaxed),
         0
     );
+}
+
+#[test]
+fn the_live_view_reads_pools_backends_and_keys() {
+    let dp = dataplane();
+    let keyed = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k1: v1, k2: v2}\n---\n\
+                 apiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {name: keys}\nspec: {secretRef: {name: s}}\n---\n";
+    dp.apply(snapshot(&format!(
+        "{keyed}{}",
+        TWO_POOLS.replace(
+            "metadata: {name: anthropic}\nspec:\n",
+            "metadata: {name: anthropic}\nspec:\n  apiKeyPoolRef: {name: keys}\n"
+        )
+    )));
+    let r = dp.router();
+    let pool = r
+        .route("/v1/messages", &http::HeaderMap::new(), None)
+        .unwrap();
+    pool.backends[1].counters.record_use();
+    pool.backends[1].counters.record_failure();
+
+    let view = dp.view();
+    let pools: Vec<_> = view.pools().collect();
+    assert_eq!(pools.len(), 2);
+    let p = pools
+        .iter()
+        .find(|p| p.label() == "default/anthropic")
+        .unwrap();
+    assert_eq!(p.healthy_backends(), 2, "weight 0 takes no traffic");
+    assert!(p.key_pool_available());
+    let b: Vec<_> = p.backends().collect();
+    assert_eq!(
+        b.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        ["a", "b", "idle"]
+    );
+    assert_eq!((b[1].requests, b[1].failures), (1, 1));
+    assert!(b[1].last_used_ms > 0);
+    assert!(b[0].available && b[0].healthy && !b[0].ejected);
+    assert!(!b[2].available, "weight 0");
+    let kps: Vec<_> = view.key_pools().collect();
+    assert_eq!(kps.len(), 1);
+    assert_eq!(kps[0].state.label, "default/keys");
+    let ids: Vec<_> = kps[0]
+        .keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.state))
+        .collect();
+    assert_eq!(ids, [("k1", "active"), ("k2", "active")]);
 }

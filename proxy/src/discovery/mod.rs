@@ -12,7 +12,6 @@ use anyhow::Context;
 use keyway_api::model;
 use keyway_proto as pb;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -429,38 +428,39 @@ fn apply(
 }
 
 fn usage_report(dataplane: &Dataplane, starved: &mut quota::Starved, version: u64) -> pb::Report {
-    let router = dataplane.router();
+    let view = dataplane.view();
     let mut report = pb::Report {
         quota_version: version,
         ..Default::default()
     };
-    let now = std::time::Instant::now();
-    for pool in &router.pools {
+    for pool in view.pools() {
+        let id = &pool.model().id;
         report.pools.push(pb::PoolReport {
-            namespace: pool.model.id.namespace.clone(),
-            pool: pool.model.id.name.clone(),
+            namespace: id.namespace.clone(),
+            pool: id.name.clone(),
             active_backend: pool.active_backend().unwrap_or_default().to_string(),
         });
-        for b in &pool.backends {
+        for b in pool.backends() {
             report.backends.push(pb::BackendReport {
-                namespace: pool.model.id.namespace.clone(),
-                pool: pool.model.id.name.clone(),
-                backend: b.model.name.clone(),
-                requests: b.counters.requests.load(Ordering::Relaxed),
-                failures: b.counters.failures.load(Ordering::Relaxed),
-                healthy: b.health.is_active_healthy(),
-                ejected: b.health.is_ejected(now),
-                capacity: b.health.load().map(|(c, _)| c),
-                consumption: b.health.load().map(|(_, c)| c),
+                namespace: id.namespace.clone(),
+                pool: id.name.clone(),
+                backend: b.name().to_string(),
+                requests: b.requests,
+                failures: b.failures,
+                healthy: b.healthy,
+                ejected: b.ejected,
+                capacity: b.load.map(|(c, _)| c),
+                consumption: b.load.map(|(_, c)| c),
             });
         }
     }
-    for kp in &router.key_pools {
-        let starving = starved.grew(&kp.id, kp.engine.quota_starved());
-        for k in kp.keys() {
+    for kp in view.key_pools() {
+        let id = &kp.state.id;
+        let starving = starved.grew(id, kp.state.engine.quota_starved());
+        for k in kp.keys {
             report.keys.push(pb::KeyReport {
-                namespace: kp.id.namespace.clone(),
-                key_pool: kp.id.name.clone(),
+                namespace: id.namespace.clone(),
+                key_pool: id.name.clone(),
                 key_id: k.id,
                 requests: k.requests,
                 failures: k.failures,

@@ -1,10 +1,12 @@
-//! Responses Keyway writes itself. JSON in the shape LLM clients already parse
-//! (`{"error": {"type", "message"}}`), naming pools and paths, never keys.
+//! Responses Keyway writes itself, on the traffic and the admin port alike. JSON in the shape
+//! LLM clients already parse (`{"error": {"type", "message", "source": "keyway"}}`), naming
+//! pools and paths, never keys. [`error_body`] is the one writer of that body.
 
 use super::ProxyBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use std::borrow::Cow;
 
 /// Why the proxy answered a request itself. `as_str` is the bounded metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,13 +26,23 @@ pub enum Rejection {
     NoCluster,
     /// A learned session's backend left the config.
     SessionGone,
-    /// The client's address is not in the allowed sources (listener or pool).
+    /// The client's address is not in the allowed sources (listener, pool or admin port).
     ForbiddenSource,
-    /// Client authentication is on and the request has no valid token.
+    /// Client authentication is on and the request has no valid token (or the admin token
+    /// is wrong).
     Unauthorized,
     /// A loopback listener got a request for another host name (DNS rebinding: a web page
     /// in the developer's browser calling the local proxy under its own domain).
     ForbiddenHost,
+    /// The listener is at `--max-connections`: the connection is answered and closed.
+    TooManyConnections,
+}
+
+/// A request the proxy answers itself: why, and a message for humans.
+#[derive(Debug)]
+pub struct Refusal {
+    pub rejection: Rejection,
+    pub message: Cow<'static, str>,
 }
 
 // === impl Rejection ===
@@ -54,6 +66,7 @@ impl Rejection {
             Rejection::ForbiddenSource => "forbidden_source",
             Rejection::Unauthorized => "unauthorized",
             Rejection::ForbiddenHost => "forbidden_host",
+            Rejection::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -72,29 +85,75 @@ impl Rejection {
             Rejection::NoBackends
             | Rejection::KeyPoolUnavailable
             | Rejection::NotReady
-            | Rejection::NoCluster => StatusCode::SERVICE_UNAVAILABLE,
+            | Rejection::NoCluster
+            | Rejection::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// A JSON error response with a message for humans.
     pub fn response(self, message: &str) -> Response<ProxyBody> {
-        let body = serde_json::json!({
-            "error": {
-                "type": self.as_str(),
-                "message": message,
-                "source": "keyway",
-            }
-        });
-        let mut resp = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
+        error_response(self.status(), self.as_str(), message)
+    }
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    pub fn new(rejection: Rejection, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            rejection,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn response(&self) -> Response<ProxyBody> {
+        self.rejection.response(&self.message)
+    }
+}
+
+/// The JSON error body: `{"error": {"type": kind, "message": message, "source": "keyway"}}`.
+pub fn error_body(kind: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "type": kind,
+            "message": message,
+            "source": "keyway",
+        }
+    });
+    Bytes::from(body.to_string())
+}
+
+/// A JSON error response (see [`error_body`]).
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(error_body(kind, message))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_error_shape_for_every_port() {
+        let body: serde_json::Value = serde_json::from_slice(&error_body("no_route", "m")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"type": "no_route", "message": "m", "source": "keyway"}})
         );
-        *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        let resp = Rejection::TooManyConnections.response("busy");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, error_body("too_many_connections", "busy"));
     }
 }

@@ -1,11 +1,14 @@
-//! The traffic port: accept connections, route each request to a pool, forward it.
+//! The traffic port, from accept to answer: `server` accepts, `gate` admits (sources, client
+//! tokens, access log), `forward` routes, places, injects the key and forwards, as named
+//! stages.
 
-pub mod auth;
 pub mod body;
 mod client;
 pub(crate) mod error;
 mod forward;
+pub(crate) mod gate;
 mod headers;
+pub mod inject;
 mod response;
 pub mod server;
 

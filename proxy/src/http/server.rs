@@ -4,6 +4,8 @@
 //! body size), each answered with a fast, explicit error.
 
 use super::ProxyBody;
+use super::error::{Rejection, error_body};
+use bytes::Bytes;
 use futures::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -14,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -150,7 +152,7 @@ impl Limits {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())?;
         (declared > max).then(|| {
-            super::error::Rejection::BodyTooLarge.response(&format!(
+            Rejection::BodyTooLarge.response(&format!(
                 "request body of {declared} bytes is over this proxy's limit of {max} bytes (--max-request-body)"
             ))
         })
@@ -290,14 +292,21 @@ pub async fn serve<H, F>(
 /// a plaintext answer would be garbage), without ever reading a request.
 async fn refuse(mut stream: TcpStream, plain: bool) {
     if plain {
-        let body = r#"{"error":{"type":"too_many_connections","message":"this proxy is at its connection limit (--max-connections); retry later","source":"keyway"}}"#;
+        // Written once: a flood of refusals costs no JSON encoding each.
+        static BODY: LazyLock<Bytes> = LazyLock::new(|| {
+            error_body(
+                Rejection::TooManyConnections.as_str(),
+                "this proxy is at its connection limit (--max-connections); retry later",
+            )
+        });
+        let body = &*BODY;
         let head = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
             body.len()
         );
         let write = async {
             stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
+            stream.write_all(body).await?;
             stream.shutdown().await
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;

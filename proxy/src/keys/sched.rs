@@ -1,5 +1,10 @@
 //! The scheduler behind [`KeyPool`]: key state, the ready heaps, timers and the wait queue,
 //! all guarded by the pool's one mutex. Times are milliseconds on the pool's clock.
+//!
+//! One file on purpose, above the usual size: every method keeps the same invariant (each key
+//! is in exactly one place, and the ready heaps, timer heap, per-place counts and the wait
+//! queue agree with it) inside one critical section. Split by topic, each part would reach
+//! into the others' fields; the invariant is easier to check where it is kept.
 
 use super::heap::Heap;
 use super::window::{Field, Window};
@@ -7,6 +12,7 @@ use super::{
     KeyConfig, KeyId, KeyLimits, KeyState, KeyStatus, Lease, PoolSettings, Selection, Shared,
     Stickiness, Unavailable, UnavailableReason, millis,
 };
+use crate::hash::{fmix64, fnv1a};
 use keyway_api::secret::SecretValue;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -1305,27 +1311,7 @@ impl Sched {
 
 // === hashing ===
 
-/// FNV-1a, 64 bits: stable across processes and versions (unlike `DefaultHasher`).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// MurmurHash3's finaliser: spreads the caller's affinity hashes over the ring.
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
-}
-
 /// The ring point of virtual node `v` of the key whose id hashed to `base`.
-fn vnode_point(base: u64, v: u64) -> u64 {
+pub(super) fn vnode_point(base: u64, v: u64) -> u64 {
     fmix64(base ^ v.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }

@@ -1300,3 +1300,12 @@ fn picks_stay_cheap_with_many_keys() {
         }
     }
 }
+
+/// Sticky keys sit on the ring by id; replicas must agree on the points. Computed
+/// independently (Python: FNV-1a 64 of the id, then `fmix64(base ^ (v + 1) * golden ratio)`).
+#[test]
+fn ring_points_are_pinned() {
+    let base = crate::hash::fnv1a(b"key-a");
+    assert_eq!(super::sched::vnode_point(base, 0), 0xb9e2_9374_d530_e266);
+    assert_eq!(super::sched::vnode_point(base, 31), 0xe37d_a2ef_2009_a90d);
+}

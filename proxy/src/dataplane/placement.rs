@@ -5,8 +5,8 @@
 //! The affinity store (see [`crate::affinity`]) holds one small string per user or session:
 //! `c\t<backend>` for a user's cluster, `s\t<backend>\t<key id>` for a session.
 
-use crate::cluster::{self, Candidate, Ineligible, Load};
-use crate::dataplane::PoolState;
+use super::PoolState;
+use crate::multicluster::{self, Candidate, Ineligible, Load};
 use http::HeaderMap;
 use keyway_api::model::Mode;
 use std::sync::Arc;
@@ -207,7 +207,7 @@ impl PoolState {
                     available: b.model.weight > 0 && b.health.is_available(now, false),
                     load: cluster_load(&b.health, model),
                 };
-                cluster::eligibility(&c, ratio, s)
+                multicluster::eligibility(&c, ratio, s)
             })
             .collect()
     }
@@ -219,7 +219,7 @@ impl PoolState {
                 .enumerate()
                 .filter_map(|(i, b)| Some((i, b.model.name.as_str(), *weights[i].as_ref().ok()?)))
         };
-        let chosen = cluster::rendezvous(user, eligible())?;
+        let chosen = multicluster::rendezvous(user, eligible())?;
         let Some(t) = &self.model.cluster_balance.token_rebalance else {
             return Some(chosen);
         };
@@ -231,7 +231,7 @@ impl PoolState {
         });
         let ratio = f64::from(t.imbalance_ratio_ppm) / 1e6;
         let fraction = f64::from(t.max_fraction_ppm) / 1e6;
-        match cluster::token_imbalance(rates, ratio) {
+        match multicluster::token_imbalance(rates, ratio) {
             Some((busiest, idlest)) if busiest == chosen && rand::random::<f64>() < fraction => {
                 self.cluster_metrics.rebalance("tpm_imbalance");
                 Some(idlest)
@@ -250,7 +250,7 @@ impl PoolState {
             .enumerate()
             .filter(|(i, _)| !exclude.contains(i))
             .filter_map(|(i, w)| Some((i, *w.as_ref().ok()?)));
-        cluster::weighted_pick(eligible, rand::random::<f64>())
+        multicluster::weighted_pick(eligible, rand::random::<f64>())
     }
 
     fn backend_index(&self, name: &str) -> Option<usize> {

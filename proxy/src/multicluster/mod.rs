@@ -1,7 +1,7 @@
 //! Multi-cluster choice: which clusters may take a model's new users, how much each weighs,
 //! and how a user's first cluster is chosen so that every replica agrees.
 //!
-//! Pure functions over [`Candidate`]s; [`crate::placement`] feeds them the live health.
+//! Pure functions over [`Candidate`]s; `dataplane::placement` feeds them the live health.
 //!
 //! - A cluster is **eligible** for a model when it is healthy, the model is reported healthy
 //!   there (deep health check), and the model is not overloaded
@@ -14,6 +14,8 @@
 //! - Requests without a user go by **weighted random** choice.
 
 mod tokens;
+
+use crate::hash::{fnv1a, splitmix64};
 
 pub use tokens::TokenRate;
 
@@ -100,7 +102,7 @@ pub fn rendezvous<'a>(
         if w <= 0.0 || w.is_nan() {
             continue;
         }
-        let h = mix(user_hash ^ fnv1a(name.as_bytes()).rotate_left(17));
+        let h = splitmix64(user_hash ^ fnv1a(name.as_bytes()).rotate_left(17));
         // 53 random bits in (0, 1].
         let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         let score = -u.ln() / w;
@@ -158,22 +160,6 @@ pub fn token_imbalance(
     }
     let ((hi, hi_rate), (lo, lo_rate)) = (busiest?, idlest?);
     (hi != lo && hi_rate > 0.0 && hi_rate > lo_rate * ratio).then_some((hi, lo))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -21,9 +21,15 @@
 //! Weight 0 backends never get traffic; backends the caller marks ineligible are skipped;
 //! `None` means no backend could take the request.
 
+mod in_flight;
+mod ring;
+
+pub use in_flight::{InFlight, InFlightGuard, OwnedInFlightGuard};
+
+use crate::hash::fmix64;
+use ring::Ring;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Virtual nodes per unit of weight on the consistent-hash ring.
 const VNODES_PER_WEIGHT: u64 = 100;
@@ -145,16 +151,6 @@ enum Kind {
     LeastLoaded,
 }
 
-/// Virtual nodes sorted by point; `owners[k]` is the backend at `points[k]`.
-struct Ring {
-    points: Box<[u64]>,
-    owners: Box<[u32]>,
-    /// Distinct owners on the ring.
-    backends: usize,
-    /// Whether every owner index is below 128 (visited backends fit a `u128` bitmask).
-    trackable: bool,
-}
-
 impl Balancer {
     /// Builds the balancer for `backends` (indexes into this slice are what `pick` returns).
     ///
@@ -219,7 +215,7 @@ impl Balancer {
     }
 
     /// Chooses a backend for a request. `hash` is the request's affinity hash (e.g.
-    /// [`hash_key`] of the `user-id` header) for [`Strategy::ConsistentHash`]; `None` balances
+    /// [`crate::hash::hash_key`] of the `user-id` header) for [`Strategy::ConsistentHash`]; `None` balances
     /// that request round robin. Other strategies ignore it. Any `u64` works: it is mixed
     /// again before use, so even sequential ids spread evenly.
     ///
@@ -435,146 +431,6 @@ impl<C: Candidates> View<'_, C> {
     }
 }
 
-// === consistent hashing ===
-
-impl Ring {
-    fn build(backends: &[BackendSpec<'_>], active: &[usize]) -> Self {
-        let total: u64 = active.iter().map(|&i| u64::from(backends[i].weight)).sum();
-        // Below the cap each backend's points depend only on its own name and weight, so a
-        // change to one backend never moves keys between two others.
-        let vnodes = |w: u32| {
-            let w = u64::from(w);
-            if total.saturating_mul(VNODES_PER_WEIGHT) <= MAX_RING_POINTS {
-                w * VNODES_PER_WEIGHT
-            } else {
-                (w * MAX_RING_POINTS / total).max(1)
-            }
-        };
-        let mut entries: Vec<(u64, u32)> = Vec::new();
-        let mut owners = 0;
-        for &i in active {
-            let Ok(owner) = u32::try_from(i) else {
-                break;
-            };
-            let b = &backends[i];
-            let base = fnv1a(FNV_OFFSET, b.name.as_bytes());
-            let count = vnodes(b.weight);
-            owners += 1;
-            entries.reserve(usize::try_from(count).unwrap_or(0));
-            for v in 0..count {
-                entries.push((vnode_point(base, v), owner));
-            }
-        }
-        // Ties between names are broken by name, so the ring doesn't depend on backend order.
-        entries.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| backends[a.1 as usize].name.cmp(backends[b.1 as usize].name))
-        });
-        Self {
-            points: entries.iter().map(|e| e.0).collect(),
-            owners: entries.iter().map(|e| e.1).collect(),
-            backends: owners,
-            trackable: entries.iter().all(|e| e.1 < 128),
-        }
-    }
-
-    /// The first usable backend clockwise from `h` whose load stays within the bound; if none
-    /// is, the first usable one.
-    fn pick(&self, h: u64, load_factor: f64, v: &View<'_, impl Candidates>) -> Option<usize> {
-        let len = self.points.len();
-        if len == 0 {
-            return None;
-        }
-        let start = self.points.partition_point(|&p| p < h);
-        // Track visited backends (when all indexes fit a bitmask) to stop once every backend
-        // has been considered; otherwise the walk is bounded by the ring length.
-        let trackable = self.trackable;
-        let mut visited: u128 = 0;
-        let mut remaining = self.backends;
-        let mut bound: Option<f64> = None;
-        let mut fallback = None;
-        let mut last = u32::MAX;
-        for k in 0..len {
-            let owner = self.owners[(start + k) % len];
-            if owner == last {
-                continue;
-            }
-            last = owner;
-            let i = owner as usize;
-            if trackable {
-                let bit = 1u128 << i;
-                if visited & bit != 0 {
-                    continue;
-                }
-                visited |= bit;
-            }
-            if v.usable(i) {
-                let in_flight = v.c.in_flight(i);
-                // Nothing in flight is always within the bound (load_factor >= 1).
-                if in_flight == 0 || load_factor.is_infinite() {
-                    return Some(i);
-                }
-                let cap = *bound.get_or_insert_with(|| {
-                    let (total, count) = v.summary();
-                    (load_factor * (total as f64 + 1.0) / count.max(1) as f64).ceil()
-                });
-                if in_flight as f64 + 1.0 <= cap {
-                    return Some(i);
-                }
-                fallback = fallback.or(Some(i));
-            }
-            if trackable {
-                remaining -= 1;
-                if remaining == 0 {
-                    break;
-                }
-            }
-        }
-        fallback
-    }
-}
-
-/// The ring point of virtual node `v` of the backend whose name hashed to `base`:
-/// `fmix64(FNV-1a(name ++ v as 8 little-endian bytes))`.
-fn vnode_point(base: u64, v: u64) -> u64 {
-    fmix64(fnv1a(base, &v.to_le_bytes()))
-}
-
-// === hashing ===
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// A 64-bit hash of `bytes` that is the same in every process, on every platform and with
-/// every Rust version: FNV-1a 64 followed by MurmurHash3's `fmix64` finalizer (FNV-1a alone
-/// spreads short, similar keys poorly over the high bits). Use it for affinity keys (e.g. the
-/// `user-id` header) passed to [`Balancer::pick`].
-///
-/// Not `std::hash::DefaultHasher`: its output is deterministic within one build, but std
-/// documents that its algorithm "is not specified ... and should not be relied upon over
-/// releases", and proxies built by different toolchains (a rolling upgrade) must agree.
-pub fn hash_key(bytes: &[u8]) -> u64 {
-    fmix64(fnv1a(FNV_OFFSET, bytes))
-}
-
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
-/// MurmurHash3's 64-bit finalizer: a bijection with full avalanche.
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
-}
-
 // === helpers ===
 
 /// Maps a uniform `x` onto `0..m` (Lemire's multiply-shift; bias below m / 2^32).
@@ -643,118 +499,6 @@ fn smooth_wrr_sequence(weights: &[u32], active: &[usize]) -> Box<[usize]> {
         sequence.push(active[best]);
     }
     sequence.into_boxed_slice()
-}
-
-// === in-flight tracking ===
-
-/// Requests in flight per backend (and in total), for implementing
-/// [`Candidates::in_flight`] and [`Candidates::in_flight_summary`].
-#[derive(Debug, Default)]
-pub struct InFlight {
-    counts: Box<[AtomicU64]>,
-    total: AtomicU64,
-}
-
-impl InFlight {
-    /// Counters for `n` backends, all at 0.
-    pub fn new(n: usize) -> Self {
-        Self {
-            counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            total: AtomicU64::new(0),
-        }
-    }
-
-    /// Number of backends tracked.
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
-    /// Whether no backends are tracked.
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
-
-    /// Requests in flight on backend `i` (0 for an unknown index).
-    pub fn get(&self, i: usize) -> u64 {
-        self.counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// Requests in flight on all backends.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request on backend `i` until the guard is dropped. An unknown index is not
-    /// counted.
-    pub fn start(&self, i: usize) -> InFlightGuard<'_> {
-        let known = self.begin(i);
-        InFlightGuard {
-            counters: self,
-            i,
-            known,
-        }
-    }
-
-    /// Like [`InFlight::start`], with a guard that owns a reference to the counters (for
-    /// futures and tasks that must be `'static`).
-    pub fn start_owned(self: &Arc<Self>, i: usize) -> OwnedInFlightGuard {
-        let known = self.begin(i);
-        OwnedInFlightGuard {
-            counters: self.clone(),
-            i,
-            known,
-        }
-    }
-
-    fn begin(&self, i: usize) -> bool {
-        let Some(c) = self.counts.get(i) else {
-            return false;
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-
-    fn end(&self, i: usize) {
-        if let Some(c) = self.counts.get(i) {
-            c.fetch_sub(1, Ordering::Relaxed);
-            self.total.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// One request counted by [`InFlight::start`]; uncounted when dropped.
-#[derive(Debug)]
-#[must_use = "the request is uncounted as soon as the guard is dropped"]
-pub struct InFlightGuard<'a> {
-    counters: &'a InFlight,
-    i: usize,
-    known: bool,
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        if self.known {
-            self.counters.end(self.i);
-        }
-    }
-}
-
-/// One request counted by [`InFlight::start_owned`]; uncounted when dropped.
-#[derive(Debug)]
-#[must_use = "the request is uncounted as soon as the guard is dropped"]
-pub struct OwnedInFlightGuard {
-    counters: Arc<InFlight>,
-    i: usize,
-    known: bool,
-}
-
-impl Drop for OwnedInFlightGuard {
-    fn drop(&mut self) {
-        if self.known {
-            self.counters.end(self.i);
-        }
-    }
 }
 
 #[cfg(test)]

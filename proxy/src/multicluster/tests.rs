@@ -123,3 +123,14 @@ fn token_imbalance_finds_busiest_and_idlest() {
     );
     assert_eq!(token_imbalance([(0usize, 10.0, 1.0)], 1.5), None);
 }
+
+/// Every replica must place a user on the same first cluster, whatever its build: computed
+/// independently (Python, FNV-1a and SplitMix64 from their definitions).
+#[test]
+fn rendezvous_choices_are_pinned() {
+    let clusters = [(0, "east", 1.0), (1, "west", 2.0), (2, "north", 1.0)];
+    let chosen: Vec<usize> = (0..12)
+        .map(|i| rendezvous(&format!("user-{i}"), clusters).unwrap())
+        .collect();
+    assert_eq!(chosen, [2, 1, 0, 0, 0, 1, 1, 1, 2, 1, 1, 1]);
+}

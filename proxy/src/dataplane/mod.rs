@@ -1,0 +1,144 @@
+//! The live data plane: where applying a config meets serving requests.
+//!
+//! A config change walks one way: a source publishes a snapshot (`crate::config`,
+//! `crate::discovery`), `apply` compiles it into a [`Router`] and [`Dataplane`] swaps it in.
+//! A request reads the current [`Router`] without locks: [`Router::route`] finds its pool,
+//! [`PoolState::place`] and [`PoolState::pick`] its backend.
+//!
+//! - here: [`Dataplane`], the swap holder, with readiness and the applied config version;
+//! - `apply`: compiling a snapshot (counters, health checkers, key engines and affinity stores
+//!   that outlive snapshots are kept in a registry) and the loop applying each new one;
+//! - `changes`: what changed between two snapshots, logged by id;
+//! - `route`: the compiled [`Router`] and which pool a request belongs to;
+//! - `pool`: a pool ready to serve ([`PoolState`]): backend choice and the failover state
+//!   machine; `placement`: where a request goes before balancing (multiCluster users,
+//!   protocol sessions), beside it;
+//! - `view`: the one read-only walk of live state that `/status`, the metrics refresh and the
+//!   controller reports read ([`LiveView`]).
+
+mod apply;
+mod changes;
+mod placement;
+mod pool;
+mod route;
+#[cfg(test)]
+mod tests;
+mod view;
+
+pub(crate) use apply::{apply_logged, apply_snapshots};
+pub use changes::Changes;
+pub use placement::{PlaceError, Placement};
+pub use pool::{ActiveRole, BackendState, Counters, KeyPoolState, PoolState};
+pub use route::Router;
+pub use view::{BackendView, KeyPoolView, KeyView, LiveView, PoolView};
+
+use crate::health;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use keyway_api::model;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// Holds the current [`Router`] and the state that outlives any one snapshot: counters, and
+/// backend health with its checker tasks.
+pub struct Dataplane {
+    current: ArcSwap<Router>,
+    loaded: AtomicBool,
+    /// Shutdown has begun: `/readyz` fails so load balancers stop sending new traffic.
+    draining: AtomicBool,
+    /// Snapshots applied from a config source so far (the config version).
+    version: AtomicU64,
+    registry: Mutex<apply::Registry>,
+    metrics: Metrics,
+    health_client: OnceLock<Option<health::HealthClient>>,
+    /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
+    /// other namespaces grant it.
+    home_namespace: OnceLock<String>,
+}
+
+// === impl Dataplane ===
+
+impl Dataplane {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Router::default()),
+            loaded: Default::default(),
+            draining: Default::default(),
+            version: Default::default(),
+            registry: Default::default(),
+            metrics,
+            health_client: OnceLock::new(),
+            home_namespace: OnceLock::new(),
+        }
+    }
+
+    /// The proxy's own namespace (controller mode): its pools win route ties against pools
+    /// granted by other namespaces, so a granted `pathPrefix: /` cannot take its traffic.
+    pub fn set_home_namespace(&self, namespace: &str) {
+        let _ = self.home_namespace.set(namespace.to_owned());
+    }
+
+    /// The router to use for one request.
+    pub fn router(&self) -> Arc<Router> {
+        self.current.load_full()
+    }
+
+    /// True once a snapshot has been applied.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Ready for new traffic: a snapshot is loaded and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.is_loaded() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the proxy as shutting down (`/readyz` answers 503 from now on).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Snapshots applied from the config source so far.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The live state, read now.
+    pub fn view(&self) -> LiveView {
+        LiveView::at(self.router(), Instant::now())
+    }
+
+    /// Compiles and swaps in a snapshot. In-flight requests keep the router they started with.
+    pub fn apply(&self, snapshot: Arc<model::Snapshot>) {
+        let health_client = self.health_client.get_or_init(|| match health::build_client() {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::error!(%error, "cannot build the health-check client; active checks are off");
+                None
+            }
+        });
+        let router = {
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut router = reg.compile(snapshot, &self.metrics, health_client.as_ref());
+            router.home_namespace = self.home_namespace.get().cloned();
+            router
+        };
+        for p in &router.pools {
+            self.metrics
+                .backends
+                .with_label_values(&[p.label.as_str()])
+                .set(p.backends.len() as i64);
+        }
+        self.current.store(Arc::new(router));
+        self.loaded.store(true, Ordering::Release);
+    }
+}
