@@ -2,7 +2,7 @@ use super::super::classify::{Failure, Outcome, classify, timed_out, upstream_fai
 use super::*;
 use crate::dataplane::KeyPoolState;
 use crate::http::error::Rejection;
-use crate::keys::{KeyState, Lease};
+use crate::keys::{KeyState, Lease, ProbePurpose};
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, Full};
@@ -71,7 +71,7 @@ async fn a_quota_error_body_is_a_refusal_too() {
 }
 
 #[tokio::test]
-async fn a_refused_key_is_disabled() {
+async fn a_refused_key_is_verified_before_it_is_disabled() {
     let dp = dataplane(&keyed(""));
     let router = dp.router();
     let p = pool(&router, "llm");
@@ -79,7 +79,11 @@ async fn a_refused_key_is_disabled() {
     let mut l = lease(&kp, "k1");
     let outcome = classify(p, 0, response(401, &[], "{}"), &mut l, true, false).await;
     assert!(matches!(outcome, Outcome::NextKey(_)), "{outcome:?}");
-    assert!(matches!(state(&kp, "k1"), KeyState::Disabled { .. }));
+    // One request is not evidence against the key: a free probe decides.
+    assert!(matches!(state(&kp, "k1"), KeyState::Active), "{:?}", state(&kp, "k1"));
+    let due = kp.engine.reprobe_due();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].0.as_str(), due[0].2), ("k1", ProbePurpose::Verify));
 }
 
 #[tokio::test]
