@@ -20,6 +20,9 @@
 #   cni-plugins           Debian package `containernetworking-plugins` (/usr/lib/cni:
 #                         bridge, host-local, loopback, portmap)
 #   iptables, conntrack   Debian packages of those names (kube-proxy, kubelet, portmap)
+#   chromium              Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium,
+#                         /usr/bin/chromedriver): the status page's browser test drives
+#                         headless Chromium through chromedriver's WebDriver API
 #   monitoring-crds       the ServiceMonitor and PrometheusRule CRDs, copied from the
 #                         prometheus-operator Go module (fetched through the Go module
 #                         proxy) into ${KEYWAY_CACHE:-~/.cache/keyway}/crds/
@@ -31,7 +34,7 @@
 # Usage: e2e/tools/install.sh [TOOL ...]   (default: all; `node` = every node component)
 #        TOOL: kube-apiserver etcd helm prometheus redis-server monitoring-crds kubelet
 #              kube-scheduler kube-controller-manager kube-proxy coredns pause containerd
-#              runc cni-plugins iptables conntrack
+#              runc cni-plugins iptables conntrack chromium
 # Env:   KEYWAY_CACHE  cache root (default ~/.cache/keyway)
 #        GO            go binary (default /usr/local/go/bin/go, else go on PATH)
 #        KEYWAY_TOOLS_FORCE=1  rebuild even if up to date
@@ -272,7 +275,7 @@ install_helm() {
   build_tool helm "$v" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "-s -w${x}"
 }
 
-# --- Debian packages (prometheus + promtool, redis-server) --------------------
+# --- Debian packages (prometheus + promtool, redis-server, chromium) ----------
 # Installed only when a binary is missing. apt-get needs root: without it, a
 # missing binary is an error that says what to install.
 have_binary() { if [[ "$1" == /* ]]; then [[ -x "$1" ]]; else command -v "$1" >/dev/null 2>&1; fi; }
@@ -347,7 +350,7 @@ for t in "$@"; do
   if [[ "$t" == node ]]; then tools+=("${node_tools[@]}"); else tools+=("$t"); fi
 done
 [[ ${#tools[@]} -gt 0 ]] ||
-  tools=(etcd helm kube-apiserver prometheus redis-server monitoring-crds "${node_tools[@]}")
+  tools=(etcd helm kube-apiserver prometheus redis-server monitoring-crds chromium "${node_tools[@]}")
 log "cache ${CACHE} (${gover})"
 for t in "${tools[@]}"; do
   case "$t" in
@@ -364,6 +367,9 @@ for t in "${tools[@]}"; do
                    /usr/lib/cni/loopback /usr/lib/cni/portmap ;;
     iptables) install_deb iptables iptables ;;
     conntrack) install_deb conntrack conntrack ;;
+    chromium | chromedriver)
+      install_deb chromium /usr/bin/chromium
+      install_deb chromium-driver /usr/bin/chromedriver ;;
     monitoring-crds) install_monitoring_crds ;;
     *) die "unknown tool '${t}' (see the usage at the top of $0)" ;;
   esac

@@ -154,6 +154,7 @@ pub async fn start(
         }
         Source::Controller(d) => {
             dataplane.set_home_namespace(&d.namespace);
+            dataplane.update_controller_sync(|_| {});
             background.push(tokio::spawn(discovery::run(
                 d.clone(),
                 tx.clone(),
@@ -174,6 +175,7 @@ pub async fn start(
         source_name,
     )));
     background.push(tokio::spawn(reprobe::run(dataplane.clone())));
+    background.push(tokio::spawn(dataplane::history::run(dataplane.clone())));
     let client_tokens = match &settings.access.client_tokens_file {
         Some(path) => {
             let tokens = access::ClientTokens::load(path)

@@ -1,7 +1,7 @@
 //! The admin port, separate from traffic.
 //!
-//! Reads: `/healthz`, `/readyz`, `/metrics`, `/status`, `/pools/{pool}`, `/config`,
-//! `/log-level`. Writes (bearer token from `--admin-token-file` / `KEYWAY_ADMIN_TOKEN`):
+//! Reads: `/` (the status page), `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `/status/history`, `/pools/{pool}`, `/config`, `/log-level`. Writes (bearer token from `--admin-token-file` / `KEYWAY_ADMIN_TOKEN`):
 //! `POST /pools/{pool}/keys`, `PUT|DELETE /pools/{pool}/keys/{id}`, `POST /pools/{pool}/backends`,
 //! `DELETE /pools/{pool}/backends/{name}`, `PUT /pools/{pool}/evacuate`, `POST /stats/reset`,
 //! `PUT /log-level`. In file mode, pool writes edit the manifest file (atomically) and take
@@ -9,9 +9,11 @@
 //! `kubectl` command to use. Key values are never shown: only ids.
 //!
 //! Here: routing, tokens and the response helpers; `status`: the reads of live state
-//! (`/status`, `/pools/{pool}`, `/config`, `/metrics`); `edit`: the writes.
+//! (`/status`, `/status/history`, `/pools/{pool}`, `/config`, `/metrics`); `page`: the status
+//! page, a static document that reads `/status`; `edit`: the writes.
 
 mod edit;
+mod page;
 mod status;
 
 pub use status::effective_config;
@@ -115,6 +117,9 @@ impl Admin {
                 };
             }
             (true, ["metrics"]) => return self.metrics(),
+            // The page holds no state of its own (it reads `/status` with the token the
+            // operator gives it), so it is open like the health checks.
+            (true, []) => return self.page(),
             _ => {}
         }
         if read {
@@ -132,6 +137,7 @@ impl Admin {
             let query = req.uri().query().unwrap_or("");
             return match segs.as_slice() {
                 ["status"] => self.status(),
+                ["status", "history"] => self.history(),
                 ["pools"] => self.status(),
                 ["pools", pool] => self.pool(pool, namespace_param(query)),
                 ["config"] => self.config(query),
@@ -141,7 +147,7 @@ impl Admin {
                 },
                 _ => text(
                     StatusCode::NOT_FOUND,
-                    "not found; try /healthz, /readyz, /metrics, /status, /pools/{pool}, /config, /log-level\n",
+                    "not found; try /, /healthz, /readyz, /metrics, /status, /status/history, /pools/{pool}, /config, /log-level\n",
                 ),
             };
         }

@@ -102,6 +102,25 @@ impl Admin {
         json_response(StatusCode::OK, &self.status_json())
     }
 
+    /// `/status/history`: requests, 429s and errors per key and backend, per interval.
+    pub(super) fn history(&self) -> Response<ProxyBody> {
+        json_response(StatusCode::OK, &json!(self.dataplane.history().view()))
+    }
+
+    /// `/`: the status page. A static document; it reads `/status` and `/status/history`.
+    pub(super) fn page(&self) -> Response<ProxyBody> {
+        let mut resp = typed(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::page::HTML.to_owned(),
+        );
+        resp.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(super::page::CSP),
+        );
+        resp
+    }
+
     fn status_json(&self) -> Value {
         let view = self.dataplane.view();
         let pools: Vec<_> = view
@@ -115,6 +134,7 @@ impl Admin {
                     "strategy": model.strategy,
                     "evacuatePrimary": model.evacuate_primary,
                     "activeBackend": p.active_backend(),
+                    "activeReason": p.active_reason(),
                     "healthyBackends": p.healthy_backends(),
                     "keyPool": model.key_pool,
                     "keyPoolAvailable": p.key_pool_available(),
@@ -131,6 +151,8 @@ impl Admin {
                         "role": b.model().role,
                         "healthy": b.healthy,
                         "ejected": b.ejected,
+                        "available": b.available,
+                        "inFlight": b.in_flight,
                         "models": b.models().into_iter().map(|(name, m)| json!({
                             "name": name,
                             "healthy": m.healthy,
@@ -140,6 +162,7 @@ impl Admin {
                         "usage": {
                             "requests": b.requests,
                             "failures": b.failures,
+                            "rateLimited": b.rate_limited,
                             "lastUsedUnixMs": b.last_used_ms,
                         },
                         "tokensPerMinute": b.tokens_per_minute,
@@ -159,13 +182,21 @@ impl Admin {
                 })
             })
             .collect();
-        json!({
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut doc = json!({
             "source": self.source,
             "loaded": self.dataplane.is_loaded(),
             "configVersion": self.dataplane.version(),
+            "nowUnixMs": now_ms,
             "pools": pools,
             "keyPools": key_pools,
-        })
+        });
+        if let Some(sync) = self.dataplane.controller_sync() {
+            doc["controller"] = json!(sync);
+        }
+        doc
     }
 }
 

@@ -14,10 +14,13 @@
 //!   machine; `placement`: where a request goes before balancing (multiCluster users,
 //!   protocol sessions), beside it;
 //! - `view`: the one read-only walk of live state that `/status`, the metrics refresh and the
-//!   controller reports read ([`LiveView`]).
+//!   controller reports read ([`LiveView`]);
+//! - `history`: the status page's recent history, sampled from that walk every few seconds
+//!   into bounded rings ([`History`]).
 
 mod apply;
 mod changes;
+pub mod history;
 mod placement;
 mod pool;
 mod route;
@@ -27,6 +30,7 @@ mod view;
 
 pub(crate) use apply::{apply_logged, apply_snapshots};
 pub use changes::Changes;
+pub use history::History;
 pub use placement::{PlaceError, Placement};
 pub use pool::{ActiveRole, BackendState, Counters, KeyPoolState, PoolState};
 pub use route::Router;
@@ -55,6 +59,25 @@ pub struct Dataplane {
     /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
     /// other namespaces grant it.
     home_namespace: OnceLock<String>,
+    /// Requests, 429s and errors per key and backend over the last minutes.
+    history: History,
+    /// Controller mode: the last snapshot the controller pushed and the answer to it.
+    sync: Mutex<Option<ControllerSync>>,
+}
+
+/// Controller mode: where this proxy stands with the controller, for the status page.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerSync {
+    /// A discovery stream is open.
+    pub connected: bool,
+    /// The controller's version of the last snapshot received (0: none yet).
+    pub version: u64,
+    /// It was applied and ACKed (false: NACKed, the previous config keeps serving).
+    pub acked: bool,
+    /// Why it was NACKed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 // === impl Dataplane ===
@@ -70,7 +93,25 @@ impl Dataplane {
             metrics,
             health_client: OnceLock::new(),
             home_namespace: OnceLock::new(),
+            history: History::default(),
+            sync: Mutex::default(),
         }
+    }
+
+    /// The recent history the status page draws.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Controller mode: where this proxy stands with the controller; `None` in other modes.
+    pub fn controller_sync(&self) -> Option<ControllerSync> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Controller mode: records a change of the stream or of the last answer.
+    pub fn update_controller_sync(&self, f: impl FnOnce(&mut ControllerSync)) {
+        let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        f(sync.get_or_insert_with(ControllerSync::default));
     }
 
     /// The proxy's own namespace (controller mode): its pools win route ties against pools

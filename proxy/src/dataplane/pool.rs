@@ -68,6 +68,9 @@ pub struct KeyPoolState {
 pub struct Counters {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Answers with status 429 (a key's business, never a backend failure; shown on the
+    /// status page).
+    pub rate_limited: AtomicU64,
     /// Unix milliseconds of the last use; 0 = never.
     pub last_used_ms: AtomicU64,
     /// Tokens served in the last minute (multiCluster rebalancing).
@@ -154,8 +157,15 @@ impl PoolState {
     }
 
     fn active_role_at(&self, now: Instant) -> ActiveRole {
+        self.active_role_why(now).0
+    }
+
+    /// Failover mode: which role takes traffic now and why (`primary_healthy`, `evacuated`,
+    /// `secondary_unhealthy`, `primary_unhealthy`, `all_unhealthy`; `balanced` outside
+    /// failover mode), logging and counting every switch.
+    pub fn active_role_why(&self, now: Instant) -> (ActiveRole, &'static str) {
         if self.model.mode != Mode::Failover {
-            return ActiveRole::All;
+            return (ActiveRole::All, "balanced");
         }
         let up = |role: Role| {
             self.backends.iter().any(|b| {
@@ -199,7 +209,7 @@ impl PoolState {
                 tracing::info!(pool = %self.label, to, reason, "failover: initial active role");
             }
         }
-        role
+        (role, reason)
     }
 
     /// The name of the backend traffic goes to in failover mode (the first available of the
@@ -296,5 +306,9 @@ impl Counters {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -38,6 +38,10 @@ pub struct BackendView<'a> {
     pub load: Option<(f64, f64)>,
     pub requests: u64,
     pub failures: u64,
+    /// Answers with status 429.
+    pub rate_limited: u64,
+    /// Requests on this backend now.
+    pub in_flight: u64,
     /// Unix milliseconds of the last use; 0 = never.
     pub last_used_ms: u64,
     pub tokens_per_minute: f64,
@@ -70,6 +74,11 @@ pub struct KeyView {
     pub requests_this_minute: u64,
     pub tokens_this_minute: u64,
     pub in_flight: u32,
+    /// The key's quota (`limits.requestsPerMinute`, `limits.tokensPerMinute`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_left_this_minute: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,19 +148,28 @@ impl<'a> PoolView<'a> {
         self.state.keys.is_ok()
     }
 
+    /// Failover mode: why the active role takes traffic (`primary_healthy`, `evacuated`,
+    /// `primary_unhealthy`, ...); `balanced` in the other modes. Runs the failover decision
+    /// like [`Self::active_backend`].
+    pub fn active_reason(&self) -> &'static str {
+        self.state.active_role_why(self.now).1
+    }
+
     pub fn backends(&self) -> impl Iterator<Item = BackendView<'a>> + use<'a> {
         let now = self.now;
-        self.state
+        let state = self.state;
+        state
             .backends
             .iter()
-            .map(move |b| BackendView::at(b, now))
+            .enumerate()
+            .map(move |(i, b)| BackendView::at(b, now, state.in_flight.get(i)))
     }
 }
 
 // === impl BackendView ===
 
 impl<'a> BackendView<'a> {
-    fn at(b: &'a BackendState, now: Instant) -> Self {
+    fn at(b: &'a BackendState, now: Instant, in_flight: u64) -> Self {
         Self {
             state: b,
             healthy: b.health.is_active_healthy(),
@@ -160,6 +178,8 @@ impl<'a> BackendView<'a> {
             load: b.health.load(),
             requests: b.counters.requests.load(Ordering::Relaxed),
             failures: b.counters.failures.load(Ordering::Relaxed),
+            rate_limited: b.counters.rate_limited.load(Ordering::Relaxed),
+            in_flight,
             last_used_ms: b.counters.last_used_ms.load(Ordering::Relaxed),
             tokens_per_minute: b.counters.tokens.per_minute(now),
         }
@@ -224,6 +244,8 @@ impl KeyPoolState {
                     requests_this_minute: k.requests_in_window,
                     tokens_this_minute: k.tokens_in_window,
                     in_flight: k.in_flight,
+                    requests_per_minute: k.limits.requests_per_minute,
+                    tokens_per_minute: k.limits.tokens_per_minute,
                     requests_left_this_minute: k
                         .limits
                         .requests_per_minute

@@ -106,6 +106,7 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
             }
         };
         dataplane.metrics().controller_connected.set(0);
+        dataplane.update_controller_sync(|s| s.connected = false);
         if got_snapshot {
             backoff = settings.backoff_min;
         }
@@ -238,6 +239,7 @@ async fn stream_once(
         .map_err(|e| (false, e.into()))?
         .into_inner();
     dataplane.metrics().controller_connected.set(1);
+    dataplane.update_controller_sync(|s| s.connected = true);
     tracing::info!(controller = %settings.controller_url, proxy_id = %settings.proxy_id, "connected to the controller");
 
     // Reports go out every report interval, and sooner (at most every QUICK_REPORT) when
@@ -407,6 +409,9 @@ fn apply(
                 .with_label_values(&["applied"])
                 .inc();
             tracing::info!(version, "applied snapshot from the controller");
+            dataplane.update_controller_sync(|s| {
+                (s.version, s.acked, s.error) = (version, true, None);
+            });
             pb::proxy_message::Message::Ack(pb::Ack { version })
         }
         Err(error) => {
@@ -416,6 +421,9 @@ fn apply(
                 .with_label_values(&["rejected"])
                 .inc();
             tracing::error!(version, %error, "rejected snapshot from the controller; still serving the previous one");
+            dataplane.update_controller_sync(|s| {
+                (s.version, s.acked, s.error) = (version, false, Some(error.to_string()));
+            });
             pb::proxy_message::Message::Nack(pb::Nack {
                 version,
                 error: error.to_string(),

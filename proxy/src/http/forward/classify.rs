@@ -86,6 +86,9 @@ where
 {
     let backend = &pool.backends[idx];
     let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        backend.counters.record_rate_limited();
+    }
     let (parts, body) = resp.into_parts();
     // Key problems (401/403/429, quota errors) are the key pool's business and never count
     // against the backend.
