@@ -23,7 +23,8 @@ fuzz-smoke:
 fuzz: fuzz-smoke
 
 ## kube-apiserver, etcd and helm built from their Go modules into $(KEYWAY_CACHE)/bin;
-## prometheus/promtool and redis-server from Debian if missing; monitoring CRDs.
+## prometheus/promtool, redis-server, chromium and chromium-driver from Debian if missing
+## (the status page browser test); monitoring CRDs.
 tools:
 	e2e/tools/install.sh
 
