@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
         printcolumn = r#"{"name":"Proxies","type":"integer","jsonPath":".status.connectedProxies"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
         printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+        printcolumn = r#"{"name":"Degraded","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -635,6 +636,9 @@ pub struct LoadBalancerPoolStatus {
         printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeKeys"}"#,
         printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.totalKeys"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Cooling","type":"integer","priority":1,"jsonPath":".status.coolingKeys"}"#,
+        printcolumn = r#"{"name":"Exhausted","type":"integer","priority":1,"jsonPath":".status.exhaustedKeys"}"#,
+        printcolumn = r#"{"name":"Disabled","type":"integer","priority":1,"jsonPath":".status.disabledKeys"}"#,
         printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
@@ -837,6 +841,15 @@ pub struct ApiKeyPoolStatus {
     /// Keys no reporting proxy has cooling, exhausted or disabled.
     #[serde(default)]
     pub active_keys: i32,
+    /// Keys some reporting proxy has cooling (rate limited upstream), exhausted (quota spent)
+    /// or disabled (refused by the upstream, or failing), each key counted once, by its
+    /// worst state (`kubectl get akp -o wide`).
+    #[serde(default)]
+    pub cooling_keys: i32,
+    #[serde(default)]
+    pub exhausted_keys: i32,
+    #[serde(default)]
+    pub disabled_keys: i32,
     /// Per key id (never values): state and usage summed over the connected proxies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyStatus>,

@@ -61,12 +61,24 @@ mod tests {
             cols,
             [
                 "Mode", "Strategy", "Active", "Healthy", "Backends", "Proxies", "Ready", "Reason",
-                "Age"
+                "Degraded", "Age"
             ]
         );
         let akp = ApiKeyPool::crd();
         assert_eq!(akp.spec.names.short_names, Some(vec!["akp".to_string()]));
         assert_eq!(akp.spec.scope, "Namespaced");
+        // `-o wide` (priority 1): the key states and the reasons.
+        let wide = |crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+            crd.spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .filter(|c| c.priority == Some(1))
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(wide(&akp), ["Cooling", "Exhausted", "Disabled", "Reason"]);
+        assert_eq!(wide(&lbp), ["Reason", "Degraded"]);
     }
 
     /// Structural schema: every node has a type, and no $ref survives.

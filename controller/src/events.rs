@@ -67,7 +67,7 @@ impl Events {
                 },
                 reason: n.reason.clone(),
                 note: Some(n.note.clone()),
-                action: "Reconcile".into(),
+                action: action(&n),
                 secondary: None,
             };
             if let Err(error) = self.recorder.publish(&event, &reference).await {
@@ -75,6 +75,18 @@ impl Events {
             }
         }
     }
+}
+
+/// The event's `action`, which tells notices apart. kube's `Recorder` counts an event with
+/// the same type, reason, action and object as a repeat of the first (`x2` in `kubectl
+/// describe`, with the first one's note), so a failback (`ActiveBackendChanged`, "secondary
+/// to primary") would read as a second failover. The action carries a digest of the note:
+/// the same notice repeats as a series, a different one is its own event, in order.
+fn action(n: &Notice) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.note.hash(&mut h);
+    format!("Reconcile-{:016x}", h.finish())
 }
 
 fn ready(conditions: &[Condition]) -> Option<&Condition> {
@@ -187,6 +199,24 @@ mod tests {
             last_transition_time: None,
             observed_generation: None,
         }]
+    }
+
+    #[test]
+    fn notices_with_different_notes_are_different_events() {
+        let n = |note: &str| Notice {
+            warning: false,
+            reason: "ActiveBackendChanged".into(),
+            note: note.into(),
+        };
+        let away = action(&n("traffic moved from backend primary to secondary"));
+        let back = action(&n("traffic moved from backend secondary to primary"));
+        assert_ne!(away, back, "a failback is not a repeat of the failover");
+        assert_eq!(
+            away,
+            action(&n("traffic moved from backend primary to secondary")),
+            "the same notice repeats as a series"
+        );
+        assert!(away.len() <= 128, "events.k8s.io limits action to 128");
     }
 
     #[test]

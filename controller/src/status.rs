@@ -394,9 +394,13 @@ pub fn key_pool_status(
         Err(e) => ("False", e.reason.as_str().to_string(), e.to_string(), 0),
     };
     let view = view.cloned().unwrap_or_default();
+    let count = |state: &str| view.keys.iter().filter(|k| k.state == state).count() as i32;
     ApiKeyPoolStatus {
         observed_generation: res.generation,
         total_keys: total,
+        cooling_keys: count("cooling"),
+        exhausted_keys: count("exhausted"),
+        disabled_keys: count("disabled"),
         // Before any proxy reports, every loaded key counts as active.
         active_keys: if view.keys.is_empty() {
             total

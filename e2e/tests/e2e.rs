@@ -13,6 +13,7 @@ mod apiserver_outage;
 mod chart;
 mod control_plane;
 mod key_status;
+mod kubectl_views;
 mod leader_election;
 mod missing_secret;
 mod reliability;

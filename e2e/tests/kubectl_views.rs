@@ -1,0 +1,197 @@
+//! The first questions answered by `kubectl` alone, against the real API server with the real
+//! `kubectl`: `get akp -o wide` counts the cooling, exhausted and disabled keys; `get lbp -o
+//! wide` names the active backend and the `Degraded` reason through a failover and a
+//! failback; `describe lbp` lists the Events in the order they happened.
+
+use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::{
+    Controller, MockUpstream, Proxy, TestNamespace, Timings, cluster, random_hex, wait_for,
+};
+use keyway_testkit::Behavior;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// `kubectl get KIND NAME -o wide` as column → value (no value holds a space in these tables).
+async fn wide(ns: &TestNamespace, kind: &str, name: &str) -> BTreeMap<String, String> {
+    let out = ns.kubectl_ok(&["get", kind, name, "-o", "wide"]).await;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    header
+        .iter()
+        .zip(row.iter().chain(std::iter::repeat(&"")))
+        .map(|(h, v)| (h.to_string(), v.to_string()))
+        .collect()
+}
+
+fn expect(row: &BTreeMap<String, String>, want: &[(&str, &str)]) -> Result<(), String> {
+    if want
+        .iter()
+        .all(|(k, v)| row.get(*k).map(String::as_str) == Some(*v))
+    {
+        Ok(())
+    } else {
+        Err(format!("{row:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_wide_views_show_key_states_the_active_backend_and_events_in_order() {
+    let mut t = Timings::new("kubectl_views");
+    let cluster = cluster().await;
+    let ns = cluster.namespace("kubectl-views").await;
+    let primary = MockUpstream::start("primary").await.expect("mock");
+    let secondary = MockUpstream::start("secondary").await.expect("mock");
+    let key = |n: &str| format!("sk-e2e-{n}-{}", random_hex(12));
+    let (ok, cooling, exhausted, disabled) = (key("ok"), key("cool"), key("exh"), key("dis"));
+    ns.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
+stringData:
+  key-ok: "{ok}"
+  key-cooling: "{cooling}"
+  key-exhausted: "{exhausted}"
+  key-disabled: "{disabled}"
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata:
+  name: keys
+spec:
+  secretRef: {{name: keys}}
+  selection: roundRobin
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata:
+  name: llm
+spec:
+  apiKeyPoolRef: {{name: keys}}
+  mode: failover
+  healthCheck: {{path: /v1/models, intervalSeconds: 1, timeoutSeconds: 1, failThreshold: 2, successThreshold: 2}}
+  backends:
+    - {{name: primary, endpoint: "{}", role: primary}}
+    - {{name: secondary, endpoint: "{}", role: secondary}}
+"#,
+        primary.url(),
+        secondary.url()
+    ))
+    .await;
+    let controller = Controller::start_with(
+        cluster,
+        Some(ns.name()),
+        &["--status-counter-interval-seconds", "1"],
+    )
+    .await;
+    let proxy = Proxy::start(&controller, ns.name(), &["--report-interval", "200ms"]).await;
+    t.phase("applied, controller and proxy ready");
+
+    // One key rate limited for under a minute (cooling), one for longer (exhausted), one
+    // revoked (disabled); the fourth serves everything.
+    for up in [&primary, &secondary] {
+        up.set_key_behavior(&cooling, Some(Behavior::rate_limited(50)));
+        up.set_key_behavior(&exhausted, Some(Behavior::rate_limited(600)));
+        up.set_key_behavior(&disabled, Some(Behavior::status(401)));
+    }
+    let http = HttpClient::new();
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    for _ in 0..8 {
+        let r = http
+            .post_json(&url, &chat_request("m", "hi"))
+            .await
+            .expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    wait_for(
+        T,
+        "kubectl get akp -o wide counts the key states",
+        || async {
+            let row = wide(&ns, "akp", "keys").await;
+            expect(
+                &row,
+                &[
+                    ("ACTIVE", "1"),
+                    ("KEYS", "4"),
+                    ("COOLING", "1"),
+                    ("EXHAUSTED", "1"),
+                    ("DISABLED", "1"),
+                    ("READY", "True"),
+                ],
+            )
+        },
+    )
+    .await;
+    wait_for(
+        T,
+        "kubectl get lbp -o wide: primary, as expected",
+        || async {
+            let row = wide(&ns, "lbp", "llm").await;
+            expect(&row, &[("ACTIVE", "primary"), ("DEGRADED", "AsExpected")])
+        },
+    )
+    .await;
+    t.phase("akp and lbp wide views");
+
+    // The primary fails its health checks: traffic fails over, and back once it recovers.
+    primary.set_behavior(Behavior::status(503));
+    wait_for(T, "kubectl get lbp -o wide: failed over", || async {
+        let row = wide(&ns, "lbp", "llm").await;
+        expect(&row, &[("ACTIVE", "secondary"), ("DEGRADED", "FailedOver")])
+    })
+    .await;
+    primary.set_behavior(Behavior::Normal);
+    wait_for(T, "kubectl get lbp -o wide: failed back", || async {
+        let row = wide(&ns, "lbp", "llm").await;
+        expect(&row, &[("ACTIVE", "primary"), ("DEGRADED", "AsExpected")])
+    })
+    .await;
+    t.phase("failover and failback in the wide view");
+
+    // `kubectl describe` lists the two moves in the order they happened.
+    let describe = wait_for(T, "both moves in kubectl describe", || async {
+        let out = ns.kubectl_ok(&["describe", "lbp", "llm"]).await;
+        let events = out.split("Events:").nth(1).unwrap_or_default().to_owned();
+        let away = events.find("traffic moved from backend primary to secondary");
+        let back = events.find("traffic moved from backend secondary to primary");
+        match (away, back) {
+            (Some(a), Some(b)) => Ok((a, b, out)),
+            _ => Err(out),
+        }
+    })
+    .await;
+    let (away, back, out) = describe;
+    assert!(
+        away < back,
+        "kubectl describe lists the failover before the failback:\n{out}"
+    );
+    let akp = ns.kubectl_ok(&["describe", "akp", "keys"]).await;
+    assert!(
+        akp.contains("KeyDisabled") && akp.contains("key-disabled"),
+        "the disabled key's event is in kubectl describe akp:\n{akp}"
+    );
+    let views = format!(
+        "{out}{akp}{}",
+        ns.kubectl_ok(&["get", "akp,lbp", "-o", "wide"]).await
+    );
+    for v in [&ok, &cooling, &exhausted, &disabled] {
+        assert!(!views.contains(v.as_str()), "a key value in a kubectl view");
+    }
+    eprintln!("[kubectl_views] what an operator sees:\n{views}");
+    let (mut proxy, mut controller) = (proxy, controller);
+    proxy.process.kill().await;
+    controller.process.kill().await;
+    t.total();
+}
