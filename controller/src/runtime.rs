@@ -251,6 +251,14 @@ pub async fn run(
         registry,
         ready_rx,
         drain_rx.clone(),
+        crate::admin::StatusSource {
+            identity: identity.clone(),
+            leader: leader_rx.clone(),
+            leader_election: settings.leader_election.is_some(),
+            namespaces: settings.namespaces.clone(),
+            index: index_rx.clone(),
+            proxies: proxies.clone(),
+        },
     ));
 
     // Proxies are only served once every cache has synced.

@@ -1,7 +1,8 @@
 //! The first questions answered by `kubectl` alone, against the real API server with the real
 //! `kubectl`: `get akp -o wide` counts the cooling, exhausted and disabled keys; `get lbp -o
 //! wide` names the active backend and the `Degraded` reason through a failover and a
-//! failback; `describe lbp` lists the Events in the order they happened.
+//! failback; `describe lbp` lists the Events in the order they happened. The controller's own
+//! `/status` names the connected proxy and its ACK.
 
 use keyway_e2e::http::{HttpClient, chat_request};
 use keyway_e2e::{
@@ -190,6 +191,43 @@ spec:
         assert!(!views.contains(v.as_str()), "a key value in a kubectl view");
     }
     eprintln!("[kubectl_views] what an operator sees:\n{views}");
+
+    // The controller's own status (loopback only): this replica leads, watches the test's
+    // namespace, resolved both objects, and the proxy ACKed the version it was sent.
+    let st = wait_for(T, "the controller's /status", || async {
+        let r = http
+            .get(&format!("{}/status", controller.admin_url))
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&r.text()).map_err(|e| e.to_string())?;
+        let p = &v["proxies"][0];
+        let ok = v["leader"] == true
+            && v["watchedNamespaces"][0] == ns.name()
+            && p["id"] == proxy.id.as_str()
+            && p["acked"] == true
+            && p["sentVersion"].as_u64() > Some(0)
+            && p["pools"][0] == format!("{}/llm", ns.name())
+            && v["pools"][0]["resolved"] == true
+            && v["keyPools"][0]["count"] == 4;
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    for v in [&ok, &cooling, &exhausted, &disabled] {
+        assert!(
+            !st.contains(v.as_str()),
+            "a key value in the controller's status"
+        );
+    }
+    let page = http
+        .get(&format!("{}/", controller.admin_url))
+        .await
+        .expect("the controller's page");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Keyway controller"));
     let (mut proxy, mut controller) = (proxy, controller);
     proxy.process.kill().await;
     controller.process.kill().await;
