@@ -9,6 +9,7 @@ use keyway_e2e::{
     Controller, MockUpstream, Proxy, TestNamespace, Timings, cluster, random_hex, wait_for,
 };
 use keyway_testkit::Behavior;
+use keyway_testkit::browser::Browser;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -228,6 +229,43 @@ spec:
         .expect("the controller's page");
     assert_eq!(page.status, 200);
     assert!(page.text().contains("Keyway controller"));
+
+    // Both pages in a real browser: the proxy's (controller mode) says its config version is
+    // ACKed; the controller's lists the proxy as ACKed.
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/", proxy.admin_url)).await;
+    browser
+        .wait_for(
+            "the proxy's page: the pool and an ACKed config",
+            "const s = document.getElementById('sync'); \
+             return !!document.querySelector('[data-pool]') && !!s && s.dataset.acked === 'true' \
+               && s.textContent.includes('ACKed');",
+        )
+        .await;
+    browser.screenshot("proxy-controller-mode.png").await;
+    let secrets = [
+        ok.as_str(),
+        cooling.as_str(),
+        exhausted.as_str(),
+        disabled.as_str(),
+    ];
+    browser.assert_absent(&secrets).await;
+    browser.goto(&format!("{}/", controller.admin_url)).await;
+    browser
+        .wait_for(
+            "the controller's page: the proxy, ACKed",
+            &format!(
+                "const r = document.querySelector('[data-proxy=\"{}/{}\"]'); \
+                 return !!r && r.dataset.acked === 'true' \
+                   && document.getElementById('leader').textContent !== '-';",
+                ns.name(),
+                proxy.id
+            ),
+        )
+        .await;
+    browser.screenshot("controller.png").await;
+    browser.assert_absent(&secrets).await;
+    drop(browser);
     let (mut proxy, mut controller) = (proxy, controller);
     proxy.process.kill().await;
     controller.process.kill().await;

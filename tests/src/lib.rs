@@ -6,9 +6,11 @@
 //! * [`eventually`]: poll an async predicate until it holds or a deadline passes.
 //! * [`free_port`]: pick a currently free TCP port on 127.0.0.1.
 //! * [`redis::RedisServer`]: a real `redis-server` on loopback.
+//! * [`browser::Browser`]: headless Chromium through chromedriver (the status page tests).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod browser;
 pub mod client;
 pub mod metrics;
 pub mod mock;

@@ -10,14 +10,10 @@
 
 mod support;
 
-use base64::Engine;
-use http::Method;
 use keyway_api::secret::SecretValue;
-use keyway_testkit::client::{chat, get, send};
+use keyway_testkit::browser::Browser;
+use keyway_testkit::client::{chat, get};
 use keyway_testkit::{Behavior, MockUpstream, eventually};
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::FileProxy;
 
@@ -55,194 +51,6 @@ spec:
     - {{name: secondary, endpoint: "{secondary}", role: secondary}}
 "#
     )
-}
-
-fn path_of(var: &str, default: &str) -> PathBuf {
-    let p = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
-    assert!(
-        p.exists(),
-        "{} is missing: the status page test needs Debian's chromium and chromium-driver; run `make tools` \
-         (or `e2e/tools/install.sh chromium`), or set {var}",
-        p.display()
-    );
-    p
-}
-
-/// Where screenshots go: `<target>/<profile>/status-page/`.
-fn out_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // <target>/<profile>/deps/status_page-<hash>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("status-page");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A chromedriver process and one headless Chromium session.
-struct Browser {
-    driver: Child,
-    base: String,
-    session: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start() -> Self {
-        let chromium = path_of("KEYWAY_CHROMIUM", "/usr/bin/chromium");
-        let chromedriver = path_of("KEYWAY_CHROMEDRIVER", "/usr/bin/chromedriver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let base = format!("http://127.0.0.1:{port}");
-        eventually(T, "chromedriver answers", || async {
-            get(&format!("{base}/status"))
-                .await
-                .is_ok_and(|r| r.json()["value"]["ready"] == true)
-        })
-        .await;
-        let profile = tempfile::tempdir().unwrap();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium.to_string_lossy(),
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--no-first-run", "--window-size=1500,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            },
-        }}});
-        let r = send(
-            Method::POST,
-            &format!("{base}/session"),
-            &[("content-type", "application/json")],
-            caps.to_string(),
-        )
-        .await
-        .expect("new WebDriver session");
-        let v = r.json();
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {}", r.text()))
-            .to_owned();
-        Self {
-            driver,
-            base,
-            session,
-            _profile: profile,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Value) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let body = if method == Method::GET {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let r = send(method, &url, &[("content-type", "application/json")], body)
-            .await
-            .expect("WebDriver call");
-        assert!(r.status.is_success(), "WebDriver {path}: {}", r.text());
-        r.json()["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.call(Method::POST, "/url", json!({ "url": url })).await;
-    }
-
-    /// Runs `script` (a function body) in the page and returns what it returns.
-    async fn js(&self, script: &str) -> Value {
-        self.call(
-            Method::POST,
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-        .await
-    }
-
-    async fn source(&self) -> String {
-        let v = self.call(Method::GET, "/source", Value::Null).await;
-        v.as_str().unwrap_or_default().to_owned()
-    }
-
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let v = self.call(Method::GET, "/screenshot", Value::Null).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().expect("a base64 screenshot"))
-            .unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-        let path = out_dir().join(name);
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {}", path.display());
-        path
-    }
-
-    /// Polls a script until it returns `true`.
-    async fn wait_for(&self, what: &str, script: &str) {
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            let v = self.js(script).await;
-            if v == true {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the page never showed {what} (last: {v})"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Asserts no key value appears in the DOM or the visible text.
-    async fn assert_no_key_values(&self) {
-        let source = self.source().await;
-        let text = self
-            .js("return document.body.innerText")
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert!(source.contains("key-a"), "the page shows key ids");
-        for v in [KEY_A, KEY_B, "sk-page"] {
-            assert!(!source.contains(v), "a key value in the page source");
-            assert!(!text.contains(v), "a key value in the page text");
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Ends Chromium; then the driver (our own child, by its handle).
-        let url = format!("{}/session/{}", self.base, self.session);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    send(Method::DELETE, &url, &[], ""),
-                )
-                .await;
-            });
-        })
-        .join();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
 }
 
 const KEY_A_STATE: &str = "const r = document.querySelector('[data-key=\"default/openai-keys/key-a\"]'); return r ? r.dataset.state : null;";
@@ -369,7 +177,11 @@ async fn the_status_page_follows_a_cooldown_and_a_failover_live_and_shows_no_key
         "the page changed without a reload"
     );
     browser.screenshot("2-cooling-and-failed-over.png").await;
-    browser.assert_no_key_values().await;
+    assert!(
+        browser.source().await.contains("key-a"),
+        "the page shows key ids"
+    );
+    browser.assert_absent(&[KEY_A, KEY_B, "sk-page"]).await;
     let status = get(&format!("{}/status", p.admin())).await.unwrap().text();
     let history = h.to_string();
     for v in [KEY_A, KEY_B] {
@@ -429,5 +241,9 @@ async fn the_status_page_asks_for_the_admin_token_beyond_loopback_and_takes_it_f
         "the token is removed from the address bar: {url}"
     );
     assert!(!browser.source().await.contains(TOKEN));
-    browser.assert_no_key_values().await;
+    assert!(
+        browser.source().await.contains("key-a"),
+        "the page shows key ids"
+    );
+    browser.assert_absent(&[KEY_A, KEY_B, "sk-page"]).await;
 }
