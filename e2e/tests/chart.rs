@@ -930,10 +930,14 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
         url: controller.grpc_url.replacen("https://", "http://", 1),
         ..Dial::default()
     };
-    let (with_audience, default_audience) = tokio::join!(
-        cluster.service_account_token(watched.name(), "keyway-proxy", Some(&audience)),
-        cluster.service_account_token(watched.name(), "keyway-proxy", None),
-    );
+    // One after the other: both create the ServiceAccount, and two concurrent applies of a
+    // new object race (one gets AlreadyExists).
+    let with_audience = cluster
+        .service_account_token(watched.name(), "keyway-proxy", Some(&audience))
+        .await;
+    let default_audience = cluster
+        .service_account_token(watched.name(), "keyway-proxy", None)
+        .await;
     let watched_ns = watched.name();
     let attempt = |dial: Dial, token: String| async move {
         let (_tx, mut inbound) = discovery::open(&dial, Some(&token), hello(watched_ns))

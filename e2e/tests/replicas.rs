@@ -17,6 +17,7 @@ fn manifests(upstream: &str, rpm: u32, queue_wait: u32) -> String {
 kind: Secret
 metadata:
   name: keys
+  labels: {{keyway.dev/api-keys: "true"}}
 stringData:
   key-a: "sk-e2e-replicas-aaaa"
 ---
