@@ -63,6 +63,9 @@ pub struct Dataplane {
     history: History,
     /// Controller mode: the last snapshot the controller pushed and the answer to it.
     sync: Mutex<Option<ControllerSync>>,
+    /// The upstream TLS trust (`--upstream-ca` and the webpki roots), set by the forwarder;
+    /// used by clients the dataplane builds (the Redis affinity store over TLS).
+    upstream_trust: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 /// Controller mode: where this proxy stands with the controller, for the status page.
@@ -95,6 +98,7 @@ impl Dataplane {
             home_namespace: OnceLock::new(),
             history: History::default(),
             sync: Mutex::default(),
+            upstream_trust: OnceLock::new(),
         }
     }
 
@@ -112,6 +116,23 @@ impl Dataplane {
     pub fn update_controller_sync(&self, f: impl FnOnce(&mut ControllerSync)) {
         let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         f(sync.get_or_insert_with(ControllerSync::default));
+    }
+
+    /// The TLS trust for upstreams (the first call wins); see `upstream_trust`.
+    pub fn set_upstream_trust(&self, trust: Arc<rustls::ClientConfig>) {
+        let _ = self.upstream_trust.set(trust);
+    }
+
+    /// The upstream TLS trust, or the webpki roots alone when no forwarder set one.
+    pub fn upstream_trust(&self) -> Arc<rustls::ClientConfig> {
+        self.upstream_trust
+            .get_or_init(|| {
+                Arc::new(
+                    crate::tls::upstream_config(None)
+                        .expect("the webpki roots make a valid client config"),
+                )
+            })
+            .clone()
     }
 
     /// The proxy's own namespace (controller mode): its pools win route ties against pools
@@ -169,7 +190,12 @@ impl Dataplane {
         });
         let router = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            let mut router = reg.compile(snapshot, &self.metrics, health_client.as_ref());
+            let mut router = reg.compile(
+                snapshot,
+                &self.metrics,
+                health_client.as_ref(),
+                &self.upstream_trust(),
+            );
             router.home_namespace = self.home_namespace.get().cloned();
             router
         };
