@@ -5,6 +5,7 @@
 //! `/status` names the connected proxy and its ACK.
 
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{
     Controller, MockUpstream, Proxy, TestNamespace, Timings, cluster, random_hex, wait_for,
 };
@@ -56,41 +57,27 @@ async fn kubectl_wide_views_show_key_states_the_active_backend_and_events_in_ord
     let secondary = MockUpstream::start("secondary").await.expect("mock");
     let key = |n: &str| format!("sk-e2e-{n}-{}", random_hex(12));
     let (ok, cooling, exhausted, disabled) = (key("ok"), key("cool"), key("exh"), key("dis"));
-    ns.apply(&format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-ok: "{ok}"
-  key-cooling: "{cooling}"
-  key-exhausted: "{exhausted}"
-  key-disabled: "{disabled}"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef: {{name: keys}}
-  selection: roundRobin
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef: {{name: keys}}
-  mode: failover
-  healthCheck: {{path: /v1/models, intervalSeconds: 1, timeoutSeconds: 1, failThreshold: 2, successThreshold: 2}}
-  backends:
-    - {{name: primary, endpoint: "{}", role: primary}}
-    - {{name: secondary, endpoint: "{}", role: secondary}}
-"#,
-        primary.url(),
-        secondary.url()
-    ))
+    ns.apply(
+        &Manifests::new()
+            .secret(
+                "keys",
+                &[
+                    ("key-ok", &ok),
+                    ("key-cooling", &cooling),
+                    ("key-exhausted", &exhausted),
+                    ("key-disabled", &disabled),
+                ],
+            )
+            .key_pool("keys", "keys")
+            .spec("selection: roundRobin")
+            .pool("llm", "keys")
+            .spec(
+                "mode: failover\nhealthCheck: {path: /v1/models, intervalSeconds: 1, timeoutSeconds: 1, failThreshold: 2, successThreshold: 2}",
+            )
+            .backend_with_role("primary", "primary", &primary.url())
+            .backend_with_role("secondary", "secondary", &secondary.url())
+            .yaml(),
+    )
     .await;
     let controller = Controller::start_with(
         cluster,
