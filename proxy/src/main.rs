@@ -298,12 +298,15 @@ fn export(include_secrets: bool) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     match keyway_proxy::quickstart::QuickStart::from_env(&env) {
         Ok(Some(qs)) => {
+            for note in qs.notes() {
+                eprintln!("note: {note}");
+            }
             print!("{}", qs.manifests(include_secrets));
             ExitCode::SUCCESS
         }
         Ok(None) => {
             eprintln!(
-                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS)"
+                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS, OPENAI_API_KEYS, ANTHROPIC_API_KEYS, LOAD_BALANCER_API_KEYS)"
             );
             ExitCode::from(EXIT_INVALID_CONFIG)
         }
@@ -391,8 +394,15 @@ async fn run(args: RunArgs) -> ExitCode {
             match keyway_proxy::quickstart::QuickStart::from_env(&env) {
                 Ok(Some(qs)) => match qs.snapshot() {
                     Ok(snap) => {
-                        for (pool, key_ids, endpoints) in qs.summary() {
-                            tracing::info!(pool = %pool, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        for (pool, variable, key_ids, endpoints) in qs.summary() {
+                            tracing::info!(pool = %pool, variable = %variable, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        }
+                        for note in qs.notes() {
+                            if note.contains("not used") {
+                                tracing::warn!(note = %note, "quick start: a recognised variable is not used");
+                            } else {
+                                tracing::info!(note = %note, "quick start: how the environment was read");
+                            }
                         }
                         tracing::info!(manifest = %qs.manifests(false), "quick start: the equivalent manifests (keyway-proxy export-config prints them)");
                         quick_start = true;

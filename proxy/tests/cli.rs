@@ -31,6 +31,9 @@ fn command() -> Command {
     ] {
         c.env_remove(var);
     }
+    for var in keyway_proxy::quickstart::VARIABLES {
+        c.env_remove(var);
+    }
     c
 }
 

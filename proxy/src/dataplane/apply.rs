@@ -245,7 +245,14 @@ impl Registry {
         let (health, checker) = match (&backend.health_check, client) {
             (Some(check), Some(client)) => {
                 let target = match &check.target {
-                    model::HealthTarget::Path(p) => format!("{}{p}", backend.endpoint),
+                    model::HealthTarget::Path(p) => format!(
+                        "{}{}",
+                        backend.endpoint,
+                        crate::http::forward::without_repeated_segment(
+                            &backend.endpoint.path_prefix,
+                            p
+                        )
+                    ),
                     model::HealthTarget::Url(u) => u.clone(),
                 };
                 match target.parse::<http::Uri>() {
