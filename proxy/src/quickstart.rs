@@ -40,7 +40,14 @@ const PROVIDERS: [(&str, Preset); 4] = [
 /// Model globs per provider for model-prefix routing (the Python proxy's service detection).
 fn model_globs(provider: &str) -> &'static [&'static str] {
     match provider {
-        "openai" => &["gpt-*", "chatgpt-*", "o1*", "o3*", "o4*", "text-embedding-*"],
+        "openai" => &[
+            "gpt-*",
+            "chatgpt-*",
+            "o1*",
+            "o3*",
+            "o4*",
+            "text-embedding-*",
+        ],
         "anthropic" => &["claude-*"],
         "gemini" => &["gemini-*"],
         _ => &[],
@@ -375,7 +382,10 @@ fn workers(
         for (var, v) in [
             ("LOAD_BALANCER_STRATEGY", &strategy),
             ("LOAD_BALANCER_WINDOW_SIZE", &window),
-            ("KEYWAY_LOAD_BALANCER_PROVIDER", &get("KEYWAY_LOAD_BALANCER_PROVIDER")),
+            (
+                "KEYWAY_LOAD_BALANCER_PROVIDER",
+                &get("KEYWAY_LOAD_BALANCER_PROVIDER"),
+            ),
         ] {
             if v.is_some() {
                 notes.push(format!(
@@ -388,9 +398,8 @@ fn workers(
     if let Some(enabled) = get("LOAD_BALANCER_ENABLED")
         && enabled.trim().eq_ignore_ascii_case("false")
     {
-        notes.push(
-            "LOAD_BALANCER_API_KEYS is set but not used: LOAD_BALANCER_ENABLED=false".into(),
-        );
+        notes
+            .push("LOAD_BALANCER_API_KEYS is set but not used: LOAD_BALANCER_ENABLED=false".into());
         return Ok(None);
     }
     let keys = parse_keys(&raw).map_err(|m| format!("LOAD_BALANCER_API_KEYS: {m}"))?;
@@ -413,9 +422,16 @@ fn workers(
         Some("weighted") => ("weighted", None),
         Some("time-window") => {
             let minutes = match &window {
-                Some(w) => w.trim().parse::<u64>().ok().filter(|m| (1..=1440).contains(m)).ok_or_else(
-                    || format!("LOAD_BALANCER_WINDOW_SIZE is {w:?}; expected minutes from 1 to 1440"),
-                )?,
+                Some(w) => w
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|m| (1..=1440).contains(m))
+                    .ok_or_else(|| {
+                        format!(
+                            "LOAD_BALANCER_WINDOW_SIZE is {w:?}; expected minutes from 1 to 1440"
+                        )
+                    })?,
                 None => 5,
             };
             ("timeWindow", Some(minutes * 60))
@@ -660,20 +676,37 @@ mod tests {
         assert_eq!(openai.backends[1].endpoint.path_prefix, "/v1");
         // gpt-* on Anthropic's path and claude-* on OpenAI's are routed by model.
         assert!(
-            openai.routes.iter().any(|r| r.path_prefix.as_deref()
-                == Some("/v1/messages")
-                && r.model.as_deref() == Some("gpt-*"))
+            openai
+                .routes
+                .iter()
+                .any(|r| r.path_prefix.as_deref() == Some("/v1/messages")
+                    && r.model.as_deref() == Some("gpt-*"))
         );
-        let anthropic = snap.pools.iter().find(|p| p.id.name == "anthropic").unwrap();
-        assert!(anthropic.routes.iter().any(|r| r.path_prefix.as_deref()
-            == Some("/v1/chat/completions")
-            && r.model.as_deref() == Some("claude-*")));
-        assert!(qs.notes().iter().any(|n| n.contains("model-prefix routing")));
+        let anthropic = snap
+            .pools
+            .iter()
+            .find(|p| p.id.name == "anthropic")
+            .unwrap();
+        assert!(
+            anthropic
+                .routes
+                .iter()
+                .any(|r| r.path_prefix.as_deref() == Some("/v1/chat/completions")
+                    && r.model.as_deref() == Some("claude-*"))
+        );
+        assert!(
+            qs.notes()
+                .iter()
+                .any(|n| n.contains("model-prefix routing"))
+        );
 
         // Endpoints of a provider without keys are named, not dropped.
         let qs = QuickStart::from_env(&env(&[
             ("OPENAI_API_KEYS", "sk-key1"),
-            ("SERVICE_ENDPOINTS", r#"{"anthropic":["https://a.example/v1"]}"#),
+            (
+                "SERVICE_ENDPOINTS",
+                r#"{"anthropic":["https://a.example/v1"]}"#,
+            ),
         ]))
         .unwrap()
         .unwrap();
@@ -739,7 +772,10 @@ mod tests {
         assert_eq!(kp.selection, keyway_api::model::Selection::RoundRobin);
         let notes = qs.notes().join("\n");
         assert!(notes.contains("every key takes the same share"), "{notes}");
-        assert!(notes.contains("LOAD_BALANCER_WINDOW_SIZE is set but not used"), "{notes}");
+        assert!(
+            notes.contains("LOAD_BALANCER_WINDOW_SIZE is set but not used"),
+            "{notes}"
+        );
 
         // Explicit provider; a strategy alone is named; disabled is named.
         let qs = QuickStart::from_env(&env(&[

@@ -19,7 +19,11 @@ async fn post(url: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u
 }
 
 fn env(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
-    move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
 }
 
 async fn start(source: Source) -> keyway_proxy::Running {
@@ -57,17 +61,26 @@ async fn the_python_proxys_environment_serves_both_providers_by_model() {
         let (status, text) = post(&url, "/v1/chat/completions", &[], gpt).await;
         assert_eq!(status, 200, "{text}");
     }
-    let oai: Vec<_> = oai_a.requests().into_iter().chain(oai_b.requests()).collect();
+    let oai: Vec<_> = oai_a
+        .requests()
+        .into_iter()
+        .chain(oai_b.requests())
+        .collect();
     assert_eq!(oai.len(), 6);
     assert_eq!(oai_a.request_count(), 3, "endpoints rotate");
     for r in &oai {
-        assert_eq!(r.path, "/v1/chat/completions", "the endpoint's /v1 is not doubled");
+        assert_eq!(
+            r.path, "/v1/chat/completions",
+            "the endpoint's /v1 is not doubled"
+        );
     }
     let mut keys: Vec<_> = oai.iter().filter_map(|r| r.key.clone()).collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["sk-key1", "sk-key1", "sk-key2", "sk-key2", "sk-key3", "sk-key3"],
+        [
+            "sk-key1", "sk-key1", "sk-key2", "sk-key2", "sk-key3", "sk-key3"
+        ],
         "keys rotate"
     );
 
@@ -98,7 +111,10 @@ async fn the_workers_variables_serve_weighted_keys() {
             "sk-1234567890abcdef:1,sk-abcdef1234567890:2,sk-fedcba0987654321:1".into(),
         ),
         ("LOAD_BALANCER_STRATEGY", "weighted".into()),
-        ("KEYWAY_ENDPOINTS", format!(r#"{{"anthropic":["{}"]}}"#, up.url())),
+        (
+            "KEYWAY_ENDPOINTS",
+            format!(r#"{{"anthropic":["{}"]}}"#, up.url()),
+        ),
     ]))
     .unwrap()
     .unwrap();
@@ -114,4 +130,66 @@ async fn the_workers_variables_serve_weighted_keys() {
     assert_eq!(n("sk-abcdef1234567890"), 20, "{keys:?}");
     assert_eq!(n("sk-1234567890abcdef"), 10, "{keys:?}");
     assert_eq!(n("sk-fedcba0987654321"), 10, "{keys:?}");
+}
+
+/// The Workers balancer's URLs carry a secret path prefix (`/:uuid/lb/v1/messages`): a route
+/// with `stripPrefix` serves them unchanged, and the upstream sees the provider's own path.
+#[tokio::test]
+async fn a_route_strips_the_workers_path_prefix() {
+    let claude = MockUpstream::start("claude").await.unwrap();
+    let gemini = MockUpstream::start("gemini").await.unwrap();
+    let uuid = "6f1c2a9e-0d7b-4c55-9a1e-3b8f2d4c7e10";
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: k, labels: {{keyway.dev/api-keys: "true"}}}}
+stringData: {{k1: sk-ant-strip-1, g1: AIza-strip-1}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {{name: k}}
+spec: {{secretRef: {{name: k}}}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: claude}}
+spec:
+  provider: anthropic
+  apiKeyPoolRef: {{name: k}}
+  backends: [{{name: mock, endpoint: "{claude}"}}]
+  routes: [{{pathPrefix: /{uuid}/lb/v1/messages, stripPrefix: /{uuid}/lb}}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: gemini}}
+spec:
+  provider: gemini
+  apiKeyPoolRef: {{name: k}}
+  backends: [{{name: mock, endpoint: "{gemini}/v1beta"}}]
+  routes: [{{pathPrefix: /{uuid}/lb/v1beta/, stripPrefix: /{uuid}/lb}}]
+"#,
+        claude = claude.url(),
+        gemini = gemini.url(),
+    );
+    let p = support::FileProxy::start(&yaml).await;
+    let body = r#"{"model":"claude-3-sonnet","messages":[{"role":"user","content":"Hello, world!"}],"max_tokens":100}"#;
+    let (status, text) = post(&p.url(), &format!("/{uuid}/lb/v1/messages"), &[], body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(claude.requests()[0].path, "/v1/messages");
+    let (status, text) = post(
+        &p.url(),
+        &format!("/{uuid}/lb/v1beta/models/gemini-pro:generateContent"),
+        &[],
+        r#"{"contents":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // The endpoint's /v1beta is not doubled either.
+    assert_eq!(
+        gemini.requests()[0].path,
+        "/v1beta/models/gemini-pro:generateContent"
+    );
+    // Without the secret prefix nothing routes.
+    let (status, _) = post(&p.url(), "/v1/messages", &[], body).await;
+    assert_eq!(status, 404);
 }
