@@ -193,3 +193,298 @@ spec:
     let (status, _) = post(&p.url(), "/v1/messages", &[], body).await;
     assert_eq!(status, 404);
 }
+
+const TOKEN: &str = "admin-token-seeds-0123456789";
+
+async fn admin_call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        h.push(("authorization", a.as_str()));
+    }
+    let r = send(method, &format!("{base}{path}"), &h, body.to_string())
+        .await
+        .unwrap();
+    let text = r.text();
+    (
+        r.status.as_u16(),
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// The Tavily balancer's config, as Keyway manifests (what `import --from tavily` prints),
+/// pointed at `a` and `b`.
+fn tavily_like(a: &str, b: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: tavily-keys, labels: {{keyway.dev/api-keys: "true"}}}}
+stringData: {{key-1: tvly-secret-value-1, key-2: tvly-secret-value-2}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {{name: tavily}}
+spec:
+  secretRef: {{name: tavily-keys}}
+  keys: [{{id: key-1, requestsPerMinute: 60}}, {{id: key-2, requestsPerMinute: 60}}]
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: tavily}}
+spec:
+  provider: tavily
+  apiKeyPoolRef: {{name: tavily}}
+  strategy: weightedRoundRobin
+  backends:
+    - {{name: backend-a, endpoint: "{a}", weight: 1}}
+    - {{name: backend-b, endpoint: "{b}", weight: 2}}
+"#
+    )
+}
+
+/// The Tavily and Python-proxy admin calls in their shapes, behind the admin token, editing
+/// the file as the native calls do.
+#[tokio::test]
+async fn the_tavily_admin_calls_edit_the_file_behind_the_token() {
+    let a = MockUpstream::start("backend-a").await.unwrap();
+    let b = MockUpstream::start("backend-b").await.unwrap();
+    let c = MockUpstream::start("backend-c").await.unwrap();
+    let p = support::FileProxy::start_with(&tavily_like(&a.url(), &b.url()), |s| {
+        s.access.admin_token = Some(keyway_api::secret::SecretValue::new(TOKEN));
+    })
+    .await;
+    let admin = p.admin();
+
+    let (status, health) = admin_call(&admin, Method::GET, "/health", None, "").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["load_balancer"]["tavily_keys_configured"], 2);
+    assert_eq!(
+        health["load_balancer"]["endpoints"]["tavily"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, stats) = admin_call(&admin, Method::GET, "/stats", None, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["load_balancer_stats"]["tavily"]["keys_count"], 2);
+    let (_, pool) = admin_call(&admin, Method::GET, "/pool", None, "").await;
+    assert_eq!(pool["api_keys"][0]["id"], "key-1");
+    assert_eq!(pool["api_keys"][0]["quota_per_minute"], 60);
+
+    // Writes need the token.
+    let add = r#"{"id":"key-3","value":"tvly-new-value-3","quota_per_minute":100}"#;
+    let (status, _) = admin_call(&admin, Method::POST, "/api-keys/add", None, add).await;
+    assert_eq!(status, 401);
+    let (status, _) = admin_call(
+        &admin,
+        Method::POST,
+        "/api-keys/add",
+        Some("wrong-token-0123456"),
+        add,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, r) = admin_call(&admin, Method::POST, "/api-keys/add", Some(TOKEN), add).await;
+    assert_eq!(status, 200, "{r}");
+    let (_, pool) = admin_call(&admin, Method::GET, "/pool", None, "").await;
+    let k3 = pool["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == "key-3")
+        .cloned()
+        .unwrap();
+    assert_eq!(k3["quota_per_minute"], 100, "{pool}");
+    let file = std::fs::read_to_string(&p.path).unwrap();
+    assert!(file.contains("requestsPerMinute: 100"), "{file}");
+    let (status, _) = admin_call(&admin, Method::POST, "/api-keys/add", Some(TOKEN), add).await;
+    assert_eq!(status, 409, "the id exists");
+
+    // Rotate one key's value: the new value goes upstream.
+    let (status, r) = admin_call(
+        &admin,
+        Method::POST,
+        "/api-keys/rotate",
+        Some(TOKEN),
+        r#"{"id":"key-1","value":"tvly-rotated-1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = admin_call(&admin, Method::POST, "/api-keys/rotate", Some(TOKEN), "{}").await;
+    assert_eq!(status, 400);
+    assert!(r.to_string().contains("\\\"id\\\""), "{r}");
+
+    // Add and remove a server in Tavily's shape.
+    let port = c.addr().port();
+    let (status, r) = admin_call(
+        &admin,
+        Method::POST,
+        "/servers/add",
+        Some(TOKEN),
+        &format!(r#"{{"name":"backend-c","host":"127.0.0.1","port":{port},"weight":1}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    for _ in 0..8 {
+        let (status, text) = post(&p.url(), "/search", &[], r#"{"query":"q"}"#).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert!(c.request_count() > 0, "the added server takes traffic");
+    let mut keys: Vec<String> = [&a, &b, &c]
+        .iter()
+        .flat_map(|m| m.received_keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys,
+        ["tvly-new-value-3", "tvly-rotated-1", "tvly-secret-value-2"],
+        "keys rotate, with the new and the rotated value"
+    );
+    let (status, _) = admin_call(
+        &admin,
+        Method::POST,
+        "/servers/remove",
+        Some(TOKEN),
+        r#"{"name":"backend-c"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = c.request_count();
+    for _ in 0..4 {
+        post(&p.url(), "/search", &[], r#"{"query":"q"}"#).await;
+    }
+    assert_eq!(c.request_count(), before, "the removed server takes none");
+
+    // Nothing an alias answers carries a key value.
+    for path in [
+        "/health",
+        "/stats",
+        "/pool",
+        "/load-balancer/status",
+        "/load-balancer/config",
+    ] {
+        let (status, v) = admin_call(&admin, Method::GET, path, None, "").await;
+        assert_eq!(status, 200, "{path}: {v}");
+        let text = v.to_string();
+        assert!(!text.contains("tvly-"), "{path}: {text}");
+    }
+}
+
+/// The Workers balancer's status, config and reset, under its secret prefix.
+#[tokio::test]
+async fn the_workers_status_config_and_reset() {
+    let up = MockUpstream::start("claude").await.unwrap();
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: k, labels: {{keyway.dev/api-keys: "true"}}}}
+stringData: {{key-1: sk-ant-workers-1, key-2: sk-ant-workers-2}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {{name: claude}}
+spec: {{secretRef: {{name: k}}, selection: timeWindow, timeWindowSeconds: 300}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {{name: claude}}
+spec:
+  provider: anthropic
+  apiKeyPoolRef: {{name: claude}}
+  backends: [{{name: mock, endpoint: "{}"}}]
+"#,
+        up.url()
+    );
+    let p = support::FileProxy::start_with(&yaml, |s| {
+        s.access.admin_token = Some(keyway_api::secret::SecretValue::new(TOKEN));
+    })
+    .await;
+    let body =
+        r#"{"model":"claude-3-sonnet","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    for _ in 0..3 {
+        assert_eq!(post(&p.url(), "/v1/messages", &[], body).await.0, 200);
+    }
+    let base = p.admin();
+    let path = "/6f1c2a9e/lb/v1/load-balancer/status";
+    let (status, s) = admin_call(&base, Method::GET, path, None, "").await;
+    assert_eq!(status, 200, "{s}");
+    let lb = &s["loadBalancer"];
+    assert_eq!(lb["enabled"], true);
+    assert_eq!(lb["totalKeys"], 2);
+    assert_eq!(lb["activeKeys"], 2);
+    assert_eq!(lb["strategy"], "time-window");
+    assert_eq!(lb["stats"]["totalRequests"], 3);
+    assert_eq!(lb["stats"]["successfulRequests"], 3);
+    assert!(lb["stats"]["lastUsed"].as_u64().unwrap() > 0);
+    assert!(
+        lb["stats"]["apiKeyStats"]["key-1"]["requests"]
+            .as_u64()
+            .is_some()
+    );
+    assert!(!s.to_string().contains("sk-ant-workers"), "{s}");
+    let (_, c) = admin_call(
+        &base,
+        Method::GET,
+        "/x/lb/v1/load-balancer/config",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(c["strategy"], "time-window");
+    assert_eq!(c["windowSize"], 5);
+
+    // Reset: behind the token.
+    let reset = "/6f1c2a9e/lb/v1/load-balancer/reset";
+    assert_eq!(
+        admin_call(&base, Method::POST, reset, None, "").await.0,
+        401
+    );
+    let (status, r) = admin_call(&base, Method::POST, reset, Some(TOKEN), "").await;
+    assert_eq!(status, 200, "{r}");
+    let (status, _) = admin_call(&base, Method::POST, "/reset", Some(TOKEN), "").await;
+    assert_eq!(status, 200);
+}
+
+/// In quick-start mode the alias writes are refused like the native ones (no file to edit),
+/// and an admin port beyond loopback keeps its reads behind the token.
+#[tokio::test]
+async fn alias_writes_follow_the_native_mode_rules() {
+    let qs = keyway_proxy::quickstart::QuickStart::from_env(&env(vec![(
+        "KEYWAY_TAVILY_KEYS",
+        "tvly-a".into(),
+    )]))
+    .unwrap()
+    .unwrap();
+    let mut s = support::settings(Source::QuickStart(qs.snapshot().unwrap()));
+    s.access.admin_token = Some(keyway_api::secret::SecretValue::new(TOKEN));
+    s.admin_listen = "0.0.0.0:0".parse().unwrap();
+    let running = keyway_proxy::start(s, prometheus::Registry::new())
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", running.admin_addr.port());
+    let (status, r) = admin_call(
+        &base,
+        Method::POST,
+        "/api-keys/add",
+        Some(TOKEN),
+        r#"{"id":"k","value":"v"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{r}");
+    assert!(r.to_string().contains("export-config"), "{r}");
+    for path in ["/health", "/stats", "/pool", "/load-balancer/status"] {
+        let (status, _) = admin_call(&base, Method::GET, path, None, "").await;
+        assert_eq!(status, 401, "{path} without the token beyond loopback");
+        let (status, v) = admin_call(&base, Method::GET, path, Some(TOKEN), "").await;
+        assert_eq!(status, 200, "{path}: {v}");
+    }
+}
