@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -488,3 +488,448 @@ async fn alias_writes_follow_the_native_mode_rules() {
         assert_eq!(status, 200, "{path}: {v}");
     }
 }
+
+// ---- keyway-proxy import: each tool's own config, imported, serving the mock upstream ----
+
+/// Imports `input` (a config file's text) and checks the result as `keyway-proxy check` does.
+fn import(tool: &str, input: &str, strip: Option<&str>) -> String {
+    use keyway_proxy::import::{Input, Tool, import};
+    let imported = import(Tool::parse(tool).unwrap(), Input::File(input), strip).unwrap();
+    let yaml = imported.to_yaml();
+    let errors = keyway_api::manifest::Manifests::check(&yaml, &|_| None);
+    assert!(errors.is_empty(), "{errors:?}\n{yaml}");
+    assert!(
+        keyway_proxy::config::file::parse(&yaml).is_ok(),
+        "the standalone proxy reads it: {yaml}"
+    );
+    yaml
+}
+
+async fn backend_of(reply: &keyway_testkit::client::Reply) -> String {
+    reply
+        .headers
+        .get("x-keyway-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The Tavily balancer's README config (two servers weighted 1:2, two keys with quotas,
+/// weighted round robin, health checks): weights honoured, keys rotated within their quotas,
+/// an MCP session kept on its backend.
+#[tokio::test]
+async fn tavily_config_imported_serves_with_its_weights_quotas_and_sessions() {
+    let a = MockUpstream::start("backend-a").await.unwrap();
+    let b = MockUpstream::start("backend-b").await.unwrap();
+    let config = format!(
+        r#"servers:
+  - name: backend-a
+    host: 127.0.0.1
+    port: {pa}
+    weight: 1
+  - name: backend-b
+    host: 127.0.0.1
+    port: {pb}
+    weight: 2
+
+api_keys:
+  - id: key-1
+    value: tvly-import-value-1
+    quota_per_minute: 60
+  - id: key-2
+    value: tvly-import-value-2
+    quota_per_minute: 3
+
+strategy: weighted_round_robin
+health:
+  interval_ms: 1000
+  timeout_ms: 2000
+  unhealthy_threshold: 3
+  http_path: /v1/models
+logging:
+  level: info
+  format: json
+metrics:
+  enabled: true
+  port: 9100
+security:
+  tls:
+    enabled: false
+  allowed_sources:
+    - 0.0.0.0/0
+"#,
+        pa = a.addr().port(),
+        pb = b.addr().port()
+    );
+    let yaml = import("tavily", &config, None);
+    assert!(
+        yaml.contains("# weighted_round_robin -> weightedRoundRobin"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("# logging.level: info"), "{yaml}");
+    let p = support::FileProxy::start(&yaml).await;
+    for _ in 0..12 {
+        let (status, text) = post(&p.url(), "/search", &[], r#"{"query":"keyway"}"#).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let searches = |m: &MockUpstream| m.requests().iter().filter(|r| r.path == "/search").count();
+    assert_eq!((searches(&a), searches(&b)), (4, 8), "weights 1:2");
+    let keys: Vec<String> = a
+        .requests()
+        .into_iter()
+        .chain(b.requests())
+        .filter(|r| r.path == "/search")
+        .filter_map(|r| r.key)
+        .collect();
+    let n = |k: &str| keys.iter().filter(|x| *x == k).count();
+    assert_eq!(
+        n("tvly-import-value-2"),
+        3,
+        "key-2 stops at its quota: {keys:?}"
+    );
+    assert_eq!(n("tvly-import-value-1"), 9, "{keys:?}");
+
+    // An MCP session stays on the backend that opened it (the other would answer 404).
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let r = send(
+        Method::POST,
+        &format!("{}/mcp", p.url()),
+        &[("content-type", "application/json")],
+        init.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let sid = r
+        .headers
+        .get("mcp-session-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let opened_on = backend_of(&r).await;
+    for i in 2..6 {
+        let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list"}}"#);
+        let r = send(
+            Method::POST,
+            &format!("{}/mcp", p.url()),
+            &[
+                ("content-type", "application/json"),
+                ("mcp-session-id", &sid),
+            ],
+            call,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(backend_of(&r).await, opened_on);
+    }
+}
+
+/// The Workers balancer's variables (a `.env` file) with its secret URL prefix: weighted keys,
+/// a rate-limited key failed over to the next, its status endpoint under the same prefix.
+#[tokio::test]
+async fn workers_env_imported_serves_weighted_keys_under_the_secret_prefix() {
+    let up = MockUpstream::start("claude").await.unwrap();
+    let env_file = format!(
+        "LOAD_BALANCER_ENABLED=true\n\
+         LOAD_BALANCER_API_KEYS=sk-1234567890abcdef:1,sk-abcdef1234567890:2,sk-fedcba0987654321:1\n\
+         LOAD_BALANCER_STRATEGY=weighted\n\
+         KEYWAY_ENDPOINTS={{\"anthropic\":[\"{}\"]}}\n\
+         CLOUDFLARE_ACCOUNT_ID=abc\n",
+        up.url()
+    );
+    let uuid = "3d0c5e7a-1f2b-4a6c-9d8e-7f6a5b4c3d2e";
+    let yaml = import("workers", &env_file, Some(&format!("/{uuid}/lb")));
+    assert!(yaml.contains("Not imported"), "{yaml}");
+    assert!(yaml.contains("CLOUDFLARE_ACCOUNT_ID"), "{yaml}");
+    let p = support::FileProxy::start(&yaml).await;
+    let body = r#"{"model":"claude-3-sonnet","messages":[{"role":"user","content":"Hello, world!"}],"max_tokens":100}"#;
+    let path = format!("/{uuid}/lb/v1/messages");
+    for _ in 0..40 {
+        let (status, text) = post(&p.url(), &path, &[], body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert!(up.requests().iter().all(|r| r.path == "/v1/messages"));
+    let keys = up.received_keys();
+    let n = |k: &str| keys.iter().filter(|x| *x == k).count();
+    assert_eq!(
+        (
+            n("sk-1234567890abcdef"),
+            n("sk-abcdef1234567890"),
+            n("sk-fedcba0987654321")
+        ),
+        (10, 20, 10)
+    );
+
+    // The heaviest key is rate limited: requests fail over to the others, none is lost.
+    up.set_key_behavior(
+        "sk-abcdef1234567890",
+        Some(keyway_testkit::Behavior::rate_limited(60)),
+    );
+    up.clear();
+    for _ in 0..10 {
+        let (status, text) = post(&p.url(), &path, &[], body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let served: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.key.as_deref() != Some("sk-abcdef1234567890"))
+        .collect();
+    assert_eq!(served.len(), 10);
+
+    let (status, s) = admin_call(
+        &p.admin(),
+        Method::GET,
+        &format!("/{uuid}/lb/v1/load-balancer/status"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["loadBalancer"]["totalKeys"], 3);
+    assert_eq!(s["loadBalancer"]["strategy"], "weighted");
+    assert_eq!(
+        s["loadBalancer"]["activeKeys"], 2,
+        "the limited key cools: {s}"
+    );
+}
+
+/// The Python LM proxy's `.env` from its README, endpoints pointed at mocks (ending in /v1).
+#[tokio::test]
+async fn lm_proxy_env_imported_serves_both_providers() {
+    let oai = MockUpstream::start("openai").await.unwrap();
+    let ant = MockUpstream::start("anthropic").await.unwrap();
+    let env_file = format!(
+        r#"# .env file
+OPENAI_API_KEYS="sk-key1,sk-key2"
+ANTHROPIC_API_KEYS="sk-ant-key1"
+
+SERVICE_ENDPOINTS='{{
+  "openai": [
+    "{}/v1"
+  ],
+  "anthropic": [
+    "{}/v1"
+  ]
+}}'
+LOG_LEVEL=DEBUG
+"#,
+        oai.url(),
+        ant.url()
+    );
+    let yaml = import("lm-proxy", &env_file, None);
+    assert!(yaml.contains("KEYWAY_LOG=debug"), "{yaml}");
+    let p = support::FileProxy::start(&yaml).await;
+    let gpt = r#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..4 {
+        assert_eq!(
+            post(&p.url(), "/v1/chat/completions", &[], gpt).await.0,
+            200
+        );
+    }
+    let claude = r#"{"model":"claude-3-sonnet-20240229","max_tokens":10,"messages":[{"role":"user","content":"Hello!"}]}"#;
+    let (status, text) = post(&p.url(), "/v1/messages", &[], claude).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        oai.requests()
+            .iter()
+            .all(|r| r.path == "/v1/chat/completions")
+    );
+    assert_eq!(
+        oai.received_keys(),
+        ["sk-key1", "sk-key2", "sk-key1", "sk-key2"],
+        "round robin"
+    );
+    let r = &ant.requests()[0];
+    assert_eq!(
+        (r.path.as_str(), r.key.as_deref()),
+        ("/v1/messages", Some("sk-ant-key1"))
+    );
+}
+
+fn alyx_failover(primary: &str, secondary: &str, evacuate: bool) -> String {
+    format!(
+        r#"# Disable multi-cluster mode (default)
+multiClusterMode:
+  enabled: false
+
+primary:
+  endpoint: "{primary}"
+  healthCheck: "{primary}/v1/models"
+  hostHeader: "model-zq8mmvyw.api.baseten.co"
+
+secondary:
+  endpoint: "{secondary}"
+  healthCheck: "{secondary}/v1/models"
+  hostHeader: "model-e3moo29q.api.baseten.co"
+
+healthCheckIntervalSeconds: 1
+healthCheckFailThreshold: 2
+listenAddress: ":8080"
+evacuatePrimary: {evacuate}
+"#
+    )
+}
+
+/// Alyx's primary/secondary config: the primary serves with its hostHeader; evacuatePrimary
+/// moves traffic to the secondary; a primary failing its health checks fails over.
+#[tokio::test]
+async fn alyx_failover_config_imported_evacuates_and_fails_over() {
+    let primary = MockUpstream::start("primary").await.unwrap();
+    let secondary = MockUpstream::start("secondary").await.unwrap();
+    let yaml = import(
+        "alyx",
+        &alyx_failover(&primary.url(), &secondary.url(), false),
+        None,
+    );
+    assert!(yaml.contains("mode: failover"), "{yaml}");
+    let p = support::FileProxy::start(&yaml).await;
+    let served_by = || async {
+        let r = keyway_testkit::client::chat(&p.url(), &[("authorization", "Bearer client-own")])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        backend_of(&r).await
+    };
+    assert_eq!(served_by().await, "primary");
+    let req = primary.requests().pop().unwrap();
+    assert_eq!(req.header("host"), Some("model-zq8mmvyw.api.baseten.co"));
+    assert_eq!(
+        req.key.as_deref(),
+        Some("client-own"),
+        "the client's credential passes"
+    );
+
+    // evacuatePrimary: true, as an Alyx user flips it in the ConfigMap.
+    p.rewrite(&import(
+        "alyx",
+        &alyx_failover(&primary.url(), &secondary.url(), true),
+        None,
+    ));
+    keyway_testkit::eventually(std::time::Duration::from_secs(10), "evacuated", || async {
+        served_by().await == "secondary"
+    })
+    .await;
+    p.rewrite(&import(
+        "alyx",
+        &alyx_failover(&primary.url(), &secondary.url(), false),
+        None,
+    ));
+    keyway_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "back on primary",
+        || async { served_by().await == "primary" },
+    )
+    .await;
+
+    // The primary fails its health checks: the secondary takes traffic.
+    // Until the health checks say so (2 probes 1 s apart), the primary's 503s pass through.
+    primary.set_behavior(keyway_testkit::Behavior::status(503));
+    keyway_testkit::eventually(
+        std::time::Duration::from_secs(15),
+        "failed over",
+        || async {
+            let r = keyway_testkit::client::chat(&p.url(), &[]).await.unwrap();
+            r.status == 200 && backend_of(&r).await == "secondary"
+        },
+    )
+    .await;
+    assert_eq!(served_by().await, "secondary");
+    let req = secondary.requests().pop().unwrap();
+    assert_eq!(req.header("host"), Some("model-e3moo29q.api.baseten.co"));
+}
+
+/// Alyx's multi-cluster config: a user sticks to one cluster (KV-cache affinity), and moves
+/// when the model becomes unhealthy there (deep health).
+#[tokio::test]
+async fn alyx_multi_cluster_config_imported_keeps_users_and_moves_them_off_unhealthy_clusters() {
+    let c1 = MockUpstream::start("cluster1").await.unwrap();
+    let c2 = MockUpstream::start("cluster2").await.unwrap();
+    let config = format!(
+        r#"multiClusterMode:
+  enabled: true
+  userIDHeader: "user-id"
+  tpmUpdateIntervalSeconds: 30
+  clusters:
+    - name: "cluster1"
+      endpoint: "{c1}"
+      healthCheck: "{c1}/health/deep"
+      hostHeader: "cluster1.example.com"
+    - name: "cluster2"
+      endpoint: "{c2}"
+      healthCheck: "{c2}/health/deep"
+      hostHeader: "cluster2.example.com"
+  balanceAlgorithm:
+    overloadedCapacityRatio: 0.95
+  redis:
+    enabled: false
+healthCheckIntervalSeconds: 1
+healthCheckFailThreshold: 3
+listenAddress: ":8080"
+metricsListenAddress: ":9090"
+primary:
+  endpoint: "https://primary.example.com"
+  healthCheck: "https://primary.example.com/health"
+secondary:
+  endpoint: "https://secondary.example.com"
+  healthCheck: "https://secondary.example.com/health"
+"#,
+        c1 = c1.url(),
+        c2 = c2.url()
+    );
+    let yaml = import("alyx", &config, None);
+    assert!(yaml.contains("tpmUpdateIntervalSeconds 30"), "{yaml}");
+    let p = support::FileProxy::start(&yaml).await;
+    let user = |u: &'static str| {
+        let url = p.url();
+        async move {
+            let r = keyway_testkit::client::chat(&url, &[("user-id", u)])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            backend_of(&r).await
+        }
+    };
+    // Wait for deep health to be read on both clusters.
+    keyway_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "deep health read",
+        || async {
+            let (_, s) = admin_call(&p.admin(), Method::GET, "/status", None, "").await;
+            s["pools"][0]["backends"].as_array().is_some_and(|b| {
+                b.iter()
+                    .all(|b| !b["models"].as_array().unwrap().is_empty())
+            })
+        },
+    )
+    .await;
+    let first = user("alice").await;
+    for _ in 0..5 {
+        assert_eq!(user("alice").await, first, "alice stays on her cluster");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for u in ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        seen.insert(user(u).await);
+    }
+    assert_eq!(seen.len(), 2, "users spread over both clusters");
+
+    // Her model turns unhealthy on her cluster: she moves, and stays on the new one.
+    let (mine, other) = if first == "cluster1" {
+        (&c1, "cluster2")
+    } else {
+        (&c2, "cluster1")
+    };
+    mine.set_deep_health(serde_json::json!({"models": [{
+        "name": keyway_testkit::mock::DEFAULT_MODEL,
+        "payload": {"healthy": false, "capacity": 100, "consumption": 0},
+    }]}));
+    keyway_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "alice moved",
+        || async { user("alice").await == other },
+    )
+    .await;
+    assert_eq!(user("alice").await, other);
+}
