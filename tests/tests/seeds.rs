@@ -933,3 +933,190 @@ secondary:
     .await;
     assert_eq!(user("alice").await, other);
 }
+
+// ---- Alyx's metric names: the recording rules, evaluated by a real Prometheus ----
+
+/// A real Prometheus (Debian's `/usr/bin/prometheus`, installed by `e2e/tools/install.sh
+/// prometheus`) scraping `target` every second with `rules` loaded; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(target: &str, rules: &str) -> Prometheus {
+        let binary = std::path::Path::new("/usr/bin/prometheus");
+        if !binary.is_file() {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/tools/install.sh");
+            let ok = std::process::Command::new("bash")
+                .args([script, "prometheus"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "/usr/bin/prometheus is missing and {script} prometheus failed"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [rules.yaml]\n\
+                 scrape_configs:\n  - job_name: keyway\n    static_configs: [{{targets: [\"{target}\"]}}]\n"
+            ),
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", keyway_testkit::free_port());
+        let child = std::process::Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child,
+            url: format!("http://{listen}"),
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", p.url);
+        keyway_testkit::eventually(
+            std::time::Duration::from_secs(30),
+            "prometheus ready",
+            || {
+                let ready = ready.clone();
+                async move {
+                    keyway_testkit::client::get(&ready)
+                        .await
+                        .is_ok_and(|r| r.status == 200)
+                }
+            },
+        )
+        .await;
+        p
+    }
+
+    /// The instant query's result vector.
+    async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let q: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let Ok(r) =
+            keyway_testkit::client::get(&format!("{}/api/v1/query?query={q}", self.url)).await
+        else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap_or_default();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn value(sample: &serde_json::Value) -> f64 {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The chart's Alyx recording rules, loaded by a real Prometheus scraping a proxy that serves
+/// an imported Alyx multi-cluster config: Alyx's series appear with Alyx's labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alyx_metric_names_are_recorded_by_prometheus_with_alyx_labels() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/keyway/files/alyx-compat.rules.yaml"
+    ))
+    .unwrap();
+    let c1 = MockUpstream::start("cluster1").await.unwrap();
+    let c2 = MockUpstream::start("cluster2").await.unwrap();
+    let config = format!(
+        "multiClusterMode:\n  enabled: true\n  userIDHeader: user-id\n  clusters:\n\
+         \x20   - {{name: cluster1, endpoint: \"{c1}\", healthCheck: \"{c1}/health/deep\"}}\n\
+         \x20   - {{name: cluster2, endpoint: \"{c2}\", healthCheck: \"{c2}/health/deep\"}}\n\
+         healthCheckIntervalSeconds: 1\nhealthCheckFailThreshold: 3\n",
+        c1 = c1.url(),
+        c2 = c2.url()
+    );
+    let p = support::FileProxy::start(&import("alyx", &config, None)).await;
+    let prom = Prometheus::start(&p.proxy.admin_addr.to_string(), &rules).await;
+    let users = ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = String::new();
+    loop {
+        for u in users {
+            let r = keyway_testkit::client::chat(&p.url(), &[("user-id", u)])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let requests = prom
+            .query(r#"alyx_lb_http_requests_total{code="200"}"#)
+            .await;
+        let targets: std::collections::BTreeSet<String> = requests
+            .iter()
+            .filter_map(|s| s["metric"]["target"].as_str().map(str::to_string))
+            .collect();
+        let healthy = prom
+            .query(r#"alyx_lb_backend_healthy{target="cluster1"}"#)
+            .await;
+        let tpm = prom.query("alyx_lb_cluster_tpm_total").await;
+        let tpm_names: std::collections::BTreeSet<String> = tpm
+            .iter()
+            .filter(|s| value(s) > 0.0)
+            .filter_map(|s| s["metric"]["cluster_name"].as_str().map(str::to_string))
+            .collect();
+        let imbalance = prom.query("alyx_lb_tpm_imbalance_ratio").await;
+        let checks = prom
+            .query(r#"alyx_lb_health_checks_total{target="cluster2"}"#)
+            .await;
+        let duration = prom
+            .query("alyx_lb_http_request_duration_seconds_count")
+            .await;
+        seen = format!(
+            "targets {targets:?}, healthy {healthy:?}, tpm {tpm:?}, imbalance {imbalance:?}, checks {checks:?}, duration {duration:?}"
+        );
+        let done = targets.contains("cluster1")
+            && targets.contains("cluster2")
+            && healthy.first().is_some_and(|s| value(s) == 1.0)
+            && tpm_names.len() == 2
+            && imbalance
+                .first()
+                .is_some_and(|s| (0.0..=1.0).contains(&value(s)))
+            && !checks.is_empty()
+            && duration.first().is_some_and(|s| value(s) > 0.0);
+        if done {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let metrics = keyway_testkit::client::get(&format!("{}/metrics", p.admin()))
+                .await
+                .map(|r| r.text())
+                .unwrap_or_default();
+            let health: Vec<&str> = metrics.lines().filter(|l| l.contains("health")).collect();
+            panic!("Alyx series incomplete: {seen}\nthe proxy's health series: {health:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // Alyx's label names, not Keyway's.
+    let requests = prom.query("alyx_lb_http_requests_total").await;
+    for s in &requests {
+        let m = &s["metric"];
+        assert!(m.get("backend").is_none() && m.get("pool").is_none(), "{s}");
+        assert!(m.get("code").is_some() && m.get("target").is_some(), "{s}");
+    }
+}

@@ -256,5 +256,8 @@ fn strip(imported: &mut Imported, prefix: &str) -> Result<(), String> {
 /// `3000` → `3`, `2500` → `3` (rounded up, at least 1): milliseconds to whole seconds, and
 /// whether that was exact.
 fn ms_to_secs(ms: u64) -> (u64, bool) {
-    (ms.div_ceil(1000).max(1), ms.is_multiple_of(1000) && ms >= 1000)
+    (
+        ms.div_ceil(1000).max(1),
+        ms.is_multiple_of(1000) && ms >= 1000,
+    )
 }
