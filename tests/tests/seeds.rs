@@ -1056,7 +1056,6 @@ async fn alyx_metric_names_are_recorded_by_prometheus_with_alyx_labels() {
     let prom = Prometheus::start(&p.proxy.admin_addr.to_string(), &rules).await;
     let users = ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut seen = String::new();
     loop {
         for u in users {
             let r = keyway_testkit::client::chat(&p.url(), &[("user-id", u)])
@@ -1087,7 +1086,7 @@ async fn alyx_metric_names_are_recorded_by_prometheus_with_alyx_labels() {
         let duration = prom
             .query("alyx_lb_http_request_duration_seconds_count")
             .await;
-        seen = format!(
+        let seen = format!(
             "targets {targets:?}, healthy {healthy:?}, tpm {tpm:?}, imbalance {imbalance:?}, checks {checks:?}, duration {duration:?}"
         );
         let done = targets.contains("cluster1")
