@@ -77,6 +77,7 @@ pub(super) fn import(text: &str) -> Result<Imported, String> {
     let servers = cfg
         .get("servers")
         .and_then(Value::as_array)
+        .filter(|s| !s.is_empty())
         .ok_or("servers: a list of {name, host, port, weight} is required")?;
     let tls = root
         .pointer("/security/tls/enabled")
