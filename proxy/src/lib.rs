@@ -17,6 +17,7 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
+pub mod cluster_state;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
@@ -175,6 +176,7 @@ pub async fn start(
         source_name,
     )));
     background.push(tokio::spawn(reprobe::run(dataplane.clone())));
+    background.push(tokio::spawn(cluster_state::run(dataplane.clone())));
     let client_tokens = match &settings.access.client_tokens_file {
         Some(path) => {
             let tokens = access::ClientTokens::load(path)

@@ -905,6 +905,18 @@ secondary:
         },
     )
     .await;
+    // Alyx's "logging current cluster state" line: clusters, then modelState per model.
+    let states = keyway_proxy::cluster_state::states(&p.proxy.dataplane.view());
+    assert_eq!(states.len(), 1);
+    let (pool, state) = &states[0];
+    assert_eq!(pool, "default/alyx");
+    for c in ["cluster1", "cluster2"] {
+        assert_eq!(
+            state[c]["modelState"][keyway_testkit::mock::DEFAULT_MODEL]["capacity"],
+            100.0,
+            "{state}"
+        );
+    }
     let first = user("alice").await;
     for _ in 0..5 {
         assert_eq!(user("alice").await, first, "alice stays on her cluster");

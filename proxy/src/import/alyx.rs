@@ -58,13 +58,14 @@ pub(super) fn import(text: &str) -> Result<Imported, String> {
     header.push(format!(
         "metricsListenAddress {metrics_addr:?} -> --admin-listen {} (Prometheus text at /metrics; \
          beyond loopback /status and /config need the admin token). Metric names are keyway_proxy_*; \
-         the README's \"Coming from Alyx\" maps each alyx_lb_* series.",
+         the recording rules in charts/keyway/files/alyx-compat.rules.yaml record Alyx's alyx_lb_* \
+         series from them (README, \"Coming from Alyx\").",
         listen(metrics_addr)
     ));
     if let Some(level) = string(&cfg, "/logLevel") {
         header.push(format!(
-            "logLevel {level:?} -> KEYWAY_LOG=warn,keyway_proxy={level} (logs are JSON lines when \
-             stderr is not a terminal; Cloud Logging's severity field is not set)"
+            "logLevel {level:?} -> KEYWAY_LOG=warn,keyway_proxy={level} (JSON lines with Cloud \
+             Logging's severity, as Alyx wrote them)"
         ));
     }
     header.push(
@@ -174,6 +175,11 @@ pub(super) fn import(text: &str) -> Result<Imported, String> {
                     .into(),
             );
         }
+        notes.push(
+            "Alyx's \"logging current cluster state\" line is written every 30 s per pool, \
+             with the clusters' models nested as {CLUSTER: {modelState: {MODEL: {capacity, consumption, healthy}}}}."
+                .into(),
+        );
         if cfg.get("primary").is_some() || cfg.get("secondary").is_some() {
             notes.push(
                 "primary/secondary: only kept by Alyx for backwards compatibility in multi-cluster \
