@@ -7,6 +7,10 @@
 //! (Google Cloud Logging's names: DEBUG, INFO, WARNING, ERROR, CRITICAL for panics),
 //! `message`, `component` (`proxy` or `controller`), `target`, the event's fields and the
 //! fields of the spans it happened in (`pool`, `backend`, `key_id`, `request_id`, ...).
+//!
+//! An event field named [`JSON_FIELDS`] holding a JSON object is merged into the line's top
+//! level as nested JSON (for lines whose shape a log pipeline expects, such as the per-model
+//! cluster state that Alyx's dashboards read).
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -21,6 +25,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// The name of an event field whose JSON-object value is merged into the line (see the
+/// module docs); in text logs it stays a plain field.
+pub const JSON_FIELDS: &str = "json_fields";
 
 /// The event formatter of JSON lines.
 #[derive(Clone, Debug)]
@@ -169,6 +177,14 @@ where
         let message = fields
             .remove("message")
             .unwrap_or_else(|| Value::String(String::new()));
+        if let Some(Value::String(raw)) = fields.remove(JSON_FIELDS) {
+            match serde_json::from_str::<Value>(&raw) {
+                Ok(Value::Object(map)) => line.extend(map),
+                _ => {
+                    fields.insert(JSON_FIELDS.into(), Value::String(raw));
+                }
+            }
+        }
         line.extend(fields);
         line.insert("message".into(), message);
         writeln!(writer, "{}", Value::Object(line))
@@ -274,6 +290,31 @@ mod tests {
         assert_eq!(lines[0]["count"], 3);
         assert!(lines[0]["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["severity"], "ERROR");
+    }
+
+    #[test]
+    fn json_fields_are_merged_as_nested_json() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines::new("proxy"))
+                .fmt_fields(JsonFields::new())
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let state = r#"{"c1":{"modelState":{"m":{"capacity":100}}}}"#;
+            tracing::info!(json_fields = state, "state");
+            tracing::info!(json_fields = "not json", "kept");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["c1"]["modelState"]["m"]["capacity"], 100, "{out}");
+        assert!(lines[0].get(JSON_FIELDS).is_none());
+        assert_eq!(lines[1][JSON_FIELDS], "not json");
     }
 
     #[test]

@@ -227,6 +227,9 @@ pub struct Route {
     pub headers: Vec<(String, String)>,
     /// Glob on the JSON body's `model`.
     pub model: Option<String>,
+    /// Removed from the front of the path before it goes upstream (whole segments; the
+    /// route's `path_prefix` starts with it).
+    pub strip_prefix: Option<String>,
 }
 
 /// A resolved `ApiKeyPool` with its key material.

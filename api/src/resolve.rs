@@ -295,6 +295,29 @@ pub fn pool_with_secrets(
                 "must be a non-empty glob such as gpt-*".into(),
             ));
         }
+        if let Some(strip) = &r.strip_prefix {
+            let field = format!("spec.routes[{i}].stripPrefix");
+            if !strip.starts_with('/') || strip.ends_with('/') || strip.len() < 2 {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must start with '/' and not end with one, e.g. /team-a/lb; got {strip:?}"
+                    ),
+                ));
+            }
+            let within = r.path_prefix.as_deref().is_some_and(|p| {
+                p.starts_with(strip.as_str())
+                    && matches!(p.as_bytes().get(strip.len()), None | Some(b'/'))
+            });
+            if !within {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "the route's pathPrefix must start with it (whole segments), e.g. pathPrefix: {strip}/"
+                    ),
+                ));
+            }
+        }
         if r.path_prefix.is_none() && headers.is_empty() && r.model.is_none() {
             return Err(invalid(
                 format!("spec.routes[{i}]"),
@@ -305,6 +328,7 @@ pub fn pool_with_secrets(
             path_prefix: r.path_prefix.clone(),
             headers,
             model: r.model.clone(),
+            strip_prefix: r.strip_prefix.clone(),
         });
     }
 

@@ -596,6 +596,13 @@ pub struct RouteSpec {
     /// (up to 1 MiB) only when some route needs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+
+    /// Removed from the front of the request path before it goes upstream, e.g. `/team-a/lb`
+    /// turns `/team-a/lb/v1/messages` into `/v1/messages`. Whole segments: it starts with `/`,
+    /// does not end with one, and `pathPrefix` must start with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = r"^/.*[^/]$"))]
+    pub strip_prefix: Option<String>,
 }
 
 /// A header that must carry a given value.

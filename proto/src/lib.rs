@@ -301,6 +301,7 @@ impl From<&model::Pool> for Pool {
                 .map(|r| Route {
                     model: r.model.clone().unwrap_or_default(),
                     path_prefix: r.path_prefix.clone().unwrap_or_default(),
+                    strip_prefix: r.strip_prefix.clone().unwrap_or_default(),
                     headers: r
                         .headers
                         .iter()
@@ -462,6 +463,7 @@ fn pool(p: Pool) -> FieldResult<model::Pool> {
         .map(|r| model::Route {
             model: (!r.model.is_empty()).then_some(r.model),
             path_prefix: (!r.path_prefix.is_empty()).then_some(r.path_prefix),
+            strip_prefix: (!r.strip_prefix.is_empty()).then_some(r.strip_prefix),
             headers: r
                 .headers
                 .into_iter()

@@ -17,12 +17,14 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
+pub mod cluster_state;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
@@ -181,6 +183,7 @@ pub async fn start(
     )));
     background.push(tokio::spawn(reprobe::run(dataplane.clone())));
     background.push(tokio::spawn(dataplane::history::run(dataplane.clone())));
+    background.push(tokio::spawn(cluster_state::run(dataplane.clone())));
     let client_tokens = match &settings.access.client_tokens_file {
         Some(path) => {
             let tokens = access::ClientTokens::load(path)

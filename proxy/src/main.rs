@@ -42,6 +42,28 @@ enum Command {
         #[arg(long)]
         include_secrets: bool,
     },
+    /// Print the manifests equivalent to another tool's config (Secret, ApiKeyPool,
+    /// LoadBalancerPool), with a comment on every setting without an exact equivalent. Exit 64
+    /// when the input is invalid.
+    Import {
+        /// tavily (its YAML), alyx (its config.yaml), workers or lm-proxy (their variables).
+        #[arg(long = "from", value_parser = parse_tool)]
+        from: keyway_proxy::import::Tool,
+        /// The tool's config file (a .env file for workers and lm-proxy).
+        #[arg(required_unless_present = "env", conflicts_with = "env")]
+        file: Option<PathBuf>,
+        /// Read the tool's variables from this process's environment (workers, lm-proxy).
+        #[arg(long)]
+        env: bool,
+        /// Also serve every route under this path prefix and remove it before forwarding (the
+        /// Workers balancer's /YOUR-UUID/lb).
+        #[arg(long)]
+        strip_prefix: Option<String>,
+    },
+}
+
+fn parse_tool(s: &str) -> Result<keyway_proxy::import::Tool, String> {
+    keyway_proxy::import::Tool::parse(s)
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,6 +238,12 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Check { config }) => return check(config),
         Some(Command::ExportConfig { include_secrets }) => return export(*include_secrets),
+        Some(Command::Import {
+            from,
+            file,
+            env: _,
+            strip_prefix,
+        }) => return import(*from, file.as_deref(), strip_prefix.as_deref()),
         None => {}
     }
     // Control work (config, health checks, admin port, controller stream) on this thread;
@@ -293,17 +321,54 @@ fn check(config: &Path) -> ExitCode {
     ExitCode::from(EXIT_INVALID_CONFIG)
 }
 
+/// `keyway-proxy import`.
+fn import(
+    tool: keyway_proxy::import::Tool,
+    file: Option<&Path>,
+    strip_prefix: Option<&str>,
+) -> ExitCode {
+    use keyway_proxy::import::{Input, import};
+    let env = |name: &str| std::env::var(name).ok();
+    let text;
+    let input = match file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => {
+                text = t;
+                Input::File(&text)
+            }
+            Err(e) => {
+                eprintln!("keyway-proxy import: {}: cannot read: {e}", path.display());
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+        },
+        None => Input::Env(&env),
+    };
+    match import(tool, input, strip_prefix) {
+        Ok(imported) => {
+            print!("{}", imported.to_yaml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keyway-proxy import --from {}: {e}", tool.name());
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
 /// `keyway-proxy export-config`.
 fn export(include_secrets: bool) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     match keyway_proxy::quickstart::QuickStart::from_env(&env) {
         Ok(Some(qs)) => {
+            for note in qs.notes() {
+                eprintln!("note: {note}");
+            }
             print!("{}", qs.manifests(include_secrets));
             ExitCode::SUCCESS
         }
         Ok(None) => {
             eprintln!(
-                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS)"
+                "keyway-proxy export-config: no keys in the environment; set e.g. KEYWAY_OPENAI_KEYS=sk-1,sk-2 (or KEYWAY_ANTHROPIC_KEYS, KEYWAY_GEMINI_KEYS, KEYWAY_TAVILY_KEYS, OPENAI_API_KEYS, ANTHROPIC_API_KEYS, LOAD_BALANCER_API_KEYS)"
             );
             ExitCode::from(EXIT_INVALID_CONFIG)
         }
@@ -391,8 +456,15 @@ async fn run(args: RunArgs) -> ExitCode {
             match keyway_proxy::quickstart::QuickStart::from_env(&env) {
                 Ok(Some(qs)) => match qs.snapshot() {
                     Ok(snap) => {
-                        for (pool, key_ids, endpoints) in qs.summary() {
-                            tracing::info!(pool = %pool, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        for (pool, variable, key_ids, endpoints) in qs.summary() {
+                            tracing::info!(pool = %pool, variable = %variable, key_ids = ?key_ids, endpoints = ?endpoints, "quick start: pool built from the environment");
+                        }
+                        for note in qs.notes() {
+                            if note.contains("not used") {
+                                tracing::warn!(note = %note, "quick start: a recognised variable is not used");
+                            } else {
+                                tracing::info!(note = %note, "quick start: how the environment was read");
+                            }
                         }
                         tracing::info!(manifest = %qs.manifests(false), "quick start: the equivalent manifests (keyway-proxy export-config prints them)");
                         quick_start = true;

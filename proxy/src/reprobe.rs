@@ -96,7 +96,9 @@ async fn probe(
     };
     let mut headers = HeaderMap::new();
     let query = inject::inject(&pool.model.auth, key, &mut headers, query.as_deref());
-    let mut url = format!("{}{path}", backend.model.endpoint);
+    let endpoint = &backend.model.endpoint;
+    let path = crate::http::forward::without_repeated_segment(&endpoint.path_prefix, &path);
+    let mut url = format!("{endpoint}{path}");
     if let Some(q) = query {
         url.push('?');
         url.push_str(&q);

@@ -510,3 +510,30 @@ fn key_pool_refuses_more_keys_than_the_maximum_with_a_field_error() {
     );
     assert!(!msg.contains("sk-"), "no key value in the error: {msg}");
 }
+
+#[test]
+fn strip_prefix_is_whole_segments_inside_the_path_prefix() {
+    let route = |prefix: Option<&str>, strip: &str| RouteSpec {
+        path_prefix: prefix.map(str::to_string),
+        strip_prefix: Some(strip.to_string()),
+        ..Default::default()
+    };
+    let mut s = spec(&["http://a"]);
+    s.routes = vec![route(Some("/team-a/lb/"), "/team-a/lb")];
+    let p = pool(&id(), &s).unwrap();
+    assert_eq!(p.routes[0].strip_prefix.as_deref(), Some("/team-a/lb"));
+    for (prefix, strip) in [
+        (Some("/team-a/lb/"), "/team-a/lb/"),
+        (Some("/team-a/lb/"), "team-a"),
+        (Some("/team-a/lbx/"), "/team-a/lb"),
+        (Some("/other/"), "/team-a"),
+        (None, "/team-a"),
+    ] {
+        s.routes = vec![route(prefix, strip)];
+        let err = pool(&id(), &s).unwrap_err();
+        assert_eq!(
+            err.field, "spec.routes[0].stripPrefix",
+            "{prefix:?} {strip}"
+        );
+    }
+}

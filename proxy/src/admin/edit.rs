@@ -3,6 +3,7 @@
 //! `kubectl` command to use in controller mode. Also `POST /stats/reset` and
 //! `PUT /log-level`.
 
+use super::compat::Alias;
 use super::{Admin, MAX_BODY, Mode, denied, error, json_response, text};
 use crate::config::edit::{self, Edit};
 use crate::http::ProxyBody;
@@ -27,16 +28,18 @@ impl Admin {
     ) -> Response<ProxyBody> {
         let method = req.method().clone();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let known = matches!(
-            (&method, segs.as_slice()),
-            (&Method::POST, ["pools", _, "keys"])
-                | (&Method::PUT | &Method::DELETE, ["pools", _, "keys", _])
-                | (&Method::POST, ["pools", _, "backends"])
-                | (&Method::DELETE, ["pools", _, "backends", _])
-                | (&Method::PUT, ["pools", _, "evacuate"])
-                | (&Method::POST, ["stats", "reset"])
-                | (&Method::PUT, ["log-level"])
-        );
+        let alias = Alias::parse(&method, &segs).filter(|a| !a.is_read());
+        let known = alias.is_some()
+            || matches!(
+                (&method, segs.as_slice()),
+                (&Method::POST, ["pools", _, "keys"])
+                    | (&Method::PUT | &Method::DELETE, ["pools", _, "keys", _])
+                    | (&Method::POST, ["pools", _, "backends"])
+                    | (&Method::DELETE, ["pools", _, "backends", _])
+                    | (&Method::PUT, ["pools", _, "evacuate"])
+                    | (&Method::POST, ["stats", "reset"])
+                    | (&Method::PUT, ["log-level"])
+            );
         if !known {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -47,12 +50,15 @@ impl Admin {
                 ),
             );
         }
-        let edits_file = segs.first() == Some(&"pools");
+        let edits_file = segs.first() == Some(&"pools") || alias.is_some_and(Alias::edits_file);
         if edits_file {
             match &self.mode {
                 Mode::File(_) => {}
                 Mode::Controller => {
-                    let pool = segs.get(1).copied().unwrap_or("NAME");
+                    let pool = match segs.first() {
+                        Some(&"pools") => segs.get(1).copied().unwrap_or("NAME"),
+                        _ => "NAME",
+                    };
                     return error(
                         StatusCode::CONFLICT,
                         "read_only",
@@ -82,6 +88,7 @@ impl Admin {
             tracing::warn!(remote = %remote.ip(), method = %method, path = %segments.join("/"), "admin write refused: no valid token");
             return denied(d);
         }
+        let query = req.uri().query().unwrap_or("").to_string();
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
@@ -92,6 +99,9 @@ impl Admin {
                 );
             }
         };
+        if let Some(alias) = alias {
+            return self.alias_write(alias, &body, &query, remote).await;
+        }
         match (&method, segs.as_slice()) {
             (&Method::POST, ["stats", "reset"]) => {
                 self.reset_stats();
@@ -123,7 +133,12 @@ impl Admin {
     }
 
     /// Applies an edit to the manifest file, publishes the result and waits until it serves.
-    async fn edit_file(&self, pool: &str, edit: Edit, remote: SocketAddr) -> Response<ProxyBody> {
+    pub(super) async fn edit_file(
+        &self,
+        pool: &str,
+        edit: Edit,
+        remote: SocketAddr,
+    ) -> Response<ProxyBody> {
         let Mode::File(path) = &self.mode else {
             return error(StatusCode::CONFLICT, "read_only", "no config file");
         };
@@ -230,7 +245,7 @@ impl Admin {
         }
     }
 
-    fn reset_stats(&self) {
+    pub(super) fn reset_stats(&self) {
         let router = self.dataplane.router();
         for p in &router.pools {
             for b in &p.backends {
@@ -256,18 +271,19 @@ fn parse_edit(method: &Method, rest: &[&str], body: &Bytes) -> Result<Edit, Stri
         (&Method::POST, ["keys"]) => {
             let v = parse("{\"id\": \"...\", \"value\": \"...\"}")?;
             let id = string(&v, "id")?;
-            if !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-            {
-                return Err(
-                    "id may hold letters, digits, '-', '.' and '_' (it is a Secret entry name)"
-                        .into(),
-                );
-            }
+            valid_key_id(&id)?;
+            let requests_per_minute = match v.get("requestsPerMinute") {
+                None | Some(Value::Null) => None,
+                Some(n) => Some(
+                    n.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or("\"requestsPerMinute\" must be a whole number")?,
+                ),
+            };
             Ok(Edit::AddKey {
                 id,
                 value: string(&v, "value")?,
+                requests_per_minute,
             })
         }
         (&Method::PUT, ["keys", id]) => {
@@ -298,6 +314,18 @@ fn parse_edit(method: &Method, rest: &[&str], body: &Bytes) -> Result<Edit, Stri
             Ok(Edit::Evacuate(on))
         }
         _ => Err("no such pool call".into()),
+    }
+}
+
+/// A key id is a Secret entry name.
+pub(super) fn valid_key_id(id: &str) -> Result<(), String> {
+    if id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("id may hold letters, digits, '-', '.' and '_' (it is a Secret entry name)".into())
     }
 }
 

@@ -4,14 +4,18 @@
 //! `/status/history`, `/pools/{pool}`, `/config`, `/log-level`. Writes (bearer token from `--admin-token-file` / `KEYWAY_ADMIN_TOKEN`):
 //! `POST /pools/{pool}/keys`, `PUT|DELETE /pools/{pool}/keys/{id}`, `POST /pools/{pool}/backends`,
 //! `DELETE /pools/{pool}/backends/{name}`, `PUT /pools/{pool}/evacuate`, `POST /stats/reset`,
-//! `PUT /log-level`. In file mode, pool writes edit the manifest file (atomically) and take
-//! effect through the same channel as a reload; in controller mode they are refused with the
-//! `kubectl` command to use. Key values are never shown: only ids.
+//! `PUT /log-level`, and the other tools' aliases of these (`compat`). In file mode, pool
+//! writes edit the manifest file (atomically) and take effect through the same channel as a
+//! reload; in controller mode they are refused with the `kubectl` command to use. Key values
+//! are never shown: only ids.
 //!
 //! Here: routing, tokens and the response helpers; `status`: the reads of live state
 //! (`/status`, `/status/history`, `/pools/{pool}`, `/config`, `/metrics`); `page`: the status
-//! page, a static document that reads `/status`; `edit`: the writes.
+//! page, a static document that reads `/status`; `edit`: the writes; `compat`: the
+//! admin calls of the tools Keyway replaces (`/health`, `/stats`, `/pool`, `/api-keys/*`,
+//! `/servers/*`, `.../load-balancer/*`, `/reset`), mapped onto the same reads and writes.
 
+mod compat;
 mod edit;
 mod page;
 mod status;
@@ -135,6 +139,9 @@ impl Admin {
                 });
             }
             let query = req.uri().query().unwrap_or("");
+            if let Some(alias) = compat::Alias::parse(&method, &segs) {
+                return self.alias_read(alias, query);
+            }
             return match segs.as_slice() {
                 ["status"] => self.status(),
                 ["status", "history"] => self.history(),

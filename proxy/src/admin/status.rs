@@ -272,6 +272,7 @@ pub fn effective_config(snap: &Snapshot, source: &str, version: u64) -> Value {
                 "routes": p.routes.iter().map(|r| json!({
                     "pathPrefix": r.path_prefix,
                     "model": r.model,
+                    "stripPrefix": r.strip_prefix,
                     "headers": r.headers.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "backends": p.backends.iter().map(|b| json!({

@@ -19,11 +19,23 @@ pub struct EditError {
 /// One change to the file.
 #[derive(Debug)]
 pub enum Edit {
-    AddKey { id: String, value: String },
-    RotateKey { id: String, value: String },
-    RemoveKey { id: String },
+    /// `requests_per_minute`: also set the key's quota (`spec.keys[]` of the ApiKeyPool).
+    AddKey {
+        id: String,
+        value: String,
+        requests_per_minute: Option<u32>,
+    },
+    RotateKey {
+        id: String,
+        value: String,
+    },
+    RemoveKey {
+        id: String,
+    },
     AddBackend(Box<BackendSpec>),
-    RemoveBackend { name: String },
+    RemoveBackend {
+        name: String,
+    },
     Evacuate(bool),
 }
 
@@ -75,7 +87,7 @@ pub fn apply(
         )
     })?;
     match edit {
-        Edit::AddKey { id, value } | Edit::RotateKey { id, value } => {
+        Edit::AddKey { id, value, .. } | Edit::RotateKey { id, value } => {
             let secret = secret_of(&docs, lbp, namespace, pool)?;
             let exists = has_entry(&docs[secret], id);
             match (edit, exists) {
@@ -108,6 +120,20 @@ pub fn apply(
             if let Some(data) = data.as_object_mut() {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
                 data.insert(id.clone(), Value::String(encoded));
+            }
+            if let Edit::AddKey {
+                requests_per_minute: Some(rpm),
+                ..
+            } = edit
+            {
+                let akp = akp_of(&docs, lbp, namespace, pool)?;
+                let spec = spec_mut(&mut docs[akp])?;
+                let keys = spec.entry("keys").or_insert_with(|| json!([]));
+                let list = keys.as_array_mut().ok_or_else(|| {
+                    EditError::new(500, "the ApiKeyPool's spec.keys is not a list")
+                })?;
+                list.retain(|k| k.get("id").and_then(Value::as_str) != Some(id));
+                list.push(json!({"id": id, "requestsPerMinute": rpm}));
             }
         }
         Edit::RemoveKey { id } => {
@@ -258,6 +284,21 @@ fn find(docs: &[Value], kind: &str, namespace: &str, name: &str) -> Option<usize
 
 /// The index of the Secret holding the keys of pool `lbp`.
 fn secret_of(docs: &[Value], lbp: usize, namespace: &str, pool: &str) -> Result<usize, EditError> {
+    let akp = akp_of(docs, lbp, namespace, pool)?;
+    let secret_name = docs[akp]
+        .pointer("/spec/secretRef/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EditError::new(500, "the ApiKeyPool has no secretRef"))?;
+    find(docs, "Secret", namespace, secret_name).ok_or_else(|| {
+        EditError::new(
+            404,
+            format!("Secret {namespace}/{secret_name} is not in the file"),
+        )
+    })
+}
+
+/// The index of the ApiKeyPool of pool `lbp`.
+fn akp_of(docs: &[Value], lbp: usize, namespace: &str, pool: &str) -> Result<usize, EditError> {
     let akp_name = docs[lbp]
         .pointer("/spec/apiKeyPoolRef/name")
         .and_then(Value::as_str)
@@ -267,20 +308,10 @@ fn secret_of(docs: &[Value], lbp: usize, namespace: &str, pool: &str) -> Result<
                 format!("pool {namespace}/{pool} has no apiKeyPoolRef, so it has no keys"),
             )
         })?;
-    let akp = find(docs, "ApiKeyPool", namespace, akp_name).ok_or_else(|| {
+    find(docs, "ApiKeyPool", namespace, akp_name).ok_or_else(|| {
         EditError::new(
             404,
             format!("ApiKeyPool {namespace}/{akp_name} is not in the file"),
-        )
-    })?;
-    let secret_name = docs[akp]
-        .pointer("/spec/secretRef/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| EditError::new(500, "the ApiKeyPool has no secretRef"))?;
-    find(docs, "Secret", namespace, secret_name).ok_or_else(|| {
-        EditError::new(
-            404,
-            format!("Secret {namespace}/{secret_name} is not in the file"),
         )
     })
 }
@@ -327,6 +358,7 @@ spec:
     #[test]
     fn adds_rotates_and_removes_keys_keeping_other_documents() {
         let add = Edit::AddKey {
+            requests_per_minute: None,
             id: "k3".into(),
             value: "v3".into(),
         };
@@ -358,6 +390,7 @@ spec:
     #[test]
     fn values_written_over_the_api_are_never_expanded() {
         let add = Edit::AddKey {
+            requests_per_minute: None,
             id: "k3".into(),
             value: "${K1}".into(),
         };

@@ -248,10 +248,21 @@ impl Registry {
             pool: label.to_string(),
             backend: backend.name.clone(),
         };
+        // The previous checker's series go before the new checker registers its own: on a
+        // multi-threaded runtime the new task may start at once, and forgetting after the
+        // spawn would remove the series it just created (it keeps counting into orphans).
+        metrics.health.forget(&check_label);
         let (health, checker) = match (&backend.health_check, client) {
             (Some(check), Some(client)) => {
                 let target = match &check.target {
-                    model::HealthTarget::Path(p) => format!("{}{p}", backend.endpoint),
+                    model::HealthTarget::Path(p) => format!(
+                        "{}{}",
+                        backend.endpoint,
+                        crate::http::forward::without_repeated_segment(
+                            &backend.endpoint.path_prefix,
+                            p
+                        )
+                    ),
                     model::HealthTarget::Url(u) => u.clone(),
                 };
                 match target.parse::<http::Uri>() {
@@ -282,10 +293,6 @@ impl Registry {
             }
             _ => (Arc::new(BackendHealth::new(1, 1, outlier)), None),
         };
-        metrics.health.forget(&CheckLabel {
-            pool: label.to_string(),
-            backend: backend.name.clone(),
-        });
         self.health.insert(
             key,
             HealthEntry {

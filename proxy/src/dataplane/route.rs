@@ -31,16 +31,27 @@ impl Router {
         headers: &http::HeaderMap,
         model: Option<&str>,
     ) -> Option<&Arc<PoolState>> {
+        self.route_with(path, headers, model).map(|(pool, _)| pool)
+    }
+
+    /// [`Router::route`], with the winning route's `stripPrefix` (what to remove from the
+    /// path before it goes upstream).
+    pub fn route_with(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        model: Option<&str>,
+    ) -> Option<(&Arc<PoolState>, Option<&str>)> {
         // (path prefix length, conditions, own namespace, has route): larger wins.
         type Score = (usize, usize, bool, bool);
-        let mut best: Option<(&Arc<PoolState>, Score)> = None;
+        let mut best: Option<(&Arc<PoolState>, Score, Option<&str>)> = None;
         for pool in &self.pools {
             let own = self
                 .home_namespace
                 .as_deref()
                 .is_none_or(|home| pool.model.id.namespace == home);
             let score = if pool.model.routes.is_empty() {
-                Some((0, 0, own, false))
+                Some(((0, 0, own, false), None))
             } else {
                 pool.model
                     .routes
@@ -53,17 +64,17 @@ impl Router {
                             .as_ref()
                             .map_or(0, |p| if p == "/" { 0 } else { p.len() });
                         let conditions = r.headers.len() + usize::from(r.model.is_some());
-                        (prefix, conditions, own, true)
+                        ((prefix, conditions, own, true), r.strip_prefix.as_deref())
                     })
-                    .max()
+                    .max_by_key(|(score, _)| *score)
             };
-            if let Some(score) = score
-                && best.as_ref().is_none_or(|(_, s)| score > *s)
+            if let Some((score, strip)) = score
+                && best.as_ref().is_none_or(|(_, s, _)| score > *s)
             {
-                best = Some((pool, score));
+                best = Some((pool, score, strip));
             }
         }
-        best.map(|(p, _)| p)
+        best.map(|(p, _, strip)| (p, strip))
     }
 
     /// How much of a request body to read before routing.

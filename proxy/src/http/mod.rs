@@ -5,7 +5,7 @@
 pub mod body;
 mod client;
 pub(crate) mod error;
-mod forward;
+pub(crate) mod forward;
 pub(crate) mod gate;
 mod headers;
 pub mod inject;

@@ -67,7 +67,7 @@ impl<'r> Routed<'r> {
         } else {
             None
         };
-        let (pool, key_pool) = route(
+        let (pool, key_pool, strip) = route(
             router,
             &parts.method,
             parts.uri.path(),
@@ -77,7 +77,7 @@ impl<'r> Routed<'r> {
         )?;
         let request_id = forwarding_headers(&mut parts.headers, remote, tls);
         let prepared = Prepared {
-            path: parts.uri.path().to_string(),
+            path: stripped(parts.uri.path(), strip),
             query: parts.uri.query().map(str::to_string),
             method: parts.method,
             headers: parts.headers,
@@ -93,8 +93,15 @@ impl<'r> Routed<'r> {
     }
 }
 
-/// The pool a request belongs to and its key pool, or why none takes it: no route, a source
-/// the pool does not accept, or a key pool that is missing.
+/// A routed request: its pool, key pool and the route's `stripPrefix`.
+type RouteResult<'r> = (
+    &'r Arc<PoolState>,
+    Option<&'r Arc<KeyPoolState>>,
+    Option<&'r str>,
+);
+
+/// The pool a request belongs to, its key pool and the route's `stripPrefix`, or why none
+/// takes it: no route, a source the pool does not accept, or a key pool that is missing.
 pub(super) fn route<'r>(
     router: &'r Router,
     method: &Method,
@@ -102,8 +109,8 @@ pub(super) fn route<'r>(
     headers: &HeaderMap,
     model: Option<&str>,
     remote: SocketAddr,
-) -> Result<(&'r Arc<PoolState>, Option<&'r Arc<KeyPoolState>>), Refusal> {
-    let Some(pool) = router.route(path, headers, model) else {
+) -> Result<RouteResult<'r>, Refusal> {
+    let Some((pool, strip)) = router.route_with(path, headers, model) else {
         return Err(Refusal::new(
             Rejection::NoRoute,
             format!("no pool routes {method} {path}"),
@@ -120,7 +127,7 @@ pub(super) fn route<'r>(
         ));
     }
     match &pool.keys {
-        Ok(kp) => Ok((pool, kp.as_ref())),
+        Ok(kp) => Ok((pool, kp.as_ref(), strip)),
         Err(name) => Err(Refusal::new(
             Rejection::KeyPoolUnavailable,
             format!(
@@ -128,6 +135,16 @@ pub(super) fn route<'r>(
                 pool.label
             ),
         )),
+    }
+}
+
+/// The path sent upstream: without the route's `stripPrefix` (whole segments; the route's
+/// `pathPrefix` starts with it, so the path does too), and never empty.
+pub(super) fn stripped(path: &str, strip: Option<&str>) -> String {
+    match strip.and_then(|s| path.strip_prefix(s)) {
+        Some("") => "/".to_string(),
+        Some(rest) => rest.to_string(),
+        None => path.to_string(),
     }
 }
 

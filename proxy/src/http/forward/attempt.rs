@@ -220,6 +220,7 @@ fn upstream_uri(
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
+    let path = without_repeated_segment(&endpoint.path_prefix, path);
     let mut path_and_query = String::with_capacity(
         endpoint.path_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -234,6 +235,25 @@ fn upstream_uri(
         .authority(endpoint.authority.as_str())
         .path_and_query(path_and_query)
         .build()
+}
+
+/// The request path to append to an endpoint's path: without its leading segment when the
+/// endpoint's path already ends in that segment, so `https://h/v1` + `/v1/chat/completions`
+/// is `https://h/v1/chat/completions`, not `/v1/v1/...` (base URLs are habitually written with
+/// their version, e.g. the Python proxy's `SERVICE_ENDPOINTS`).
+pub(crate) fn without_repeated_segment<'p>(endpoint_path: &str, path: &'p str) -> &'p str {
+    let Some(i) = endpoint_path.rfind('/') else {
+        return path;
+    };
+    let last = &endpoint_path[i..];
+    if last.len() > 1
+        && path.starts_with(last)
+        && matches!(path.as_bytes().get(last.len()), None | Some(b'/'))
+    {
+        &path[last.len()..]
+    } else {
+        path
+    }
 }
 
 /// The Host header: `hostHeader` if set, else the endpoint's host (with its port unless it is

@@ -32,6 +32,7 @@ mod respond;
 mod tests;
 
 pub use admit::peek_model;
+pub(crate) use attempt::without_repeated_segment;
 
 use self::admit::Routed;
 use self::attempt::{Tries, build_request, next_backend, send};

@@ -21,7 +21,7 @@ fn refused<T>(r: Result<T, crate::http::error::Refusal>) -> crate::http::error::
 fn routes_to_the_pool_and_its_key_pool() {
     let dp = dataplane(&keyed(""));
     let router = dp.router();
-    let (pool, kp) = route(
+    let (pool, kp, _) = route(
         &router,
         &Method::POST,
         "/v1/chat/completions",
@@ -35,7 +35,7 @@ fn routes_to_the_pool_and_its_key_pool() {
 
     let dp = dataplane(KEYLESS);
     let router = dp.router();
-    let (_, kp) = route(
+    let (_, kp, _) = route(
         &router,
         &Method::GET,
         "/",

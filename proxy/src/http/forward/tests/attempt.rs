@@ -289,3 +289,16 @@ async fn send_is_bounded_by_the_response_timeout() {
         .unwrap_err();
     assert_eq!(Failure::of(&error), Failure::Connect);
 }
+
+#[test]
+fn an_endpoint_ending_in_the_requests_first_segment_does_not_double_it() {
+    use super::super::attempt::without_repeated_segment as join;
+    assert_eq!(join("/v1", "/v1/chat/completions"), "/chat/completions");
+    assert_eq!(join("/v1", "/v1"), "");
+    assert_eq!(join("/api/v1", "/v1/messages"), "/messages");
+    // Only a whole segment, and only the endpoint's last one.
+    assert_eq!(join("/v1", "/v1beta/models"), "/v1beta/models");
+    assert_eq!(join("/v1/x", "/v1/messages"), "/v1/messages");
+    assert_eq!(join("", "/v1/messages"), "/v1/messages");
+    assert_eq!(join("/openai", "/openai/deployments/d"), "/deployments/d");
+}
