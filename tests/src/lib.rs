@@ -6,10 +6,12 @@
 //! * [`eventually`]: poll an async predicate until it holds or a deadline passes.
 //! * [`free_port`]: pick a currently free TCP port on 127.0.0.1.
 //! * [`redis::RedisServer`]: a real `redis-server` on loopback.
+//! * [`logs::assert_no_panic`]: fail a test whose child process logged a panic.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod client;
+pub mod logs;
 pub mod metrics;
 pub mod mock;
 pub mod redis;

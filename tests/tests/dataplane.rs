@@ -579,6 +579,9 @@ async fn overhead_header_and_tls_listener() {
         .await
         .unwrap();
 
+    // The upstream takes 300 ms: time Keyway waits, which its overhead must not include.
+    const UPSTREAM_MS: f64 = 300.0;
+    a.set_behavior(Behavior::Delay(Duration::from_millis(UPSTREAM_MS as u64)));
     // curl runs as a child process; a blocking wait would stall this single-threaded runtime.
     let out = tokio::process::Command::new("curl")
         .args([
@@ -589,6 +592,8 @@ async fn overhead_header_and_tls_listener() {
             "-",
             "-o",
             "/dev/null",
+            "-w",
+            "\ntimes %{time_appconnect} %{time_total}\n",
             "--cacert",
         ])
         .arg(&cert)
@@ -608,7 +613,22 @@ async fn overhead_header_and_tls_listener() {
         .trim()
         .parse()
         .unwrap();
-    assert!(overhead >= 0.0);
+    // What curl measured after the TLS handshake is the request's whole exchange: Keyway's
+    // overhead plus the upstream's 300 ms (plus loopback). An overhead that counted the
+    // upstream's time would exceed what is left after taking those 300 ms off.
+    let (handshake, total): (f64, f64) = headers
+        .lines()
+        .find_map(|l| {
+            let mut t = l.strip_prefix("times ")?.split(' ');
+            Some((t.next()?.parse().ok()?, t.next()?.parse().ok()?))
+        })
+        .expect("curl's -w times");
+    let exchange_ms = (total - handshake) * 1000.0;
+    assert!(exchange_ms >= UPSTREAM_MS, "{exchange_ms} ms");
+    assert!(
+        (0.0..=exchange_ms - UPSTREAM_MS + 1.0).contains(&overhead),
+        "overhead {overhead} ms of a {exchange_ms} ms exchange with a {UPSTREAM_MS} ms upstream"
+    );
     assert_eq!(a.requests()[0].header("x-forwarded-proto"), Some("https"));
 }
 

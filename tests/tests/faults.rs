@@ -474,15 +474,38 @@ async fn a_hundred_config_versions_under_load_fail_no_request() {
                 .is_ok_and(|r| r.json()["pools"][0]["backends"][0]["weight"] == i)
         })
         .await;
+        // No torn config: once `/status` shows version i (its weight), a new request carries
+        // a key value of version i, never an older one nor a mix of two versions.
+        let probe = i.to_string();
+        let r = chat(&p.url(), &[("x-version-probe", &probe)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "version {i}: {}", r.text());
+        let sent: Vec<String> = a
+            .requests()
+            .into_iter()
+            .chain(b.requests())
+            .filter(|q| q.header("x-version-probe") == Some(probe.as_str()))
+            .filter_map(|q| q.key)
+            .collect();
+        assert!(
+            sent.len() == 1
+                && [format!("sk-churn-a-{i}"), format!("sk-churn-b-{i}")].contains(&sent[0]),
+            "version {i} is live in /status, but the request sent {sent:?}"
+        );
     }
     let took = started.elapsed();
     let outcomes = load.stop().await;
     let ok = outcomes.iter().filter(|o| o.status == Some(200)).count();
     assert_eq!(ok, outcomes.len(), "{}", summary(&outcomes));
     assert!(outcomes.len() > 100, "load ran: {}", summary(&outcomes));
-    // Every key that went upstream belongs to some version: no torn config.
+    // Every key that went upstream is exactly one version's value.
     for k in a.received_keys().into_iter().chain(b.received_keys()) {
-        assert!(k.starts_with("sk-churn-"), "{k}");
+        let version = k
+            .strip_prefix("sk-churn-a-")
+            .or_else(|| k.strip_prefix("sk-churn-b-"))
+            .and_then(|v| v.parse::<usize>().ok());
+        assert!(version.is_some_and(|v| (1..=101).contains(&v)), "{k}");
     }
     eprintln!(
         "[faults] 100 config versions in {took:?} under load: {}",

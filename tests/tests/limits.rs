@@ -345,29 +345,47 @@ async fn malformed_requests_are_refused_and_nothing_reaches_upstream() {
 
 #[test]
 fn config_values_that_would_become_headers_refuse_cr_lf() {
+    // Each value carries CR/LF and a marker: the error must be the control-character refusal
+    // of exactly that field (not any error the input happens to cause), and never repeat the
+    // value (the marker sits in it).
     let cases = [
         (
             "key value",
             "apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {keyway.dev/api-keys: \"true\"}}\nstringData: {key-a: \"sk-a\\r\\nx-injected: 1\"}\n---\napiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {name: keys}\nspec: {secretRef: {name: k}}\n",
+            "secret k entry \"key-a\"",
         ),
         (
             "hostHeader",
             "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\", hostHeader: \"h\\r\\nx-injected: 1\"}]\n",
+            "spec.backends[0].hostHeader",
         ),
         (
             "auth prefix",
-            "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  auth: {header: authorization, prefix: \"Bearer \\r\\nx: \"}\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\"}]\n",
+            "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  auth: {header: authorization, prefix: \"Bearer \\r\\nx-injected: \"}\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\"}]\n",
+            "spec.auth.prefix",
         ),
     ];
-    for (what, yaml) in cases {
+    for (what, yaml, field) in cases {
+        // The same input without the CR/LF is valid: the refusal is about them alone.
+        let clean = yaml.replace("\\r\\n", " ");
+        keyway_api::manifest::Manifests::parse(&clean, &|_| None)
+            .and_then(|m| m.resolve().map(|_| ()))
+            .unwrap_or_else(|e| panic!("{what} without CR/LF is valid: {e:?}"));
         let parsed = keyway_api::manifest::Manifests::parse(yaml, &|_| None)
             .and_then(|m| m.resolve().map(|_| ()));
         let errors = parsed.expect_err(what);
-        let text = format!("{errors:?}");
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{what}: {errors:?}");
         assert!(
-            !text.contains("x-injected"),
-            "{what}: the value is not echoed: {text}"
+            errors[0].message.contains("control characters"),
+            "{what}: {errors:?}"
         );
+        for text in [format!("{errors:?}"), errors[0].to_string()] {
+            assert!(
+                !text.contains("x-injected"),
+                "{what}: the value is not echoed: {text}"
+            );
+        }
     }
 }
 
