@@ -549,3 +549,75 @@ async fn a_disabled_key_is_reprobed_for_free_and_re_enabled() {
         "probes never cost tokens"
     );
 }
+
+/// 401, 403 and 429 are about a key (or the client's request), never about the backend: however
+/// many come in a row, passive health does not eject it, with keys or without. The control:
+/// two 502s in a row do eject it under the same settings, so the check can fail.
+#[tokio::test]
+async fn key_refusals_never_mark_the_backend_down() {
+    let up = MockUpstream::start("a").await.unwrap();
+    let sensitive = "  outlierDetection: {consecutiveFailures: 2}\n";
+    // A refused request waits at most 1 s for a key (the keys cool down for 2 s after a 429).
+    let wait = "  queue: {maxLength: 10, maxWaitSeconds: 1}\n";
+    let keyed = FileProxy::start(&config(&up.url(), wait, sensitive)).await;
+    let keyless = FileProxy::start(&format!(
+        "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {{name: llm}}\nspec:\n{sensitive}  backends:\n    - {{name: a, endpoint: \"{}\"}}\n",
+        up.url()
+    ))
+    .await;
+    // The upstream refuses requests carrying these headers, whatever key they carry; a key's
+    // free probe passes, so no key is disabled and every request reaches the backend.
+    up.set_header_behavior("x-refuse", "401", Behavior::status(401));
+    up.set_header_behavior("x-refuse", "403", Behavior::status(403));
+    up.set_header_behavior("x-refuse", "429", Behavior::rate_limited(2));
+    up.set_header_behavior("x-refuse", "502", Behavior::status(502));
+    let backend = |p: &FileProxy| {
+        let url = format!("{}/status", p.admin());
+        async move { get(&url).await.unwrap().json()["pools"][0]["backends"][0].clone() }
+    };
+    for p in [&keyed, &keyless] {
+        let before = up.request_count();
+        for code in ["401", "403", "401", "403", "429"] {
+            let r = chat(&p.url(), &[("x-refuse", code)]).await.unwrap();
+            assert_eq!(r.status.as_str(), code, "{}", r.text());
+        }
+        assert!(
+            up.request_count() - before >= 5,
+            "the refusals came from the backend"
+        );
+        let b = backend(p).await;
+        assert!(b["healthy"] == true && b["ejected"] == false, "{b}");
+        // After the keys' cooldown (429), a plain request is served by that backend.
+        eventually(Duration::from_secs(5), "served after refusals", || async {
+            chat(&p.url(), &[]).await.unwrap().status == 200
+        })
+        .await;
+    }
+    // Control: the same count of 5xx answers does eject the backend.
+    for _ in 0..2 {
+        let r = chat(&keyless.url(), &[("x-refuse", "502")]).await.unwrap();
+        assert_eq!(r.status, 502, "{}", r.text());
+    }
+    let b = backend(&keyless).await;
+    assert!(b["ejected"] == true, "two 502s eject: {b}");
+}
+
+/// Keys refused at every attempt (each a 429 here) end the request with the upstream's last
+/// refusal once the attempts run out, not with a 502 of Keyway's own.
+#[tokio::test]
+async fn a_request_refused_on_every_attempt_gets_the_upstreams_last_refusal() {
+    let up = MockUpstream::start("a").await.unwrap();
+    let secret: String = (0..20)
+        .map(|i| format!("  key-{i:02}: \"sk-many-{i:04}\"\n"))
+        .collect();
+    let yaml = config(&up.url(), "", "").replace(
+        &format!("  key-a: \"{KEY_A}\"\n  key-b: \"{KEY_B}\"\n"),
+        &secret,
+    );
+    let p = FileProxy::start(&yaml).await;
+    up.set_behavior(Behavior::rate_limited(30));
+    let r = chat(&p.url(), &[]).await.unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("30"), "{:?}", r.headers);
+    assert_eq!(up.request_count(), 16, "one attempt per key, 16 at most");
+}
