@@ -621,3 +621,54 @@ async fn a_request_refused_on_every_attempt_gets_the_upstreams_last_refusal() {
     assert_eq!(r.header("retry-after"), Some("30"), "{:?}", r.headers);
     assert_eq!(up.request_count(), 16, "one attempt per key, 16 at most");
 }
+
+/// A response saying a key has under 5% of its requests left (`x-ratelimit-remaining-*`) paces
+/// that key: the forwarder passes it over while another key is ready, until the reset the
+/// upstream named, without a 429 ever being needed.
+#[tokio::test]
+async fn a_key_nearly_spent_per_its_rate_limit_headers_is_passed_over() {
+    let up = MockUpstream::start("a").await.unwrap();
+    let p = FileProxy::start(&config(&up.url(), "", "")).await;
+    // key-a's answers say 2 of 100 requests are left, resetting in 60 s; key-b's say nothing.
+    up.set_key_behavior(
+        KEY_A,
+        Some(Behavior::Status {
+            code: 200,
+            headers: vec![
+                ("x-ratelimit-limit-requests".into(), "100".into()),
+                ("x-ratelimit-remaining-requests".into(), "2".into()),
+                ("x-ratelimit-reset-requests".into(), "60s".into()),
+            ],
+            body: r#"{"id":"x","object":"chat.completion","choices":[]}"#.into(),
+        }),
+    );
+    let mut used = Vec::new();
+    for _ in 0..10 {
+        let r = chat(&p.url(), &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        used.push(key_of(&r));
+    }
+    // Round robin would alternate (5 and 5); key-a serves once, says it is nearly spent, and
+    // is passed over from then on.
+    let a = used.iter().filter(|k| *k == "key-a").count();
+    assert_eq!(a, 1, "{used:?}");
+    // The control: a key whose answers say 50 of 100 are left stays in rotation.
+    up.set_key_behavior(KEY_A, None);
+    let p2 = FileProxy::start(&config(&up.url(), "", "")).await;
+    up.set_key_behavior(
+        KEY_A,
+        Some(Behavior::Status {
+            code: 200,
+            headers: vec![
+                ("x-ratelimit-limit-requests".into(), "100".into()),
+                ("x-ratelimit-remaining-requests".into(), "50".into()),
+            ],
+            body: r#"{"id":"x","object":"chat.completion","choices":[]}"#.into(),
+        }),
+    );
+    let mut used = Vec::new();
+    for _ in 0..10 {
+        used.push(key_of(&chat(&p2.url(), &[]).await.unwrap()));
+    }
+    assert_eq!(used.iter().filter(|k| *k == "key-a").count(), 5, "{used:?}");
+}
