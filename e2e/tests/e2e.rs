@@ -11,6 +11,7 @@
 
 mod apiserver_outage;
 mod chart;
+mod config_rejected;
 mod control_plane;
 mod key_status;
 mod leader_election;

@@ -319,8 +319,13 @@ async fn traffic_threads_serve_concurrent_requests_and_drain_on_shutdown() {
 async fn requests_in_flight_finish_on_the_old_config_during_a_reload() {
     let a = MockUpstream::start("a").await.unwrap();
     let b = MockUpstream::start("b").await.unwrap();
-    let old = two_backend_pool(&a.url(), &a.url(), &[("key-old", "sk-old-1111")], "")
-        .replace("- {name: b, ", "- {name: a2, ");
+    let old = two_backend_pool(
+        &a.url(),
+        &a.url(),
+        &[("key-old", "sk-old-1111")],
+        "timeouts: {responseHeaders: 20s}",
+    )
+    .replace("- {name: b, ", "- {name: a2, ");
     let p = FileProxy::start(&old).await;
     // Slow answers on the old backend: a 200 after 4 s, and a stream of 10 events 400 ms
     // apart (long enough that the swap, polled every 50 ms, happens while they run).
