@@ -122,14 +122,28 @@ async fn upstream_dies_mid_load_requests_fail_over_and_none_hang() {
             "only clean 502/503/504 from keyway: {}",
             summary(&outcomes)
         );
-        assert!(
-            o.started < died + Duration::from_secs(1),
-            "failures only for requests in flight when a died: {}",
-            summary(&outcomes)
-        );
     }
     // At most the requests in flight on a (8 workers) and a stale pooled connection each.
     assert!(failed.len() <= 16, "{}", summary(&outcomes));
+    // And only around the death: of the requests started after it, all but those (at most 8
+    // stale connections) succeed, and the last 100 to start all do (failover settled). Counted
+    // in requests, not in seconds, so a slow machine does not matter.
+    let mut by_start: Vec<&Outcome> = outcomes.iter().collect();
+    by_start.sort_by_key(|o| o.started);
+    let after_death = by_start.iter().filter(|o| o.started > died);
+    assert!(
+        after_death.filter(|o| o.status != Some(200)).count() <= 8,
+        "{}",
+        summary(&outcomes)
+    );
+    assert!(
+        by_start.len() > 100
+            && by_start[by_start.len() - 100..]
+                .iter()
+                .all(|o| o.status == Some(200)),
+        "{}",
+        summary(&outcomes)
+    );
     eprintln!(
         "[faults] upstream died mid-load: {} ({} failed)",
         summary(&outcomes),
@@ -152,24 +166,36 @@ async fn hung_upstreams_get_a_504_within_the_response_timeout() {
     .await
     .unwrap();
     for (name, url) in [("hang", hangs.url()), ("silent", silent.url())] {
-        let p = FileProxy::start(&pool(
-            &[(name, url)],
-            &[],
-            "  timeouts: {responseHeaders: 500ms}\n",
-        ))
+        // The proxy-wide response timeout is far away: a 504 before 4 s is the pool's 500 ms.
+        let p = FileProxy::start_with(
+            &pool(
+                &[(name, url)],
+                &[],
+                "  timeouts: {responseHeaders: 500ms}\n",
+            ),
+            far_global_timeout,
+        )
         .await;
         let calls = (0..10).map(|_| bounded_chat_timed(p.url()));
         for (r, took) in futures::future::join_all(calls).await {
             let r = r.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.status, 504, "{name}: {}", r.text());
             assert_eq!(r.json()["error"]["type"], "upstream_timeout");
+            // Never before the timeout; after it by however long a loaded machine takes,
+            // but well before the client deadline (8 s) or the proxy-wide timeout (30 s).
             assert!(
-                took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+                took >= Duration::from_millis(450) && took < Duration::from_secs(4),
                 "{name}: answered after {took:?}"
             );
         }
         alive(&p, before).await;
     }
+}
+
+/// Moves the proxy-wide response timeout (2 s in the test settings) out of the way, so that
+/// a timely 504 can only come from the pool's own timeout.
+fn far_global_timeout(s: &mut keyway_proxy::Settings) {
+    s.forwarder.response_timeout = Duration::from_secs(30);
 }
 
 async fn bounded_chat_timed(url: String) -> (Result<Reply, String>, Duration) {
@@ -208,14 +234,15 @@ async fn resets_and_garbage_http_get_a_clean_502_fast() {
     }
     for (name, url) in &upstreams {
         let p = FileProxy::start(&pool(&[(name, url.clone())], &[], "")).await;
+        // "Fast" means not waited out: a proxy that waited for more would answer 504 (the
+        // response timeout), or nothing within the client deadline; a 502 is the upstream's
+        // failure recognised as soon as it happened.
         for _ in 0..5 {
-            let started = Instant::now();
             let r = bounded_chat(&p.url())
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.status, 502, "{name}: {}", r.text());
             assert_eq!(r.json()["error"]["source"], "keyway", "{name}");
-            assert!(started.elapsed() < Duration::from_secs(1), "{name}: slow");
         }
         alive(&p, before).await;
     }
@@ -308,7 +335,13 @@ async fn slow_upstreams_are_relayed_or_cut_by_their_timeouts() {
         r.as_ref().is_err_and(|e| e.starts_with("transport error")),
         "cut stream: {r:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The whole trickled body takes over 8 s (and the client deadline is 8 s): an error
+    // well before that is the 200 ms idle timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     eventually(T, "the cut stream is counted", || async {
         metric(&p.admin(), "keyway_proxy_stream_errors_total", &[]).await >= 1.0
     })
@@ -341,16 +374,25 @@ async fn slow_upstreams_are_relayed_or_cut_by_their_timeouts() {
     })
     .await
     .unwrap();
-    let p = FileProxy::start(&pool(
-        &[("c", crawling.url())],
-        &[],
-        "  timeouts: {responseHeaders: 500ms}\n",
-    ))
+    let p = FileProxy::start_with(
+        &pool(
+            &[("c", crawling.url())],
+            &[],
+            "  timeouts: {responseHeaders: 500ms}\n",
+        ),
+        far_global_timeout,
+    )
     .await;
     let started = Instant::now();
     let r = bounded_chat(&p.url()).await.unwrap();
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    // The head takes 7 s to crawl in; the proxy-wide timeout is 30 s: a 504 before 4 s is
+    // the pool's 500 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     alive(&p, before).await;
 }
 
