@@ -145,7 +145,8 @@ async fn when_every_key_cools_the_client_gets_429_with_retry_after() {
     let r = chat(&p.url(), &[]).await.unwrap();
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        // The wait is 1 s, the keys cool for 30 s: anything near 30 s waited for them.
+        started.elapsed() < Duration::from_secs(10),
         "answered within the max wait"
     );
     let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
