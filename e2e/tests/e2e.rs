@@ -21,5 +21,6 @@ mod replicas;
 mod secure_push;
 mod security;
 mod sidecar_injection;
+mod status_interval;
 mod validation;
 mod walking_skeleton;
