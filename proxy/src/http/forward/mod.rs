@@ -14,7 +14,9 @@
 //!
 //! Two kinds of retry share the attempt loop:
 //! - a **key refusal** (429, a quota error, 401/403) settles that key's lease and replays the
-//!   request with the next eligible key, before anything reaches the client;
+//!   request with the next eligible key, before anything reaches the client; when the attempts
+//!   run out on refusals, the client gets the upstream's last one (its status and
+//!   `Retry-After`), not an error of Keyway's;
 //! - a **backend failure** (connect error, 502/503/504, refused HTTP/2 stream) replays it on
 //!   another backend with the same key, up to `spec.retry.maxRetries`.
 //!
