@@ -6,8 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // Key carries a secret: its Debug is written by hand in lib.rs, redacted.
-        .skip_debug(["keyway.v1.Key"])
+        // Key and RedisStore carry secrets: their Debug is written by hand in lib.rs, redacted.
+        .skip_debug(["keyway.v1.Key", "keyway.v1.RedisStore"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -308,7 +308,8 @@ impl Manifests {
             }
         }
         for (id, spec) in &self.pools {
-            match resolve::pool(id, spec) {
+            let secrets = |name: &str| self.secrets.get(&ObjectId::new(&id.namespace, name));
+            match resolve::pool_with_secrets(id, spec, &secrets) {
                 Ok(p) => {
                     if let Some(k) = &p.key_pool {
                         let known = self

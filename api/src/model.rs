@@ -83,6 +83,10 @@ pub struct RedisStore {
     pub timeout: Duration,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
+    /// The password read from a Secret (`passwordSecretRef`); wins over `password_env`.
+    pub password: Option<SecretValue>,
+    /// Connect over TLS (sentinels too).
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -143,8 +143,26 @@ pub fn secret_not_labelled(id: &ObjectId, spec: &ApiKeyPoolSpec) -> ConfigError 
     )
 }
 
-/// Validates a `LoadBalancerPool` spec and turns it into a [`Pool`].
+/// Entries of the (opted-in) Secret of a name in the object's namespace, if there is one.
+pub type SecretLookup<'a> = &'a dyn Fn(&str) -> Option<&'a BTreeMap<String, SecretValue>>;
+
+/// A lookup that finds no Secret (for pools that name none).
+pub fn no_secrets(_: &str) -> Option<&'static BTreeMap<String, SecretValue>> {
+    None
+}
+
+/// Validates a `LoadBalancerPool` spec that names no Secret and turns it into a [`Pool`].
 pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigError> {
+    pool_with_secrets(id, spec, &no_secrets)
+}
+
+/// Validates a `LoadBalancerPool` spec and turns it into a [`Pool`]. `secrets` finds the
+/// Secrets it names in its namespace (`spec.affinity.redis.passwordSecretRef`).
+pub fn pool_with_secrets(
+    id: &ObjectId,
+    spec: &LoadBalancerPoolSpec,
+    secrets: SecretLookup<'_>,
+) -> Result<Pool, ConfigError> {
     let object = format!("LoadBalancerPool {id}");
     let invalid =
         |field: String, msg: String| ConfigError::new(&object, field, Reason::InvalidSpec, msg);
@@ -370,7 +388,7 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
         .transpose()
         .map_err(|m| invalid("spec.sseKeepAlive".into(), m))?;
 
-    let affinity = affinity(spec).map_err(|(f, m)| invalid(f, m))?;
+    let affinity = affinity(spec, &id.namespace, secrets).map_err(|(f, m)| invalid(f, m))?;
     let cluster_balance = cluster_balance(spec).map_err(|(f, m)| invalid(f, m))?;
     let mut allowed_sources = Vec::with_capacity(spec.allowed_sources.len());
     for (i, s) in spec.allowed_sources.iter().enumerate() {
@@ -403,7 +421,11 @@ pub fn pool(id: &ObjectId, spec: &LoadBalancerPoolSpec) -> Result<Pool, ConfigEr
 }
 
 /// `spec.affinity`: always on in multiCluster mode (defaults), otherwise only when set.
-fn affinity(spec: &LoadBalancerPoolSpec) -> Result<Option<Affinity>, (String, String)> {
+fn affinity(
+    spec: &LoadBalancerPoolSpec,
+    namespace: &str,
+    secrets: SecretLookup<'_>,
+) -> Result<Option<Affinity>, (String, String)> {
     let a = match (&spec.affinity, spec.mode) {
         (Some(a), _) => a.clone(),
         (None, Mode::MultiCluster) => AffinitySpec::default(),
@@ -434,7 +456,7 @@ fn affinity(spec: &LoadBalancerPoolSpec) -> Result<Option<Affinity>, (String, St
                 "store: redis needs redis.address or redis.sentinels".into(),
             ));
         }
-        (AffinityStoreKind::Redis, Some(r)) => AffinityStore::Redis(redis(&r)?),
+        (AffinityStoreKind::Redis, Some(r)) => AffinityStore::Redis(redis(&r, namespace, secrets)?),
     };
     Ok(Some(Affinity {
         header: header.to_ascii_lowercase(),
@@ -444,7 +466,11 @@ fn affinity(spec: &LoadBalancerPoolSpec) -> Result<Option<Affinity>, (String, St
     }))
 }
 
-fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
+fn redis(
+    r: &RedisSpec,
+    namespace: &str,
+    secrets: SecretLookup<'_>,
+) -> Result<RedisStore, (String, String)> {
     let f = |name: &str| format!("spec.affinity.redis.{name}");
     let host_port = |v: &str, field: String| -> Result<String, (String, String)> {
         match v.rsplit_once(':') {
@@ -513,6 +539,39 @@ fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
             ),
         ));
     }
+    let password = match &r.password_secret_ref {
+        None => None,
+        Some(sel) => {
+            let field = f("passwordSecretRef");
+            let entries = secrets(&sel.name).ok_or_else(|| {
+                (
+                    field.clone(),
+                    format!(
+                        "Secret {namespace}/{} not found among the Secrets Keyway reads (they are labelled {}: \"{}\")",
+                        sel.name,
+                        crate::secret::API_KEYS_LABEL,
+                        crate::secret::API_KEYS_LABEL_VALUE
+                    ),
+                )
+            })?;
+            let value = entries.get(&sel.key).ok_or_else(|| {
+                (
+                    field.clone(),
+                    format!("Secret {namespace}/{} has no entry {:?}", sel.name, sel.key),
+                )
+            })?;
+            if value.expose().is_empty() {
+                return Err((
+                    field,
+                    format!(
+                        "Secret {namespace}/{} entry {:?} is empty",
+                        sel.name, sel.key
+                    ),
+                ));
+            }
+            Some(value.clone())
+        }
+    };
     Ok(RedisStore {
         target,
         db: count(r.db, 0, 0..=1000).map_err(|m| (f("db"), m))?,
@@ -522,6 +581,8 @@ fn redis(r: &RedisSpec) -> Result<RedisStore, (String, String)> {
             .unwrap_or_else(|| "keyway:affinity:".to_string()),
         timeout,
         password_env: r.password_env.clone(),
+        password,
+        tls: r.tls.unwrap_or(false),
     })
 }
 

@@ -263,6 +263,28 @@ pub struct RedisSpec {
         regex(pattern = r"^KEYWAY_REDIS_[A-Za-z0-9_]+$")
     )]
     pub password_env: Option<String>,
+    /// The Redis password (`AUTH`) from one entry of a Secret in the pool's namespace. The
+    /// Secret opts in like a key Secret (label `keyway.dev/api-keys: "true"`); the value
+    /// reaches only the proxies that serve this pool. Wins over `passwordEnv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Connect over TLS. The server's certificate is checked against the public roots and
+    /// the proxy's `--upstream-ca`, for the host of `address` (or of the address a Sentinel
+    /// names). Sentinels are asked over TLS too. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+}
+
+/// One entry of a Secret in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The data entry holding the value.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Cluster choice in `mode: multiCluster`.

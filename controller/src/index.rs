@@ -111,18 +111,20 @@ pub fn build_with_unlabelled(
     let present: std::collections::HashSet<&ObjectId> = pools.iter().map(|p| &p.id).collect();
     last_good.pools.retain(|id, _| present.contains(id));
     for p in pools {
-        let (served, result, serving_last_good) = match resolve::pool(&p.id, &p.spec) {
-            Ok(resolved) => {
-                last_good.pools.insert(p.id.clone(), resolved.clone());
-                let n = resolved.backends.len();
-                let result = key_pool_problem(&p.id, &resolved, &index).map_or(Ok(n), Err);
-                (Some(resolved), result, false)
-            }
-            Err(e) => match last_good.pools.get(&p.id) {
-                Some(prev) => (Some(prev.clone()), Err(e), true),
-                None => (None, Err(e), false),
-            },
-        };
+        let lookup = |name: &str| secrets.get(&ObjectId::new(&p.id.namespace, name));
+        let (served, result, serving_last_good) =
+            match resolve::pool_with_secrets(&p.id, &p.spec, &lookup) {
+                Ok(resolved) => {
+                    last_good.pools.insert(p.id.clone(), resolved.clone());
+                    let n = resolved.backends.len();
+                    let result = key_pool_problem(&p.id, &resolved, &index).map_or(Ok(n), Err);
+                    (Some(resolved), result, false)
+                }
+                Err(e) => match last_good.pools.get(&p.id) {
+                    Some(prev) => (Some(prev.clone()), Err(e), true),
+                    None => (None, Err(e), false),
+                },
+            };
         if let Some(pool) = served {
             // The grant is read from the current specs even when an invalid edit leaves the
             // last good version serving: granting or revoking access always takes effect.

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod discovery;
 pub mod helm;
 pub mod http;
+pub mod manifests;
 pub mod node;
 pub mod paths;
 pub mod process;

@@ -22,6 +22,7 @@ use keyway_api::spec::{ApiKeyPool, Condition, LoadBalancerPool};
 use keyway_e2e::discovery::{self, Dial, hello};
 use keyway_e2e::helm::{Helm, chart_dir, find, of_kind, parse_manifests};
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::prometheus::Prometheus;
 use keyway_e2e::{
     Cluster, Controller, MockUpstream, Proxy, Timings, cluster, paths, random_hex, wait_for,
@@ -631,29 +632,15 @@ fn ready(conditions: &[Condition]) -> Option<&Condition> {
 }
 
 fn pool_manifests(upstream: &str, key: &str, with_secret: bool) -> String {
-    let secret = if with_secret {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: llm-keys, labels: {{keyway.dev/api-keys: \"true\"}}}}\nstringData:\n  key-a: \"{key}\"\n---\n"
-        )
+    let m = if with_secret {
+        Manifests::new().secret("llm-keys", &[("key-a", key)])
     } else {
-        String::new()
+        Manifests::new()
     };
-    format!(
-        r#"{secret}apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata: {{name: keys}}
-spec:
-  secretRef: {{name: llm-keys}}
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata: {{name: llm}}
-spec:
-  apiKeyPoolRef: {{name: keys}}
-  backends:
-  - {{name: a, endpoint: "{upstream}"}}
-"#
-    )
+    m.key_pool("keys", "llm-keys")
+        .pool("llm", "keys")
+        .backend("a", upstream)
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -930,10 +917,14 @@ async fn install_runs_the_controller_with_the_charts_rbac() {
         url: controller.grpc_url.replacen("https://", "http://", 1),
         ..Dial::default()
     };
-    let (with_audience, default_audience) = tokio::join!(
-        cluster.service_account_token(watched.name(), "keyway-proxy", Some(&audience)),
-        cluster.service_account_token(watched.name(), "keyway-proxy", None),
-    );
+    // One after the other: both create the ServiceAccount, and two concurrent applies of a
+    // new object race (one gets AlreadyExists).
+    let with_audience = cluster
+        .service_account_token(watched.name(), "keyway-proxy", Some(&audience))
+        .await;
+    let default_audience = cluster
+        .service_account_token(watched.name(), "keyway-proxy", None)
+        .await;
     let watched_ns = watched.name();
     let attempt = |dial: Dial, token: String| async move {
         let (_tx, mut inbound) = discovery::open(&dial, Some(&token), hello(watched_ns))

@@ -6,6 +6,7 @@
 
 use keyway_api::spec::LoadBalancerPool;
 use keyway_e2e::discovery::{self, Dial, hello};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::process::DEFAULT_AUDIENCE;
 use keyway_e2e::{Controller, Timings, cluster, wait_for};
 use keyway_proto as pb;
@@ -18,33 +19,12 @@ async fn a_nack_becomes_a_config_rejected_event_and_a_degraded_condition() {
     let cluster = cluster().await;
     let ns = cluster.namespace("config-rejected").await;
     ns.apply(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {keyway.dev/api-keys: "true"}
-stringData:
-  key-a: "sk-e2e-nack-aaaa"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-    - name: a
-      endpoint: "http://127.0.0.1:1"
-"#,
+        &Manifests::new()
+            .secret("keys", &[("key-a", "sk-e2e-nack-aaaa")])
+            .key_pool("keys", "keys")
+            .pool("llm", "keys")
+            .backend("a", "http://127.0.0.1:1")
+            .yaml(),
     )
     .await;
     let controller = Controller::start(cluster, Some(ns.name())).await;

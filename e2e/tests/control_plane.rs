@@ -3,43 +3,20 @@
 //! the controller dies under load, and pool deletion reaching the proxies.
 
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, wait_for};
 use std::time::{Duration, Instant};
 
 fn manifests(upstream: &str, akp_extra: &str, lbp_extra: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-a: "sk-e2e-cp-aaaa"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
-{akp_extra}---
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-{lbp_extra}  backends:
-    - name: primary
-      role: primary
-      endpoint: "{upstream}"
-    - name: secondary
-      role: secondary
-      endpoint: "{upstream}/secondary"
-"#
-    )
+    Manifests::new()
+        .secret("keys", &[("key-a", "sk-e2e-cp-aaaa")])
+        .key_pool("keys", "keys")
+        .spec(akp_extra)
+        .pool("llm", "keys")
+        .spec(lbp_extra)
+        .backend_with_role("primary", "primary", upstream)
+        .backend_with_role("secondary", "secondary", &format!("{upstream}/secondary"))
+        .yaml()
 }
 
 async fn status(http: &HttpClient, proxy: &Proxy) -> serde_json::Value {

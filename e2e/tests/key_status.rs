@@ -4,6 +4,7 @@
 
 use keyway_api::spec::{ApiKeyPool, LoadBalancerPool};
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use keyway_testkit::Behavior;
 use kube::Api;
@@ -19,37 +20,14 @@ async fn key_states_and_usage_reach_the_status() {
         format!("sk-e2e-a-{}", random_hex(12)),
         format!("sk-e2e-b-{}", random_hex(12)),
     );
-    ns.apply(&format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-a: "{key_a}"
-  key-b: "{key_b}"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-    - name: a
-      endpoint: "{}"
-"#,
-        upstream.url()
-    ))
+    ns.apply(
+        &Manifests::new()
+            .secret("keys", &[("key-a", &key_a), ("key-b", &key_b)])
+            .key_pool("keys", "keys")
+            .pool("llm", "keys")
+            .backend("a", &upstream.url())
+            .yaml(),
+    )
     .await;
     let mut controller = Controller::start_with(
         cluster,

@@ -12,6 +12,7 @@
 
 use keyway_e2e::cluster::TestNamespace;
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use keyway_testkit::Behavior;
 use std::sync::Arc;
@@ -21,38 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn manifests(upstream: &str, keys: &[(&str, &str)]) -> String {
-    let entries: String = keys
-        .iter()
-        .map(|(k, v)| format!("  {k}: \"{v}\"\n"))
-        .collect();
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-{entries}---
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-    - name: a
-      endpoint: "{upstream}"
-"#
-    )
+    Manifests::new()
+        .secret("keys", keys)
+        .key_pool("keys", "keys")
+        .pool("llm", "keys")
+        .backend("a", upstream)
+        .yaml()
 }
 
 /// Sum of a metric's series (lines starting with `name{` or `name `) containing every label

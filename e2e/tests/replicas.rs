@@ -5,6 +5,7 @@
 //! proxies whichever replica leads.
 
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, wait_for};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,38 +13,15 @@ use std::time::{Duration, Instant};
 const LEASE_SECONDS: &str = "3";
 
 fn manifests(upstream: &str, rpm: u32, queue_wait: u32) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-stringData:
-  key-a: "sk-e2e-replicas-aaaa"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
-  defaults:
-    requestsPerMinute: {rpm}
-  queue:
-    maxWaitSeconds: {queue_wait}
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-    - name: a
-      endpoint: "{upstream}"
-"#
-    )
+    Manifests::new()
+        .secret("keys", &[("key-a", "sk-e2e-replicas-aaaa")])
+        .key_pool("keys", "keys")
+        .spec(&format!(
+            "defaults:\n  requestsPerMinute: {rpm}\nqueue:\n  maxWaitSeconds: {queue_wait}\n"
+        ))
+        .pool("llm", "keys")
+        .backend("a", upstream)
+        .yaml()
 }
 
 /// Two controllers electing a leader on a Lease in `ns`.

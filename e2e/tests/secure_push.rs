@@ -7,6 +7,7 @@
 
 use bytes::{Buf, Bytes};
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex};
 use keyway_proto as pb;
 use prost::Message;
@@ -29,35 +30,14 @@ fn manifests(upstream: &str, key: &str, lbp_extra: &str) -> String {
 
 /// [`manifests`] with extra ApiKeyPool spec lines too (the key owner's consent to a grant).
 fn manifests_with(upstream: &str, key: &str, akp_extra: &str, lbp_extra: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: llm-keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-1: "{key}"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: llm-keys
-{akp_extra}---
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-  - name: up
-    endpoint: "{upstream}"
-{lbp_extra}"#
-    )
+    Manifests::new()
+        .secret("llm-keys", &[("key-1", key)])
+        .key_pool("keys", "llm-keys")
+        .spec(akp_extra)
+        .pool("llm", "keys")
+        .spec(lbp_extra)
+        .backend("up", upstream)
+        .yaml()
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`.

@@ -9,6 +9,7 @@
 use keyway_api::spec::ApiKeyPool;
 use keyway_e2e::discovery::{self, Dial, hello};
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::process::DEFAULT_AUDIENCE;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use keyway_proto as pb;
@@ -20,34 +21,21 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A Secret `name` holding `key-1: value`, labelled as a key Secret when `labelled`.
 fn secret(name: &str, value: &str, labelled: bool) -> String {
-    let labels = if labelled {
-        "\n  labels: {keyway.dev/api-keys: \"true\"}"
+    let keys = [("key-1", value)];
+    if labelled {
+        Manifests::new().secret(name, &keys).yaml()
     } else {
-        ""
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}{labels}\nstringData:\n  key-1: \"{value}\"\n"
-    )
+        Manifests::new().unlabelled_secret(name, &keys).yaml()
+    }
 }
 
 /// An ApiKeyPool `keys` on Secret `secret` and a LoadBalancerPool `llm` using it.
 fn pools(secret: &str, upstream: &str) -> String {
-    format!(
-        r#"apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata: {{name: keys}}
-spec:
-  secretRef: {{name: {secret}}}
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata: {{name: llm}}
-spec:
-  apiKeyPoolRef: {{name: keys}}
-  backends:
-  - {{name: up, endpoint: "{upstream}"}}
-"#
-    )
+    Manifests::new()
+        .key_pool("keys", secret)
+        .pool("llm", "keys")
+        .backend("up", upstream)
+        .yaml()
 }
 
 /// The `Ready` condition's (status, reason, message) of ApiKeyPool `name`.
@@ -230,26 +218,15 @@ async fn grants_need_the_key_owner_and_a_named_pool() {
         pools("keys-b", &up_b.url())
     ))
     .await;
-    let c_pool = format!(
-        r#"apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata: {{name: shared-keys}}
-spec:
-  secretRef: {{name: keys-c}}
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata: {{name: shared}}
-spec:
-  apiKeyPoolRef: {{name: shared-keys}}
-  allowedProxyNamespaces: [{b}]
-  routes: [{{pathPrefix: /}}]
-  backends:
-  - {{name: up, endpoint: "{up}"}}
-"#,
-        b = b.name(),
-        up = up_c.url()
-    );
+    let c_pool = Manifests::new()
+        .key_pool("shared-keys", "keys-c")
+        .pool("shared", "shared-keys")
+        .spec(&format!(
+            "allowedProxyNamespaces: [{}]\nroutes: [{{pathPrefix: /}}]",
+            b.name()
+        ))
+        .backend("up", &up_c.url())
+        .yaml();
     c.apply(&format!("{}---\n{c_pool}", secret("keys-c", &key_c, true)))
         .await;
     let watched = format!("{},{}", b.name(), c.name());

@@ -4,6 +4,7 @@
 
 use keyway_api::spec::ApiKeyPool;
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, wait_for};
 use kube::Api;
 use std::time::{Duration, Instant};
@@ -16,36 +17,14 @@ async fn usage_counters_are_written_at_most_once_per_interval() {
     let cluster = cluster().await;
     let ns = cluster.namespace("status-interval").await;
     let upstream = MockUpstream::start("a").await.expect("mock upstream");
-    ns.apply(&format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-a: "sk-e2e-interval-aaaa"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: keys
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-    - name: a
-      endpoint: "{}"
-"#,
-        upstream.url()
-    ))
+    ns.apply(
+        &Manifests::new()
+            .secret("keys", &[("key-a", "sk-e2e-interval-aaaa")])
+            .key_pool("keys", "keys")
+            .pool("llm", "keys")
+            .backend("a", &upstream.url())
+            .yaml(),
+    )
     .await;
     let interval = INTERVAL_SECS.to_string();
     let controller = Controller::start_with(

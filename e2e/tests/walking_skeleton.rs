@@ -4,6 +4,7 @@
 
 use keyway_api::spec::{ApiKeyPool, Condition, LoadBalancerPool};
 use keyway_e2e::http::{HttpClient, chat_request};
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::{Controller, MockUpstream, Proxy, Timings, cluster, random_hex, wait_for};
 use kube::Api;
 use std::collections::BTreeSet;
@@ -15,39 +16,13 @@ const ROTATION_DEADLINE: Duration = Duration::from_secs(2);
 const STATUS_DEADLINE: Duration = Duration::from_secs(15);
 
 fn manifests(a: &str, b: &str, key_a: &str, key_b: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: llm-keys
-  labels: {{keyway.dev/api-keys: "true"}}
-type: Opaque
-stringData:
-  key-a: "{key_a}"
-  key-b: "{key_b}"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata:
-  name: keys
-spec:
-  secretRef:
-    name: llm-keys
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata:
-  name: llm
-spec:
-  apiKeyPoolRef:
-    name: keys
-  backends:
-  - name: a
-    endpoint: "{a}"
-  - name: b
-    endpoint: "{b}"
-"#
-    )
+    Manifests::new()
+        .secret("llm-keys", &[("key-a", key_a), ("key-b", key_b)])
+        .key_pool("keys", "llm-keys")
+        .pool("llm", "keys")
+        .backend("a", a)
+        .backend("b", b)
+        .yaml()
 }
 
 /// Every key value either upstream has received.

@@ -36,6 +36,29 @@ impl fmt::Debug for Key {
     }
 }
 
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.address)
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("db", &self.db)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("password_env", &self.password_env)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 // === model -> proto ===
 
 impl Snapshot {
@@ -206,6 +229,12 @@ impl From<&model::Pool> for Pool {
                             key_prefix: r.key_prefix.clone(),
                             timeout_ms: ms(r.timeout),
                             password_env: r.password_env.clone().unwrap_or_default(),
+                            password: r
+                                .password
+                                .as_ref()
+                                .map(|p| p.expose().to_string())
+                                .unwrap_or_default(),
+                            tls: r.tls,
                         })
                     }
                 },
@@ -547,6 +576,8 @@ fn affinity(a: Affinity) -> FieldResult<model::Affinity> {
                 key_prefix: r.key_prefix,
                 timeout: Duration::from_millis(r.timeout_ms.max(1)),
                 password_env: (!r.password_env.is_empty()).then_some(r.password_env),
+                password: (!r.password.is_empty()).then(|| SecretValue::new(r.password)),
+                tls: r.tls,
             })
         }
     };
@@ -718,9 +749,14 @@ apiVersion: keyway.dev/v1alpha1
 kind: LoadBalancerPool
 metadata: {name: mcp, namespace: team}
 spec:
-  affinity: {header: Mcp-Session-Id, store: redis, redis: {address: "127.0.0.1:6379"}}
+  affinity: {header: Mcp-Session-Id, store: redis, redis: {address: "127.0.0.1:6379", tls: true, passwordSecretRef: {name: redis-auth, key: pw}}}
   backends:
     - {name: a, endpoint: "http://127.0.0.1:6"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: redis-auth, namespace: team}
+stringData: {pw: redis-secret-pw}
 "#;
         let model = Manifests::parse(yaml, &|_| None)
             .unwrap()
@@ -728,6 +764,9 @@ spec:
             .unwrap();
         let wire = Snapshot::from_model(7, &model);
         assert_eq!(wire.version, 7);
+        let debug = format!("{wire:?}");
+        assert!(debug.contains("<redacted>"), "the password is redacted");
+        assert!(!debug.contains("redis-secret-pw"), "{debug}");
         let back = model::Snapshot::try_from(wire).unwrap();
         assert_eq!(back, model);
     }

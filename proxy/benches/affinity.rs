@@ -75,6 +75,8 @@ fn redis(c: &mut Criterion) {
         key_prefix: String::new(),
         timeout: Duration::from_secs(1),
         password_env: None,
+        password: None,
+        tls: false,
     });
     let ready = rt.block_on(async {
         for _ in 0..100 {

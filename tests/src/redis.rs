@@ -1,7 +1,7 @@
 //! A real `redis-server` (the Debian package, installed by `e2e/tools/install.sh`) on a
 //! loopback port, with no persistence, for the affinity-store tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +73,58 @@ impl RedisServer {
         crate::eventually(Duration::from_secs(10), "redis-server answers PING", || {
             server.ping()
         })
+        .await;
+        server
+    }
+
+    /// Starts a server that speaks TLS only (certificate `cert`, key `key`; clients are not
+    /// asked for certificates), requiring `password` when given, and waits until it accepts
+    /// connections.
+    pub async fn start_tls(cert: &Path, key: &Path, password: Option<&str>) -> RedisServer {
+        let port = crate::free_port();
+        let bin = binary();
+        let mut args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = password {
+            args.extend(["--requirepass".to_string(), p.to_string()]);
+        }
+        let child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} with TLS: {e}", bin.display()));
+        let server = RedisServer {
+            child: Some(child),
+            port,
+            _dir: None,
+        };
+        crate::eventually(
+            Duration::from_secs(10),
+            "redis-server (TLS) listens",
+            || async move { TcpStream::connect(("127.0.0.1", port)).await.is_ok() },
+        )
         .await;
         server
     }

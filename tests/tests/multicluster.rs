@@ -393,6 +393,153 @@ async fn redis_store_shares_assignments_and_survives_redis_going_away() {
     );
 }
 
+/// A CA and a certificate for 127.0.0.1 signed by it (openssl, in `dir`): (ca, cert, key).
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req", "-x509", "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
+    ];
+    ca.extend(ec);
+    ca.extend([
+        "-subj",
+        "/CN=keyway-test-redis-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec![
+        "req",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=redis",
+    ];
+    csr.extend(ec);
+    run(&csr);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "redis.crt",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("redis.crt"),
+        dir.join("redis.key"),
+    )
+}
+
+#[tokio::test]
+async fn redis_store_over_tls_with_a_password_from_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let password = format!("redis-pw-{}", std::process::id());
+    let redis = RedisServer::start_tls(&cert, &key, Some(&password)).await;
+    let east = MockUpstream::start("east").await.unwrap();
+    let west = MockUpstream::start("west").await.unwrap();
+    east.set_deep_health(deep(true, 1000, 0));
+    west.set_deep_health(deep(true, 1000, 0));
+    let clusters = [("east", east.url()), ("west", west.url())];
+    let store = format!(
+        "  affinity: {{store: redis, redis: {{address: \"{}\", timeout: 500ms, tls: true, passwordSecretRef: {{name: redis-auth, key: password}}}}}}",
+        redis.address()
+    );
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: redis-auth}}\nstringData: {{password: \"{password}\"}}\n---\n{}",
+        multi_cluster(&clusters, &store)
+    );
+    let trusted = |s: &mut keyway_proxy::Settings| s.forwarder.upstream_ca = Some(ca.clone());
+    let one = FileProxy::start_with(&yaml, trusted).await;
+    let two = FileProxy::start_with(&yaml, trusted).await;
+    // Without the private CA the server is not trusted: every lookup falls back to memory.
+    let untrusting = FileProxy::start(&yaml).await;
+    for p in [&one, &two, &untrusting] {
+        sees(p, "west", true, 0).await;
+        sees(p, "east", true, 0).await;
+    }
+    let users: Vec<String> = (0..20).map(|i| format!("tls-user-{i}")).collect();
+    let mut first = HashMap::new();
+    for u in &users {
+        first.insert(u.clone(), cluster_of(&one, u).await);
+    }
+    // Replica two reads replica one's assignments through the TLS Redis (AUTH passed).
+    for u in &users {
+        assert_eq!(
+            cluster_of(&two, u).await,
+            first[u],
+            "{u}: not shared over TLS"
+        );
+    }
+    let hits = metric(
+        &two,
+        "keyway_proxy_affinity_lookups_total",
+        &[r#"store="redis""#, r#"result="hit""#],
+    )
+    .await;
+    assert!(hits >= users.len() as f64, "hits {hits}");
+    for p in [&one, &two] {
+        assert_eq!(
+            metric(p, "keyway_proxy_affinity_store_fallbacks_total", &[]).await,
+            0.0,
+            "a trusted proxy never falls back"
+        );
+    }
+    let r = ask(&untrusting, Some("someone"), MODEL).await;
+    assert_eq!(r.status, 200, "served from memory: {}", r.text());
+    assert!(
+        metric(
+            &untrusting,
+            "keyway_proxy_affinity_store_fallbacks_total",
+            &[]
+        )
+        .await
+            > 0.0,
+        "an untrusted certificate is refused"
+    );
+    // The password is not shown by the admin API.
+    let status = get(&format!("{}/status", one.admin()))
+        .await
+        .unwrap()
+        .text();
+    assert!(!status.contains(&password), "password in /status");
+}
+
 fn redis_settings(redis: &RedisServer) -> keyway_api::model::RedisStore {
     keyway_api::model::RedisStore {
         target: keyway_api::model::RedisTarget::Direct(redis.address()),
@@ -400,6 +547,8 @@ fn redis_settings(redis: &RedisServer) -> keyway_api::model::RedisStore {
         key_prefix: "keyway:affinity:".into(),
         timeout: Duration::from_secs(1),
         password_env: None,
+        password: None,
+        tls: false,
     }
 }
 

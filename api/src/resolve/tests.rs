@@ -383,6 +383,54 @@ fn multi_cluster_errors_name_the_field() {
         }
     }
 
+    // passwordSecretRef: read from the pool's namespace; a missing Secret or entry names the
+    // field and never a value.
+    s.affinity
+        .as_mut()
+        .unwrap()
+        .redis
+        .as_mut()
+        .unwrap()
+        .password_secret_ref = Some(crate::spec::SecretKeyRef {
+        name: "redis-auth".into(),
+        key: "password".into(),
+    });
+    let entries: BTreeMap<String, SecretValue> =
+        [("password".to_string(), SecretValue::new("pw-value-123"))].into();
+    let found = |name: &str| (name == "redis-auth").then_some(&entries);
+    match pool_with_secrets(&id(), &s, &found)
+        .unwrap()
+        .affinity
+        .unwrap()
+        .store
+    {
+        crate::model::AffinityStore::Redis(r) => {
+            assert_eq!(
+                r.password.as_ref().map(|p| p.expose()),
+                Some("pw-value-123")
+            );
+            assert!(!r.tls);
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = pool(&id(), &s).unwrap_err();
+    assert_eq!(e.field, "spec.affinity.redis.passwordSecretRef");
+    assert!(e.message.contains("redis-auth"), "{e}");
+    let wrong_key = |name: &str| (name == "redis-auth").then_some(&entries);
+    s.affinity
+        .as_mut()
+        .unwrap()
+        .redis
+        .as_mut()
+        .unwrap()
+        .password_secret_ref
+        .as_mut()
+        .unwrap()
+        .key = "pass".into();
+    let e = pool_with_secrets(&id(), &s, &wrong_key).unwrap_err();
+    assert_eq!(e.field, "spec.affinity.redis.passwordSecretRef");
+    assert!(!e.message.contains("pw-value-123"), "{e}");
+
     let mut s = base.clone();
     s.affinity = Some(AffinitySpec {
         header: Some("bad header".into()),

@@ -4,6 +4,7 @@
 //! runs the tests one at a time.
 
 use keyway_e2e::http::HttpClient;
+use keyway_e2e::manifests::Manifests;
 use keyway_e2e::node::{images, node};
 use keyway_e2e::{Cluster, TestNamespace, random_hex, wait_for};
 use serde_json::Value;
@@ -196,36 +197,14 @@ const SECURITY: &str = "{runAsNonRoot: true, runAsUser: 65532, readOnlyRootFiles
 /// The Secret (labelled for Keyway), the ApiKeyPool and the failover LoadBalancerPool `llm`
 /// whose backends are the two mocks' Services, by DNS name.
 pub fn pool_manifest(ns: &str, keys: &[String; 2]) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata:
-  name: llm-keys
-  labels: {{keyway.dev/api-keys: "true"}}
-stringData:
-  key-a: "{a}"
-  key-b: "{b}"
----
-apiVersion: keyway.dev/v1alpha1
-kind: ApiKeyPool
-metadata: {{name: llm}}
-spec:
-  secretRef: {{name: llm-keys}}
----
-apiVersion: keyway.dev/v1alpha1
-kind: LoadBalancerPool
-metadata: {{name: llm}}
-spec:
-  apiKeyPoolRef: {{name: llm}}
-  mode: failover
-  auth: {{header: Authorization, prefix: "Bearer "}}
-  backends:
-  - {{name: primary, role: primary, endpoint: "http://mock-a.{ns}.svc"}}
-  - {{name: secondary, role: secondary, endpoint: "http://mock-b.{ns}.svc"}}
-"#,
-        a = keys[0],
-        b = keys[1],
-    )
+    Manifests::new()
+        .secret("llm-keys", &[("key-a", &keys[0]), ("key-b", &keys[1])])
+        .key_pool("llm", "llm-keys")
+        .pool("llm", "llm")
+        .spec("mode: failover\nauth: {header: Authorization, prefix: \"Bearer \"}")
+        .backend_with_role("primary", "primary", &format!("http://mock-a.{ns}.svc"))
+        .backend_with_role("secondary", "secondary", &format!("http://mock-b.{ns}.svc"))
+        .yaml()
 }
 
 /// The app: `keyway-app-client` asking for injection, sending every 100 ms through

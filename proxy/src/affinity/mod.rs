@@ -57,12 +57,24 @@ impl AffinityStore {
     /// `pool` namespaces the Redis keys (`<prefix><namespace>/<name>:<value>`) and labels the
     /// store's metrics.
     pub fn new(settings: model::Affinity, pool: &str, metrics: &ClusterMetrics) -> Self {
+        let trust =
+            crate::tls::upstream_config(None).expect("the webpki roots make a valid client config");
+        Self::with_trust(settings, pool, metrics, Arc::new(trust))
+    }
+
+    /// [`AffinityStore::new`], verifying a TLS Redis with `trust` (the upstream trust).
+    pub fn with_trust(
+        settings: model::Affinity,
+        pool: &str,
+        metrics: &ClusterMetrics,
+        trust: Arc<rustls::ClientConfig>,
+    ) -> Self {
         let metrics = metrics.store(pool, kind(&settings.store));
         let memory = MemoryStore::new(settings.ttl, settings.max_entries as usize);
         let redis = match &settings.store {
             StoreKind::Memory => None,
             StoreKind::Redis(r) => Some(RedisBacked {
-                client: RedisClient::new(r),
+                client: RedisClient::with_trust(r, trust),
                 prefix: format!("{}{pool}:", r.key_prefix),
                 timeout: r.timeout,
                 ttl_ms: settings.ttl.as_millis().max(1).to_string(),

@@ -1,10 +1,12 @@
-//! A small Redis client: RESP2 over TCP, a few pooled connections, Sentinel discovery of the
-//! master, `AUTH` and `SELECT`. Only what the affinity store needs (`GETEX`, `SET`, `DEL`).
+//! A small Redis client: RESP2 over TCP or TLS, a few pooled connections, Sentinel discovery
+//! of the master, `AUTH` and `SELECT`. Only what the affinity store needs (`GETEX`, `SET`,
+//! `DEL`); every reply is bounded as a whole ([`MAX_REPLY`]). Why this is not redis-rs:
+//! docs/architecture.md, "Hand-written infrastructure".
 
 use keyway_api::model::{RedisStore, RedisTarget};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per client.
@@ -43,24 +45,47 @@ pub struct RedisClient {
     target: RedisTarget,
     db: u32,
     password: Option<String>,
+    /// TLS to the server (and the sentinels), verified with `trust`.
+    tls: bool,
+    trust: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
 
+/// A plain or TLS connection.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct Conn {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl RedisClient {
+    /// A client; a TLS server is verified with the webpki roots alone.
     pub fn new(settings: &RedisStore) -> Self {
-        let password = settings
-            .password_env
-            .as_ref()
-            .and_then(|name| std::env::var(name).ok());
+        Self::build(settings, None)
+    }
+
+    /// A client verifying a TLS server with `trust` (the proxy's upstream trust).
+    pub fn with_trust(settings: &RedisStore, trust: Arc<rustls::ClientConfig>) -> Self {
+        Self::build(settings, Some(trust))
+    }
+
+    fn build(settings: &RedisStore, trust: Option<Arc<rustls::ClientConfig>>) -> Self {
+        // A Secret's password wins over the environment's.
+        let password = match &settings.password {
+            Some(p) => Some(p.expose().to_owned()),
+            None => settings
+                .password_env
+                .as_ref()
+                .and_then(|name| std::env::var(name).ok()),
+        };
         Self {
             target: settings.target.clone(),
             db: settings.db,
             password,
+            tls: settings.tls,
+            trust,
             connect_timeout: settings.timeout.max(Duration::from_millis(100)),
             idle: Mutex::new(Vec::new()),
         }
@@ -119,6 +144,28 @@ impl RedisClient {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Io> = if self.tls {
+            let host = host_of(addr);
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{host:?} is not a TLS server name"),
+                )
+            })?;
+            let trust = match &self.trust {
+                Some(t) => t.clone(),
+                None => Arc::new(crate::tls::upstream_config(None).map_err(std::io::Error::other)?),
+            };
+            let connector = tokio_rustls::TlsConnector::from(trust);
+            let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Box::new(tls)
+        } else {
+            Box::new(stream)
+        };
         Ok(Conn {
             stream: BufReader::new(stream),
         })
@@ -149,6 +196,14 @@ impl RedisClient {
             }
         }
         Err(RedisError::NoMaster(master.to_string()))
+    }
+}
+
+/// The host of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    match addr.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
     }
 }
 

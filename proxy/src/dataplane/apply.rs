@@ -88,6 +88,7 @@ impl Registry {
         snapshot: Arc<model::Snapshot>,
         metrics: &Metrics,
         health_client: Option<&health::HealthClient>,
+        upstream_trust: &Arc<rustls::ClientConfig>,
     ) -> Router {
         // Forget counters of objects that left the config, keep the rest.
         self.backends.retain(|(pool, backend), _| {
@@ -168,7 +169,12 @@ impl Registry {
                     self.affinity
                         .entry(p.id.clone())
                         .or_insert_with(|| {
-                            Arc::new(AffinityStore::new(a.clone(), &label, &metrics.clusters))
+                            Arc::new(AffinityStore::with_trust(
+                                a.clone(),
+                                &label,
+                                &metrics.clusters,
+                                upstream_trust.clone(),
+                            ))
                         })
                         .clone()
                 });

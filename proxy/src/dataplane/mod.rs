@@ -55,6 +55,9 @@ pub struct Dataplane {
     /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
     /// other namespaces grant it.
     home_namespace: OnceLock<String>,
+    /// The upstream TLS trust (`--upstream-ca` and the webpki roots), set by the forwarder;
+    /// used by clients the dataplane builds (the Redis affinity store over TLS).
+    upstream_trust: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 // === impl Dataplane ===
@@ -70,7 +73,25 @@ impl Dataplane {
             metrics,
             health_client: OnceLock::new(),
             home_namespace: OnceLock::new(),
+            upstream_trust: OnceLock::new(),
         }
+    }
+
+    /// The TLS trust for upstreams (the first call wins); see `upstream_trust`.
+    pub fn set_upstream_trust(&self, trust: Arc<rustls::ClientConfig>) {
+        let _ = self.upstream_trust.set(trust);
+    }
+
+    /// The upstream TLS trust, or the webpki roots alone when no forwarder set one.
+    pub fn upstream_trust(&self) -> Arc<rustls::ClientConfig> {
+        self.upstream_trust
+            .get_or_init(|| {
+                Arc::new(
+                    crate::tls::upstream_config(None)
+                        .expect("the webpki roots make a valid client config"),
+                )
+            })
+            .clone()
     }
 
     /// The proxy's own namespace (controller mode): its pools win route ties against pools
@@ -128,7 +149,12 @@ impl Dataplane {
         });
         let router = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            let mut router = reg.compile(snapshot, &self.metrics, health_client.as_ref());
+            let mut router = reg.compile(
+                snapshot,
+                &self.metrics,
+                health_client.as_ref(),
+                &self.upstream_trust(),
+            );
             router.home_namespace = self.home_namespace.get().cloned();
             router
         };
