@@ -255,6 +255,37 @@ impl Counters for ApiKeyPoolStatus {
     }
 }
 
+/// What to do with a desired status, given the last one written (and when) and the API's.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// Nothing changed.
+    Unchanged,
+    /// Only usage counters changed, and the last write is younger than the counter interval.
+    CountersTooSoon,
+    Write,
+}
+
+fn due<S: Counters>(
+    last: Option<&(S, Instant)>,
+    current: Option<&S>,
+    desired: &S,
+    counter_interval: Duration,
+    now: Instant,
+) -> Due {
+    if last.map(|(s, _)| s) == Some(desired) || current == Some(desired) {
+        return Due::Unchanged;
+    }
+    match last {
+        Some((s, at))
+            if s.without_counters() == desired.without_counters()
+                && now.saturating_duration_since(*at) < counter_interval =>
+        {
+            Due::CountersTooSoon
+        }
+        _ => Due::Write,
+    }
+}
+
 /// Patches the status unless it is unchanged, or only its counters changed and they were
 /// written less than `counter_interval` ago. True when a new status was written.
 #[allow(clippy::too_many_arguments)]
@@ -273,16 +304,20 @@ where
     S: Counters + serde::Serialize,
 {
     let last = written.get(id);
-    if last.map(|(s, _)| s) == Some(&desired) || current.as_ref() == Some(&desired) {
-        let at = last.map_or_else(Instant::now, |(_, at)| *at);
-        written.insert(id.clone(), (desired, at));
-        return false;
-    }
-    if let Some((s, at)) = last
-        && s.without_counters() == desired.without_counters()
-        && at.elapsed() < counter_interval
-    {
-        return false;
+    match due(
+        last,
+        current.as_ref(),
+        &desired,
+        counter_interval,
+        Instant::now(),
+    ) {
+        Due::Unchanged => {
+            let at = last.map_or_else(Instant::now, |(_, at)| *at);
+            written.insert(id.clone(), (desired, at));
+            return false;
+        }
+        Due::CountersTooSoon => return false,
+        Due::Write => {}
     }
     if patch(api, kind, id, &desired, metrics).await {
         written.insert(id.clone(), (desired, Instant::now()));
@@ -553,6 +588,56 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use keyway_api::resolve::{ConfigError, Reason};
+
+    /// `--status-counter-interval-seconds`: counters alone are written at most once per
+    /// interval, however often proxies report; any other change is written at once.
+    #[test]
+    fn counters_alone_are_written_at_most_once_per_interval() {
+        let interval = Duration::from_secs(10);
+        let status = |requests: i64, state: &str| ApiKeyPoolStatus {
+            total_keys: 1,
+            active_keys: i32::from(state == "active"),
+            keys: vec![keyway_api::spec::KeyStatus {
+                id: "k1".into(),
+                state: state.into(),
+                proxies: "1/1".into(),
+                requests,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let mut last: Option<(ApiKeyPoolStatus, Instant)> = None;
+        let mut writes = Vec::new();
+        // A report every second for 60 s, each with one more request.
+        for second in 0..=60u64 {
+            let now = start + Duration::from_secs(second);
+            let desired = status(second as i64, "active");
+            if due(last.as_ref(), None, &desired, interval, now) == Due::Write {
+                writes.push(second);
+                last = Some((desired, now));
+            }
+        }
+        assert_eq!(writes, [0, 10, 20, 30, 40, 50, 60]);
+
+        // A state change is written at once, one second after a counter write.
+        let now = start + Duration::from_secs(61);
+        let disabled = status(61, "disabled");
+        assert_eq!(
+            due(last.as_ref(), None, &disabled, interval, now),
+            Due::Write
+        );
+        // What is written, or already in the API, is not written again.
+        let (written, at) = last.clone().unwrap();
+        assert_eq!(
+            due(last.as_ref(), None, &written, interval, at),
+            Due::Unchanged
+        );
+        assert_eq!(
+            due(None, Some(&written), &written, interval, now),
+            Due::Unchanged
+        );
+    }
 
     #[test]
     fn transition_time_moves_only_on_status_change() {

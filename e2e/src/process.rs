@@ -16,9 +16,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const TAIL_LINES: usize = 40;
 
 /// A running child process. Its stdout and stderr go to files (see [`Process::logs`]) so a
-/// test can grep them afterwards. Dropping it SIGKILLs the process; if the thread is
-/// panicking (or `KEYWAY_E2E_KEEP_LOGS=1`), the log directory is kept and the end of each log
-/// is printed.
+/// test can grep them afterwards. Dropping it SIGKILLs the process and, for a Keyway binary
+/// (`keyway-*`), fails the test if the process logged a panic or a CRITICAL line
+/// ([`keyway_testkit::logs::assert_no_panic`]); if the thread is panicking (or
+/// `KEYWAY_E2E_KEEP_LOGS=1`), the log directory is kept and the end of each log is printed.
 #[derive(Debug)]
 pub struct Process {
     name: String,
@@ -26,6 +27,8 @@ pub struct Process {
     log_dir: Option<TempDir>,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
+    /// A Keyway binary (`keyway-*`): its logs are checked for panics on drop.
+    checks_panics: bool,
 }
 
 impl Process {
@@ -68,6 +71,9 @@ impl Process {
             log_dir: Some(log_dir),
             stdout_path,
             stderr_path,
+            checks_panics: program
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("keyway-")),
         }
     }
 
@@ -170,7 +176,16 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let keep = std::thread::panicking()
+        // A Keyway binary that logged a panic fails the test that started it, even when every
+        // request the test checked was answered (a panicking task does not stop the process).
+        let logs = if self.checks_panics && !std::thread::panicking() {
+            self.logs()
+        } else {
+            String::new()
+        };
+        let panicked = !keyway_testkit::logs::panic_lines(&logs).is_empty();
+        let keep = panicked
+            || std::thread::panicking()
             || std::env::var_os("KEYWAY_E2E_KEEP_LOGS").is_some_and(|v| v == "1");
         if keep && let Some(dir) = self.log_dir.take() {
             let kept = dir.keep();
@@ -181,6 +196,7 @@ impl Drop for Process {
                 kept.display()
             );
         }
+        keyway_testkit::logs::assert_no_panic(&self.name, &logs);
     }
 }
 

@@ -1,10 +1,12 @@
 //! Static stability when the API server goes away: proxies keep serving, the controller keeps
 //! serving proxies (even new ones) from its cache, and when the API server returns the
-//! controller's watches recover and changes flow again. Uses a cluster of its own, since it
+//! controller's watches recover, changes flow again and status is written again. Uses a cluster of its own, since it
 //! stops the API server.
 
+use keyway_api::spec::{ApiKeyPool, LoadBalancerPool};
 use keyway_e2e::http::{HttpClient, chat_request};
 use keyway_e2e::{Cluster, Controller, MockUpstream, Proxy, Timings, wait_for};
+use kube::Api;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,5 +119,27 @@ spec:
     )
     .await;
     t.phase("watches recovered");
+    // Status resumes: what happened during the outage (a second proxy connected) and after
+    // it (a second key) is written to the resources.
+    let pools: Api<LoadBalancerPool> = Api::namespaced(cluster.client().await, ns.name());
+    let key_pools: Api<ApiKeyPool> = Api::namespaced(cluster.client().await, ns.name());
+    wait_for(Duration::from_secs(60), "status written again", || async {
+        let lbp = pools.get("llm").await.map_err(|e| e.to_string())?;
+        let akp = key_pools.get("keys").await.map_err(|e| e.to_string())?;
+        let (lbp, akp) = (
+            lbp.status.unwrap_or_default(),
+            akp.status.unwrap_or_default(),
+        );
+        if lbp.connected_proxies == 2 && akp.total_keys == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "connectedProxies {}, totalKeys {}",
+                lbp.connected_proxies, akp.total_keys
+            ))
+        }
+    })
+    .await;
+    t.phase("status resumed");
     t.total();
 }

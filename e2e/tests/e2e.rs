@@ -11,6 +11,7 @@
 
 mod apiserver_outage;
 mod chart;
+mod config_rejected;
 mod control_plane;
 mod key_status;
 mod kubectl_views;
@@ -21,5 +22,6 @@ mod replicas;
 mod secure_push;
 mod security;
 mod sidecar_injection;
+mod status_interval;
 mod validation;
 mod walking_skeleton;

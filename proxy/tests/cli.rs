@@ -37,6 +37,27 @@ fn command() -> Command {
     c
 }
 
+/// Fails if a run of the binary logged a panic (Rust's `panicked at`, or the JSON log's
+/// CRITICAL line): a panicking task need not change the exit code.
+fn assert_no_panic(stderr: &str) {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains("\"severity\":\"CRITICAL\""))
+        .collect();
+    assert!(
+        lines.is_empty(),
+        "keyway-proxy panicked:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// Runs the command to completion and checks its stderr for panics.
+fn output(c: &mut Command) -> std::process::Output {
+    let out = c.output().expect("run keyway-proxy");
+    assert_no_panic(&String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 #[test]
 fn check_reports_every_problem_with_a_hint_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,11 +84,7 @@ spec:
 "#,
     )
     .unwrap();
-    let out = command()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output(command().args(["check", "--config"]).arg(&path));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(64), "{stdout}");
     let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("- ")).collect();
@@ -84,12 +101,12 @@ spec:
 
 #[test]
 fn export_config_prints_placeholders_that_check_accepts() {
-    let out = command()
-        .arg("export-config")
-        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1,sk-live-secret-2:2")
-        .env("KEYWAY_ANTHROPIC_KEYS", "sk-ant-secret-3")
-        .output()
-        .unwrap();
+    let out = output(
+        command()
+            .arg("export-config")
+            .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1,sk-live-secret-2:2")
+            .env("KEYWAY_ANTHROPIC_KEYS", "sk-ant-secret-3"),
+    );
     assert!(out.status.success());
     let yaml = String::from_utf8(out.stdout).unwrap();
     for s in SECRETS {
@@ -101,27 +118,27 @@ fn export_config_prints_placeholders_that_check_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("exported.yaml");
     std::fs::write(&path, &yaml).unwrap();
-    let out = command()
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("KEYWAY_OPENAI_KEY_1", "v1")
-        .env("KEYWAY_OPENAI_KEY_2", "v2")
-        .env("KEYWAY_ANTHROPIC_KEY_1", "v3")
-        .output()
-        .unwrap();
+    let out = output(
+        command()
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("KEYWAY_OPENAI_KEY_1", "v1")
+            .env("KEYWAY_OPENAI_KEY_2", "v2")
+            .env("KEYWAY_ANTHROPIC_KEY_1", "v3"),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let with = command()
-        .args(["export-config", "--include-secrets"])
-        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
-        .output()
-        .unwrap();
+    let with = output(
+        command()
+            .args(["export-config", "--include-secrets"])
+            .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1"),
+    );
     assert!(String::from_utf8_lossy(&with.stdout).contains("sk-live-secret-1"));
-    let none = command().arg("export-config").output().unwrap();
+    let none = output(command().arg("export-config"));
     assert_eq!(none.status.code(), Some(64));
 }
 
@@ -208,15 +225,23 @@ async fn quick_start_logs_json_lines_without_key_values() {
             .unwrap()
             .success()
     );
+    // SIGTERM drains and exits 0; stderr ends when the process does. Both within a deadline:
+    // a proxy that ignores SIGTERM fails here instead of hanging the suite.
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
+    let mut pipe = child.stderr.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), pipe.read_to_string(&mut stderr))
         .await
+        .expect("stderr closed within 20 s of SIGTERM")
         .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exited within 20 s of SIGTERM")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status:?}\n{stderr}"
+    );
+    assert_no_panic(&stderr);
 
     let mut messages = Vec::new();
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
@@ -261,11 +286,11 @@ async fn quick_start_logs_json_lines_without_key_values() {
 #[test]
 fn a_gateway_needs_client_tokens_or_an_explicit_opt_out() {
     // A traffic port on every interface without client tokens: refused, naming both ways out.
-    let out = command()
-        .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
-        .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
-        .output()
-        .unwrap();
+    let out = output(
+        command()
+            .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+            .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
@@ -283,7 +308,7 @@ fn a_gateway_needs_client_tokens_or_an_explicit_opt_out() {
         ])
         .env("KEYWAY_OPENAI_KEYS", "sk-live-secret-1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -291,7 +316,10 @@ fn a_gateway_needs_client_tokens_or_an_explicit_opt_out() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(line.contains("listening"), "{line}");
+    assert_no_panic(&stderr);
 }
 
 #[test]
@@ -320,11 +348,7 @@ spec:
 "#,
     )
     .unwrap();
-    let out = command()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output(command().args(["check", "--config"]).arg(&path));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Valid here (a user's own file), but said: a cluster would not serve it the same way.
     assert!(out.status.success(), "{stdout}");
@@ -429,4 +453,53 @@ fn import_prints_manifests_that_check_accepts_and_refuses_bad_input_with_64() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn an_invalid_config_at_startup_exits_64_naming_the_field_and_not_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyway.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: v1
+kind: Secret
+metadata: {name: keys, labels: {keyway.dev/api-keys: "true"}}
+stringData: {k1: sk-live-secret-1}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: ApiKeyPool
+metadata: {name: keys}
+spec: {secretRef: {name: keys}}
+---
+apiVersion: keyway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: llm}
+spec:
+  apiKeyPoolRef: {name: keys}
+  backends: [{name: a, endpoint: "ftp://nope"}]
+"#,
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::from(command());
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // A proxy that starts serving anyway never exits: the deadline turns that into a failure.
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("an invalid config stops the proxy at once")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(
+        stderr.contains("invalid config") && stderr.contains("spec.backends[0].endpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-live-secret-1"), "{stderr}");
+    assert_no_panic(&stderr);
 }

@@ -7,11 +7,13 @@
 //! * [`free_port`]: pick a currently free TCP port on 127.0.0.1.
 //! * [`redis::RedisServer`]: a real `redis-server` on loopback.
 //! * [`browser::Browser`]: headless Chromium through chromedriver (the status page tests).
+//! * [`logs::assert_no_panic`]: fail a test whose child process logged a panic.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod browser;
 pub mod client;
+pub mod logs;
 pub mod metrics;
 pub mod mock;
 pub mod redis;

@@ -171,6 +171,9 @@ struct State {
     /// Standing behaviours for requests carrying a header with a given value (checked
     /// first): a request the upstream refuses for itself, whatever its key.
     header_behaviors: Vec<(String, String, Behavior)>,
+    /// When set, every request but `GET /healthz` waits for a permit before it is answered
+    /// ([`MockUpstream::gate`]).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for State {
@@ -185,6 +188,7 @@ impl Default for State {
             mcp_sessions: HashSet::new(),
             key_behaviors: HashMap::new(),
             header_behaviors: Vec::new(),
+            gate: None,
         }
     }
 }
@@ -404,6 +408,20 @@ impl MockUpstream {
             .push((name, value.to_owned(), behavior));
     }
 
+    /// From now on every request (other than `GET /healthz`) is recorded when it arrives but
+    /// answered only once [`MockUpstream::release`] lets it through, one per permit, in
+    /// arrival order: a test steps through probes or requests one at a time, with no clock.
+    pub fn gate(&self) {
+        self.shared.lock().gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets `n` more gated requests be answered (see [`MockUpstream::gate`]).
+    pub fn release(&self, n: usize) {
+        if let Some(gate) = &self.shared.lock().gate {
+            gate.add_permits(n);
+        }
+    }
+
     /// Number of `fail_next` behaviours not consumed yet.
     pub fn pending_failures(&self) -> usize {
         self.shared.lock().queued.len()
@@ -562,8 +580,9 @@ async fn handle(
         key,
         at: std::time::Instant::now(),
     };
-    let behavior = {
+    let (behavior, gate) = {
         let mut state = shared.lock();
+        let gate = state.gate.clone().filter(|_| !is_health);
         let by_key = recorded
             .key
             .as_ref()
@@ -579,7 +598,7 @@ async fn handle(
             })
             .map(|(_, _, b)| b.clone());
         state.requests.push(recorded);
-        if is_health {
+        let behavior = if is_health {
             Behavior::Normal
         } else if let Some(b) = by_header {
             b
@@ -590,8 +609,16 @@ async fn handle(
                 Some(b) => b,
                 None => state.behavior.clone(),
             }
-        }
+        };
+        (behavior, gate)
     };
+    // Recorded (and its behaviour chosen) on arrival; answered once the test releases it.
+    if let Some(gate) = gate {
+        tokio::select! {
+            permit = gate.acquire() => permit.map_err(|e| -> BoxError { e.to_string().into() })?.forget(),
+            () = wait_shutdown(&mut shutdown) => return Err("mock upstream shutting down (gated request)".into()),
+        }
+    }
 
     let normal = || {
         route(

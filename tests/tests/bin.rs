@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 const T: Duration = Duration::from_secs(10);
@@ -24,6 +24,7 @@ async fn binary_serves_every_listener_and_exits_on_sigterm() {
             "demo",
         ])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -61,4 +62,10 @@ async fn binary_serves_every_listener_and_exits_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    let mut stderr = String::new();
+    tokio::time::timeout(T, child.stderr.take().unwrap().read_to_string(&mut stderr))
+        .await
+        .unwrap()
+        .unwrap();
+    keyway_testkit::logs::assert_no_panic("keyway-mock-upstream", &stderr);
 }

@@ -357,28 +357,101 @@ async fn frames(url: &str, body: &str) -> (http::StatusCode, Vec<(Instant, Bytes
 const STREAM_REQ: &str =
     r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// An upstream that answers `POST /v1/chat/completions` with an SSE stream whose events it
+/// sends one at a time, each only when the test says so (`go`): `events` events, then
+/// `data: [DONE]` on the last `go`. Anything else gets a 404.
+async fn gated_sse_upstream(events: usize) -> (String, tokio::sync::mpsc::UnboundedSender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (go, gate) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let gate = std::sync::Arc::new(tokio::sync::Mutex::new(gate));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.starts_with("post /v1/chat/completions") {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let mut gate = gate.lock().await;
+                for i in 0..=events {
+                    if gate.recv().await.is_none() {
+                        return;
+                    }
+                    let event = if i < events {
+                        format!("data: {{\"event\":{i}}}\n\n")
+                    } else {
+                        "data: [DONE]\n\n".to_string()
+                    };
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if conn.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (url, go)
+}
+
+/// Each SSE event reaches the client on its own, before the upstream sends the next: the
+/// upstream sends event k+1 only after the client got event k, so a proxy that held events
+/// back (buffering the body, or batching) would never deliver and the read would time out.
+/// No wall-clock window is involved.
 #[tokio::test]
 async fn sse_chunks_pass_through_one_by_one_without_buffering() {
-    let a = MockUpstream::start("a").await.unwrap();
-    a.set_stream(5, Duration::from_millis(100));
-    let p = FileProxy::start(&pool("", &[("a", &a.url(), "")])).await;
-    let started = Instant::now();
-    let (status, chunks) = frames(&format!("{}/v1/chat/completions", p.url()), STREAM_REQ).await;
-    assert_eq!(status, 200);
-    // 5 content chunks + [DONE]; each event arrives on its own, spaced like the upstream sent it.
-    assert!(chunks.len() >= 6, "got {} frames", chunks.len());
-    let first = chunks[0].0 - started;
-    assert!(
-        first < Duration::from_millis(90),
-        "first chunk after {first:?}: not held back"
-    );
-    for pair in chunks.windows(2) {
-        let gap = pair[1].0 - pair[0].0;
-        assert!(
-            gap >= Duration::from_millis(60),
-            "chunks were batched (gap {gap:?})"
-        );
+    const EVENTS: usize = 5;
+    let (upstream, go) = gated_sse_upstream(EVENTS).await;
+    let p = FileProxy::start(&pool("", &[("a", &upstream, "")])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::post(format!("{}/v1/chat/completions", p.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_REQ)))
+        .unwrap();
+    // The head comes before any event: the proxy does not wait for the body either.
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("response head before the first event")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = String::new();
+    for i in 0..=EVENTS {
+        go.send(()).unwrap();
+        let want = if i < EVENTS {
+            format!("data: {{\"event\":{i}}}\n\n")
+        } else {
+            "data: [DONE]\n\n".to_string()
+        };
+        while !got.contains(&want) {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("event {i} held back; got so far: {got:?}"))
+                .expect("the stream ended early")
+                .unwrap();
+            if let Ok(d) = frame.into_data() {
+                got.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
     }
+    assert!(body.frame().await.is_none_or(|f| f.is_ok()), "a clean end");
 }
 
 #[tokio::test]
@@ -417,8 +490,9 @@ async fn a_client_that_disconnects_cancels_the_upstream_stream() {
 async fn no_retry_once_the_response_started_and_idle_streams_are_cut() {
     let a = MockUpstream::start("a").await.unwrap();
     let b = MockUpstream::start("b").await.unwrap();
-    a.set_stream(5, Duration::from_secs(2));
-    b.set_stream(5, Duration::from_secs(2));
+    // Events 5 s apart: a cut long before the second event is the 300 ms idle timeout.
+    a.set_stream(5, Duration::from_secs(5));
+    b.set_stream(5, Duration::from_secs(5));
     let yaml = pool(
         "  timeouts: {idleStream: 300ms}\n",
         &[("a", &a.url(), ""), ("b", &b.url(), "")],
@@ -433,7 +507,7 @@ async fn no_retry_once_the_response_started_and_idle_streams_are_cut() {
         "the first chunk arrived, then the stream was cut"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(4),
         "cut by the idle timeout, not the upstream"
     );
     assert_eq!(
@@ -579,6 +653,9 @@ async fn overhead_header_and_tls_listener() {
         .await
         .unwrap();
 
+    // The upstream takes 300 ms: time Keyway waits, which its overhead must not include.
+    const UPSTREAM_MS: f64 = 300.0;
+    a.set_behavior(Behavior::Delay(Duration::from_millis(UPSTREAM_MS as u64)));
     // curl runs as a child process; a blocking wait would stall this single-threaded runtime.
     let out = tokio::process::Command::new("curl")
         .args([
@@ -589,6 +666,8 @@ async fn overhead_header_and_tls_listener() {
             "-",
             "-o",
             "/dev/null",
+            "-w",
+            "\ntimes %{time_appconnect} %{time_total}\n",
             "--cacert",
         ])
         .arg(&cert)
@@ -608,7 +687,22 @@ async fn overhead_header_and_tls_listener() {
         .trim()
         .parse()
         .unwrap();
-    assert!(overhead >= 0.0);
+    // What curl measured after the TLS handshake is the request's whole exchange: Keyway's
+    // overhead plus the upstream's 300 ms (plus loopback). An overhead that counted the
+    // upstream's time would exceed what is left after taking those 300 ms off.
+    let (handshake, total): (f64, f64) = headers
+        .lines()
+        .find_map(|l| {
+            let mut t = l.strip_prefix("times ")?.split(' ');
+            Some((t.next()?.parse().ok()?, t.next()?.parse().ok()?))
+        })
+        .expect("curl's -w times");
+    let exchange_ms = (total - handshake) * 1000.0;
+    assert!(exchange_ms >= UPSTREAM_MS, "{exchange_ms} ms");
+    assert!(
+        (0.0..=exchange_ms - UPSTREAM_MS + 1.0).contains(&overhead),
+        "overhead {overhead} ms of a {exchange_ms} ms exchange with a {UPSTREAM_MS} ms upstream"
+    );
     assert_eq!(a.requests()[0].header("x-forwarded-proto"), Some("https"));
 }
 

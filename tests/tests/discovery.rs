@@ -536,3 +536,105 @@ async fn a_proxy_moves_to_the_next_listed_controller_when_one_is_down() {
     );
     ctl.stop().await;
 }
+
+/// Accepts any `tok-*` bearer for namespace `team` and records every token presented.
+#[derive(Clone, Default)]
+struct RecordingTokens(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RecordingTokens {
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl keyway_controller::auth::Authenticate for RecordingTokens {
+    fn authenticate<'a>(
+        &'a self,
+        token: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<keyway_controller::auth::Identity, tonic::Status>>
+    {
+        Box::pin(async move {
+            self.0
+                .lock()
+                .unwrap()
+                .push(token.unwrap_or("<none>").to_owned());
+            match token {
+                Some(t) if t.starts_with("tok-") => Ok(keyway_controller::auth::Identity {
+                    namespace: Some("team".to_owned()),
+                    user: "system:serviceaccount:team:proxy".to_owned(),
+                }),
+                _ => Err(tonic::Status::unauthenticated("no valid token")),
+            }
+        })
+    }
+}
+
+/// Projected ServiceAccount tokens rotate on disk: the proxy re-reads its token file for every
+/// connection, so a reconnect presents the token written last, not the one read at start.
+#[tokio::test]
+async fn the_token_file_is_read_again_on_every_reconnect() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let tokens = RecordingTokens::default();
+    let ctl = Controller::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        index_for("team", &[&a.url()], "sk-one"),
+        Arc::new(tokens.clone()),
+    )
+    .await;
+    let addr = ctl.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-first\n").unwrap();
+    let proxy = keyway_proxy::start(
+        support::settings(Source::Controller(DiscoverySettings {
+            controller_url: format!("http://{addr}"),
+            proxy_id: "rotating".into(),
+            namespace: "team".into(),
+            namespaces: vec![],
+            pools: vec![],
+            report_interval: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            token_file: Some(token.clone()),
+            controller_ca: None,
+            controller_ca_pem: None,
+            controller_server_name: None,
+        })),
+        prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "proxy loaded", || async {
+        proxy.dataplane.is_loaded()
+    })
+    .await;
+    assert_eq!(tokens.seen(), ["tok-first"]);
+
+    // The kubelet rotates the token (a new file renamed over the old one), then the stream
+    // ends (the controller restarts on the same address, with another config).
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, "tok-second\n").unwrap();
+    std::fs::rename(&tmp, &token).unwrap();
+    ctl.stop().await;
+    let b = MockUpstream::start("b").await.unwrap();
+    let ctl = Controller::start_with(
+        addr,
+        index_for("team", &[&b.url()], "sk-two"),
+        Arc::new(tokens.clone()),
+    )
+    .await;
+    let url = format!("http://{}", proxy.addr);
+    eventually(
+        Duration::from_secs(10),
+        "resynced after reconnect",
+        || async { chat(&url, &[]).await.is_ok_and(|r| r.status == 200) && b.request_count() > 0 },
+    )
+    .await;
+    let seen = tokens.seen();
+    assert_eq!(seen.first().map(String::as_str), Some("tok-first"));
+    assert!(
+        seen[1..].iter().all(|t| t == "tok-second") && seen.len() >= 2,
+        "every connection after the rotation presents the new token: {seen:?}"
+    );
+    ctl.stop().await;
+}

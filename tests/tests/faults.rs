@@ -122,14 +122,28 @@ async fn upstream_dies_mid_load_requests_fail_over_and_none_hang() {
             "only clean 502/503/504 from keyway: {}",
             summary(&outcomes)
         );
-        assert!(
-            o.started < died + Duration::from_secs(1),
-            "failures only for requests in flight when a died: {}",
-            summary(&outcomes)
-        );
     }
     // At most the requests in flight on a (8 workers) and a stale pooled connection each.
     assert!(failed.len() <= 16, "{}", summary(&outcomes));
+    // And only around the death: of the requests started after it, all but those (at most 8
+    // stale connections) succeed, and the last 100 to start all do (failover settled). Counted
+    // in requests, not in seconds, so a slow machine does not matter.
+    let mut by_start: Vec<&Outcome> = outcomes.iter().collect();
+    by_start.sort_by_key(|o| o.started);
+    let after_death = by_start.iter().filter(|o| o.started > died);
+    assert!(
+        after_death.filter(|o| o.status != Some(200)).count() <= 8,
+        "{}",
+        summary(&outcomes)
+    );
+    assert!(
+        by_start.len() > 100
+            && by_start[by_start.len() - 100..]
+                .iter()
+                .all(|o| o.status == Some(200)),
+        "{}",
+        summary(&outcomes)
+    );
     eprintln!(
         "[faults] upstream died mid-load: {} ({} failed)",
         summary(&outcomes),
@@ -152,24 +166,36 @@ async fn hung_upstreams_get_a_504_within_the_response_timeout() {
     .await
     .unwrap();
     for (name, url) in [("hang", hangs.url()), ("silent", silent.url())] {
-        let p = FileProxy::start(&pool(
-            &[(name, url)],
-            &[],
-            "  timeouts: {responseHeaders: 500ms}\n",
-        ))
+        // The proxy-wide response timeout is far away: a 504 before 4 s is the pool's 500 ms.
+        let p = FileProxy::start_with(
+            &pool(
+                &[(name, url)],
+                &[],
+                "  timeouts: {responseHeaders: 500ms}\n",
+            ),
+            far_global_timeout,
+        )
         .await;
         let calls = (0..10).map(|_| bounded_chat_timed(p.url()));
         for (r, took) in futures::future::join_all(calls).await {
             let r = r.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.status, 504, "{name}: {}", r.text());
             assert_eq!(r.json()["error"]["type"], "upstream_timeout");
+            // Never before the timeout; after it by however long a loaded machine takes,
+            // but well before the client deadline (8 s) or the proxy-wide timeout (30 s).
             assert!(
-                took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+                took >= Duration::from_millis(450) && took < Duration::from_secs(4),
                 "{name}: answered after {took:?}"
             );
         }
         alive(&p, before).await;
     }
+}
+
+/// Moves the proxy-wide response timeout (2 s in the test settings) out of the way, so that
+/// a timely 504 can only come from the pool's own timeout.
+fn far_global_timeout(s: &mut keyway_proxy::Settings) {
+    s.forwarder.response_timeout = Duration::from_secs(30);
 }
 
 async fn bounded_chat_timed(url: String) -> (Result<Reply, String>, Duration) {
@@ -208,14 +234,15 @@ async fn resets_and_garbage_http_get_a_clean_502_fast() {
     }
     for (name, url) in &upstreams {
         let p = FileProxy::start(&pool(&[(name, url.clone())], &[], "")).await;
+        // "Fast" means not waited out: a proxy that waited for more would answer 504 (the
+        // response timeout), or nothing within the client deadline; a 502 is the upstream's
+        // failure recognised as soon as it happened.
         for _ in 0..5 {
-            let started = Instant::now();
             let r = bounded_chat(&p.url())
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.status, 502, "{name}: {}", r.text());
             assert_eq!(r.json()["error"]["source"], "keyway", "{name}");
-            assert!(started.elapsed() < Duration::from_secs(1), "{name}: slow");
         }
         alive(&p, before).await;
     }
@@ -308,7 +335,13 @@ async fn slow_upstreams_are_relayed_or_cut_by_their_timeouts() {
         r.as_ref().is_err_and(|e| e.starts_with("transport error")),
         "cut stream: {r:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The whole trickled body takes over 8 s (and the client deadline is 8 s): an error
+    // well before that is the 200 ms idle timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     eventually(T, "the cut stream is counted", || async {
         metric(&p.admin(), "keyway_proxy_stream_errors_total", &[]).await >= 1.0
     })
@@ -341,16 +374,25 @@ async fn slow_upstreams_are_relayed_or_cut_by_their_timeouts() {
     })
     .await
     .unwrap();
-    let p = FileProxy::start(&pool(
-        &[("c", crawling.url())],
-        &[],
-        "  timeouts: {responseHeaders: 500ms}\n",
-    ))
+    let p = FileProxy::start_with(
+        &pool(
+            &[("c", crawling.url())],
+            &[],
+            "  timeouts: {responseHeaders: 500ms}\n",
+        ),
+        far_global_timeout,
+    )
     .await;
     let started = Instant::now();
     let r = bounded_chat(&p.url()).await.unwrap();
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    // The head takes 7 s to crawl in; the proxy-wide timeout is 30 s: a 504 before 4 s is
+    // the pool's 500 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     alive(&p, before).await;
 }
 
@@ -474,15 +516,38 @@ async fn a_hundred_config_versions_under_load_fail_no_request() {
                 .is_ok_and(|r| r.json()["pools"][0]["backends"][0]["weight"] == i)
         })
         .await;
+        // No torn config: once `/status` shows version i (its weight), a new request carries
+        // a key value of version i, never an older one nor a mix of two versions.
+        let probe = i.to_string();
+        let r = chat(&p.url(), &[("x-version-probe", &probe)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "version {i}: {}", r.text());
+        let sent: Vec<String> = a
+            .requests()
+            .into_iter()
+            .chain(b.requests())
+            .filter(|q| q.header("x-version-probe") == Some(probe.as_str()))
+            .filter_map(|q| q.key)
+            .collect();
+        assert!(
+            sent.len() == 1
+                && [format!("sk-churn-a-{i}"), format!("sk-churn-b-{i}")].contains(&sent[0]),
+            "version {i} is live in /status, but the request sent {sent:?}"
+        );
     }
     let took = started.elapsed();
     let outcomes = load.stop().await;
     let ok = outcomes.iter().filter(|o| o.status == Some(200)).count();
     assert_eq!(ok, outcomes.len(), "{}", summary(&outcomes));
     assert!(outcomes.len() > 100, "load ran: {}", summary(&outcomes));
-    // Every key that went upstream belongs to some version: no torn config.
+    // Every key that went upstream is exactly one version's value.
     for k in a.received_keys().into_iter().chain(b.received_keys()) {
-        assert!(k.starts_with("sk-churn-"), "{k}");
+        let version = k
+            .strip_prefix("sk-churn-a-")
+            .or_else(|| k.strip_prefix("sk-churn-b-"))
+            .and_then(|v| v.parse::<usize>().ok());
+        assert!(version.is_some_and(|v| (1..=101).contains(&v)), "{k}");
     }
     eprintln!(
         "[faults] 100 config versions in {took:?} under load: {}",

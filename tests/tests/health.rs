@@ -1,9 +1,11 @@
 //! Active health checks against the real mock upstream (`keyway_proxy::health`).
 //!
 //! Probes run every 50 ms in real time; every wait is a poll with a deadline
-//! ([`eventually`]), never a fixed sleep. Probe counts are read from the mock's
-//! recorded requests at the moment the state flip is observed; one extra probe
-//! may have landed between the flip and the observation.
+//! ([`eventually`]), never a fixed sleep. The tests of thresholds step through probes with
+//! the mock's gate ([`MockUpstream::gate`]): each probe is answered only when the test
+//! releases it, and the state is read once the next probe has arrived (the checker probes
+//! again only after it recorded the last result), so the state after each probe is exact
+//! however slow the machine is.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -103,6 +105,28 @@ impl Checker {
     }
 }
 
+/// The health state after each of the next `n` probes (the mock must be gated): releases one
+/// probe at a time and reads the state once the checker has sent the probe after it.
+async fn states(c: &Checker, mock: &MockUpstream, n: usize) -> Vec<bool> {
+    // Between calls one probe waits at the gate: those before it were released.
+    let mut released = mock.request_count().saturating_sub(1);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        eventually(T, &format!("probe {} sent", released + 1), || {
+            std::future::ready(mock.request_count() > released)
+        })
+        .await;
+        mock.release(1);
+        released += 1;
+        eventually(T, &format!("probe {} sent", released + 1), || {
+            std::future::ready(mock.request_count() > released)
+        })
+        .await;
+        out.push(c.health.is_healthy());
+    }
+    out
+}
+
 async fn mock() -> MockUpstream {
     MockUpstream::start("health-mock").await.expect("mock")
 }
@@ -110,27 +134,22 @@ async fn mock() -> MockUpstream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unhealthy_after_exactly_fail_threshold_then_recovers() {
     let mock = mock().await;
+    mock.gate();
     // Probes 1-3 fail, 4 and 5 succeed.
     mock.fail_next(3, Behavior::status(503));
     let c = Checker::start(&format!("{}/v1/models", mock.url()), |s| {
         s.fail_threshold = 3;
         s.success_threshold = 2;
+        s.timeout = Duration::from_secs(10);
     });
     assert!(c.health.is_healthy(), "a new backend starts healthy");
-
-    let at = c.wait_for(&mock, false).await;
-    assert!(
-        (3..=4).contains(&at),
-        "unhealthy observed after {at} probes"
-    );
+    // Unhealthy at the third failure exactly, healthy at the second success exactly.
+    assert_eq!(states(&c, &mock, 5).await, [true, true, false, false, true]);
     assert_eq!(c.transitions("unhealthy"), 1);
-
-    let at = c.wait_for(&mock, true).await;
-    assert!((5..=6).contains(&at), "healthy observed after {at} probes");
     assert_eq!(c.transitions("healthy"), 1);
     assert_eq!(c.checks("failure"), 3);
     assert_eq!(c.checks("timeout"), 0);
-    assert!(c.checks("success") >= 2);
+    assert_eq!(c.checks("success"), 2);
     assert_eq!(c.gauge(), 1);
     assert!(
         mock.requests()
@@ -142,48 +161,43 @@ async fn unhealthy_after_exactly_fail_threshold_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_success_resets_the_failure_streak() {
     let mock = mock().await;
+    mock.gate();
     // F F S F F F: the success resets the streak, so the flip is at probe 6.
     mock.fail_next(2, Behavior::status(500));
     mock.fail_next(1, Behavior::Normal);
     mock.fail_next(3, Behavior::status(502));
     let c = Checker::start(&format!("{}/v1/models", mock.url()), |s| {
         s.fail_threshold = 3;
+        s.timeout = Duration::from_secs(10);
     });
-    let at = c.wait_for(&mock, false).await;
-    assert!(
-        (6..=7).contains(&at),
-        "unhealthy observed after {at} probes"
+    assert_eq!(
+        states(&c, &mock, 6).await,
+        [true, true, true, true, true, false]
     );
     assert_eq!(c.transitions("unhealthy"), 1);
     assert_eq!(c.gauge(), 0);
     // Standing behaviour is Normal again: it recovers.
+    mock.release(1000);
     c.wait_for(&mock, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standing_failure_behavior_and_recovery() {
     let mock = mock().await;
+    mock.gate();
     mock.set_behavior(Behavior::status(500));
     let c = Checker::start(&format!("{}/v1/models", mock.url()), |s| {
         s.fail_threshold = 2;
         s.success_threshold = 3;
+        s.timeout = Duration::from_secs(10);
     });
-    let at = c.wait_for(&mock, false).await;
-    assert!(
-        (2..=3).contains(&at),
-        "unhealthy observed after {at} probes"
-    );
-
-    // Every probe recorded from now on gets the new behaviour; at most one
-    // probe recorded before `before` may also have been a success.
+    assert_eq!(states(&c, &mock, 2).await, [true, false]);
+    // The next probe (already waiting at the gate) and every later one succeed.
     mock.set_behavior(Behavior::Normal);
-    let before = mock.request_count();
-    let at = c.wait_for(&mock, true).await;
-    let probes = at - before;
-    assert!(
-        (2..=4).contains(&probes),
-        "healthy observed after {probes} successful probes"
-    );
+    let waiting = mock.request_count();
+    assert_eq!(waiting, 3, "probe 3 waits at the gate");
+    // Probe 3 chose its behaviour on arrival (a failure); from probe 4 on they succeed.
+    assert_eq!(states(&c, &mock, 4).await, [false, false, false, true]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,11 +209,8 @@ async fn hanging_probe_is_a_timeout_failure() {
         s.fail_threshold = 2;
         s.success_threshold = 1;
     });
-    let at = c.wait_for(&mock, false).await;
-    assert!(
-        (2..=3).contains(&at),
-        "unhealthy observed after {at} probes"
-    );
+    // Only two probes time out (then the mock answers): a threshold above 2 never flips.
+    c.wait_for(&mock, false).await;
     assert_eq!(c.checks("timeout"), 2);
     assert_eq!(c.checks("failure"), 0);
     c.wait_for(&mock, true).await;

@@ -57,23 +57,29 @@ async fn start_threads(upstream: &str, limits: Limits, threads: usize) -> keyway
         .unwrap()
 }
 
+/// Far beyond [`RAW_WINDOW`]: a connection the proxy leaves to the header timeout instead of
+/// answering and closing it stays open for the whole window.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`raw`] waits for the proxy to close the connection.
+const RAW_WINDOW: Duration = Duration::from_secs(10);
+
 fn limits() -> Limits {
     Limits {
         max_connections: Some(1000),
-        header_read_timeout: Duration::from_secs(5),
+        header_read_timeout: HEADER_TIMEOUT,
         max_header_bytes: 16 * 1024,
         max_request_body: Some(1024),
     }
 }
 
-/// Writes `bytes`, then reads until the server closes (or 3 s pass); returns what was read
-/// and how long until the close.
+/// Writes `bytes`, then reads until the server closes (or [`RAW_WINDOW`] passes); returns
+/// what was read and how long until the close (`took < RAW_WINDOW`: the proxy closed it).
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(RAW_WINDOW, s.read_to_end(&mut out)).await;
     (
         String::from_utf8_lossy(&out).into_owned(),
         started.elapsed(),
@@ -120,7 +126,8 @@ async fn connection_limit(threads: usize) {
     .await;
     assert_eq!(status_of(&resp), Some(503), "{resp}");
     assert!(resp.contains("too_many_connections"), "{resp}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Answered and closed at once, not queued until a slot frees (none does meanwhile).
+    assert!(took < RAW_WINDOW, "{took:?}");
     assert!(metric(&admin, "keyway_proxy_connections_rejected_total", &[]).await >= 1.0);
     assert_eq!(up.request_count(), 0);
     // A slot frees up as soon as a connection closes.
@@ -165,7 +172,10 @@ async fn oversized_bodies_get_413_and_oversized_heads_get_431() {
     )
     .await;
     assert_eq!(status_of(&resp), Some(431), "{resp}");
-    assert!(took < Duration::from_secs(1));
+    assert!(
+        took < RAW_WINDOW,
+        "closed, not left to the header timeout: {took:?}"
+    );
     let ok_header = "y".repeat(8 * 1024);
     let r = send(
         http::Method::GET,
@@ -183,7 +193,9 @@ async fn oversized_bodies_get_413_and_oversized_heads_get_431() {
 async fn slowloris_clients_are_cut_and_do_not_block_others() {
     let before = panics();
     let up = MockUpstream::start("a").await.unwrap();
-    let timeout = Duration::from_millis(800);
+    // Long enough that 20 requests on a loaded machine fit in it many times over: they must
+    // all be answered while every slow client still holds its connection.
+    let timeout = Duration::from_secs(2);
     let p = start(
         &up.url(),
         Limits {
@@ -235,29 +247,35 @@ async fn slowloris_clients_are_cut_and_do_not_block_others() {
                     }
                 }
             };
-            tokio::time::timeout(Duration::from_secs(5), closed)
+            tokio::time::timeout(Duration::from_secs(10), closed)
                 .await
-                .map(|_| started.elapsed())
+                .map(|_| (started, Instant::now()))
         }));
     }
-    // Meanwhile other clients are served promptly.
+    // Meanwhile other clients are served: every one before the first slow client is cut, so
+    // none waited for the slow ones to go.
     let url = format!("http://{addr}");
     for _ in 0..20 {
-        let started = Instant::now();
         let r = tokio::time::timeout(T, chat(&url, &[]))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(r.status, 200);
-        assert!(started.elapsed() < Duration::from_millis(500));
     }
+    let served = Instant::now();
     let mut longest = Duration::ZERO;
     for t in slow {
-        let took = t.await.unwrap().expect("slow client cut within 5 s");
+        let (started, cut) = t.await.unwrap().expect("slow client cut within 10 s");
+        let took = cut - started;
+        assert!(
+            cut > served,
+            "a slow client was cut after {took:?}, before the others were served"
+        );
+        // Never before the timeout; some time after it on a busy machine.
         assert!(took >= timeout - Duration::from_millis(50), "{took:?}");
         longest = longest.max(took);
     }
-    assert!(longest < timeout + Duration::from_secs(1), "{longest:?}");
+    assert!(longest < timeout * 3, "{longest:?}");
     eprintln!("[limits] 50 slowloris clients cut after at most {longest:?} (timeout {timeout:?})");
     assert_eq!(
         up.request_count(),
@@ -307,7 +325,10 @@ async fn malformed_requests_are_refused_and_nothing_reaches_upstream() {
             status.is_none_or(|s| (400..500).contains(&s)),
             "{name}: {resp}"
         );
-        assert!(took < Duration::from_secs(2), "{name}: {took:?}");
+        assert!(
+            took < RAW_WINDOW,
+            "{name}: closed, not left to the header timeout: {took:?}"
+        );
     }
     // The invalid chunk size may reach the upstream as a started request; nothing else may.
     assert!(up.request_count() <= 1, "{:?}", up.requests());
@@ -345,29 +366,47 @@ async fn malformed_requests_are_refused_and_nothing_reaches_upstream() {
 
 #[test]
 fn config_values_that_would_become_headers_refuse_cr_lf() {
+    // Each value carries CR/LF and a marker: the error must be the control-character refusal
+    // of exactly that field (not any error the input happens to cause), and never repeat the
+    // value (the marker sits in it).
     let cases = [
         (
             "key value",
             "apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {keyway.dev/api-keys: \"true\"}}\nstringData: {key-a: \"sk-a\\r\\nx-injected: 1\"}\n---\napiVersion: keyway.dev/v1alpha1\nkind: ApiKeyPool\nmetadata: {name: keys}\nspec: {secretRef: {name: k}}\n",
+            "secret k entry \"key-a\"",
         ),
         (
             "hostHeader",
             "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\", hostHeader: \"h\\r\\nx-injected: 1\"}]\n",
+            "spec.backends[0].hostHeader",
         ),
         (
             "auth prefix",
-            "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  auth: {header: authorization, prefix: \"Bearer \\r\\nx: \"}\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\"}]\n",
+            "apiVersion: keyway.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata: {name: llm}\nspec:\n  auth: {header: authorization, prefix: \"Bearer \\r\\nx-injected: \"}\n  backends: [{name: a, endpoint: \"http://127.0.0.1:1\"}]\n",
+            "spec.auth.prefix",
         ),
     ];
-    for (what, yaml) in cases {
+    for (what, yaml, field) in cases {
+        // The same input without the CR/LF is valid: the refusal is about them alone.
+        let clean = yaml.replace("\\r\\n", " ");
+        keyway_api::manifest::Manifests::parse(&clean, &|_| None)
+            .and_then(|m| m.resolve().map(|_| ()))
+            .unwrap_or_else(|e| panic!("{what} without CR/LF is valid: {e:?}"));
         let parsed = keyway_api::manifest::Manifests::parse(yaml, &|_| None)
             .and_then(|m| m.resolve().map(|_| ()));
         let errors = parsed.expect_err(what);
-        let text = format!("{errors:?}");
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{what}: {errors:?}");
         assert!(
-            !text.contains("x-injected"),
-            "{what}: the value is not echoed: {text}"
+            errors[0].message.contains("control characters"),
+            "{what}: {errors:?}"
         );
+        for text in [format!("{errors:?}"), errors[0].to_string()] {
+            assert!(
+                !text.contains("x-injected"),
+                "{what}: the value is not echoed: {text}"
+            );
+        }
     }
 }
 

@@ -311,3 +311,72 @@ async fn traffic_threads_serve_concurrent_requests_and_drain_on_shutdown() {
         .expect("the traffic threads stop after draining")
         .unwrap();
 }
+
+/// A reload swaps the config for new requests only: a request and an SSE stream in flight on
+/// the old config finish on it (its backend, its key), whole, while requests that start after
+/// the swap use the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_finish_on_the_old_config_during_a_reload() {
+    let a = MockUpstream::start("a").await.unwrap();
+    let b = MockUpstream::start("b").await.unwrap();
+    let old = two_backend_pool(
+        &a.url(),
+        &a.url(),
+        &[("key-old", "sk-old-1111")],
+        "timeouts: {responseHeaders: 20s}",
+    )
+    .replace("- {name: b, ", "- {name: a2, ");
+    let p = FileProxy::start(&old).await;
+    // Slow answers on the old backend: a 200 after 4 s, and a stream of 10 events 400 ms
+    // apart (long enough that the swap, polled every 50 ms, happens while they run).
+    a.set_header_behavior("x-slow", "1", Behavior::Delay(Duration::from_secs(4)));
+    a.set_stream(10, Duration::from_millis(400));
+    let url = p.url();
+    let slow = tokio::spawn(async move { chat(&url, &[("x-slow", "1")]).await.unwrap() });
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let url = p.url();
+    let stream = tokio::spawn(async move { support::stream_chat(&url, Some(first_tx)).await });
+    first_rx.await.expect("the stream started");
+    eventually(
+        Duration::from_secs(5),
+        "both in flight upstream",
+        || async { a.request_count() == 2 },
+    )
+    .await;
+
+    // The new config: another backend, another key; the old ones are gone.
+    let new = two_backend_pool(&b.url(), &b.url(), &[("key-new", "sk-new-2222")], "")
+        .replace("- {name: a, ", "- {name: b1, ")
+        .replace("- {name: b, ", "- {name: b2, ");
+    p.rewrite(&new);
+    let status = format!("{}/status", p.admin());
+    eventually(Duration::from_secs(5), "new config live", || async {
+        get(&status)
+            .await
+            .is_ok_and(|r| r.json()["pools"][0]["backends"][0]["name"] == "b1")
+    })
+    .await;
+    let r = chat(&p.url(), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        b.received_keys(),
+        ["sk-new-2222"],
+        "new requests: new config"
+    );
+    assert!(
+        !slow.is_finished() && !stream.is_finished(),
+        "the old requests were still in flight at the swap"
+    );
+
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    assert!(
+        slow.header("x-keyway-backend")
+            .is_some_and(|n| n.starts_with('a'))
+    );
+    assert_eq!(slow.header("x-keyway-key-id"), Some("key-old"));
+    let (bytes, broken) = stream.await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!broken && text.contains("data: [DONE]"), "{text}");
+    assert_eq!(a.received_keys(), ["sk-old-1111", "sk-old-1111"]);
+}

@@ -143,8 +143,10 @@ async fn a_stream_longer_than_the_drain_timeout_is_cut_and_the_process_still_exi
         .unwrap();
     let took = signalled.elapsed();
     assert!(status.success(), "{status:?}");
+    // Not before the 1 s drain timeout; and long before the stream would have ended (30 s),
+    // with room for a loaded machine.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "exit after the drain timeout: {took:?}"
     );
     let (got, _) = tokio::time::timeout(T, stream)

@@ -1,6 +1,6 @@
 //! Controller mode: dial the controller, say hello, apply pushed snapshots, ACK or NACK each,
 //! send usage reports. When the controller goes away the last good snapshot keeps serving and
-//! the stream is re-dialled with exponential backoff and jitter.
+//! the stream is re-dialled with exponential backoff and equal jitter ([`Backoff`]).
 //!
 //! The stream carries key values: an `https://` controller URL is verified against
 //! `--controller-ca` (or the public roots), and the proxy presents its ServiceAccount token,
@@ -61,7 +61,7 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
         .filter(|u| !u.is_empty())
         .collect();
     let mut attempt = 0usize;
-    let mut backoff = settings.backoff_min;
+    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     if !settings.controller_url.starts_with("https://") {
         tracing::warn!(controller = %settings.controller_url, "the controller URL is not https://: the pushed API key values (and this proxy's token) travel in clear");
     }
@@ -108,13 +108,44 @@ pub async fn run(settings: DiscoverySettings, tx: SnapshotTx, dataplane: Arc<Dat
         dataplane.metrics().controller_connected.set(0);
         dataplane.update_controller_sync(|s| s.connected = false);
         if got_snapshot {
-            backoff = settings.backoff_min;
+            backoff.reset();
         }
-        // Full jitter: a fleet of proxies does not reconnect in lockstep.
-        let wait = backoff.mul_f64(rand::random_range(0.5..1.0));
+        let wait = backoff.next_wait();
         tracing::info!(?wait, "reconnecting to the controller");
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(settings.backoff_max);
+    }
+}
+
+/// The waits between reconnects: a step that doubles from `min` up to `max` (back to `min`
+/// once a stream delivered a snapshot), each wait drawn uniformly from `[step / 2, step)`
+/// ("equal jitter"): a fleet of proxies cut off together does not reconnect in lockstep,
+/// and none retries sooner than half its step (full jitter, `[0, step)`, would let some retry
+/// at once, again and again).
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            step: min,
+            min,
+            max: max.max(min),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = self.min;
+    }
+
+    /// The wait before the next attempt; the step doubles for the one after.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.step.mul_f64(rand::random_range(0.5..1.0));
+        self.step = (self.step * 2).min(self.max);
+        wait
     }
 }
 
@@ -490,6 +521,38 @@ fn usage_report(dataplane: &Dataplane, starved: &mut quota::Starved, version: u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_waits_double_up_to_the_maximum_with_equal_jitter() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(10));
+        let steps_ms = [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000];
+        let mut waits: Vec<Vec<Duration>> = vec![Vec::new(); steps_ms.len()];
+        for _ in 0..500 {
+            let mut b = Backoff::new(min, max);
+            for w in &mut waits {
+                w.push(b.next_wait());
+            }
+        }
+        for (step, waits) in steps_ms.iter().zip(&waits) {
+            let step = Duration::from_millis(*step);
+            let lo = *waits.iter().min().unwrap();
+            let hi = *waits.iter().max().unwrap();
+            // Every wait within [step / 2, step) ...
+            assert!(lo >= step / 2 && hi < step, "{step:?}: {lo:?}..{hi:?}");
+            // ... and spread over it (500 uniform draws: both ends come within 10% of the step).
+            assert!(
+                lo < step.mul_f64(0.6) && hi > step.mul_f64(0.9),
+                "{step:?}: {lo:?}..{hi:?}"
+            );
+        }
+        // A stream that delivered a snapshot starts the steps over.
+        let mut b = Backoff::new(min, max);
+        for _ in 0..10 {
+            b.next_wait();
+        }
+        b.reset();
+        assert!(b.next_wait() < min);
+    }
 
     #[test]
     fn token_and_ca_files() {

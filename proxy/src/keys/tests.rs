@@ -375,16 +375,30 @@ fn rate_limited_key_is_skipped_until_its_cooldown_ends() {
     assert_eq!(status(&p, "k1").rate_limited, 1);
 }
 
+/// Without a test clock the cooldown ends on its own. Each pick is judged by when it
+/// happened: one done before `cooled + COOLDOWN` (the key certainly cooling) must not be k0,
+/// and k0 comes back no earlier than that, however slow the machine.
 #[test]
 fn cooldown_ends_in_real_time() {
+    const COOLDOWN: Duration = Duration::from_secs(1);
     let p = pool(Selection::RoundRobin, keys(2));
-    p.try_acquire(None, &[])
-        .unwrap()
-        .rate_limited(Some(Duration::from_millis(150)));
-    assert_eq!(pick(&p), "k1");
-    assert_eq!(pick(&p), "k1");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(pick(&p), "k0");
+    let lease = p.try_acquire(None, &[]).unwrap();
+    assert_eq!(lease.id(), "k0");
+    let cooled = std::time::Instant::now();
+    lease.rate_limited(Some(COOLDOWN));
+    let mut during = 0;
+    loop {
+        let key = pick(&p);
+        let done = std::time::Instant::now();
+        if key == "k0" {
+            assert!(done >= cooled + COOLDOWN, "back after {:?}", done - cooled);
+            break;
+        }
+        during += usize::from(done < cooled + COOLDOWN);
+        assert!(done < cooled + secs(10), "k0 never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(during >= 1, "no pick while k0 cooled");
 }
 
 /// A refusal asks for a free probe of the key; a refused probe disables it.
@@ -703,7 +717,8 @@ async fn acquire_fails_at_once_when_nothing_frees_in_time() {
         .rate_limited(Some(secs(20)));
     let started = Instant::now();
     let err = p.acquire(None, &[]).await.unwrap_err();
-    assert!(started.elapsed() < secs(1));
+    // At once: waiting would take the 5 s maximum wait.
+    assert!(started.elapsed() < secs(3));
     assert_eq!(err.reason, UnavailableReason::Cooling);
     assert_about(err.retry_after, secs(10));
     // No key at all: no wait either.
@@ -1256,9 +1271,14 @@ async fn concurrent_waiters_all_get_served() {
 
 // --- scale ---
 
+/// A key pick (acquire and release) costs at most 20 times more with 10,000 keys, nine in ten
+/// of them cooling down, than with 10, for every selection: a scan of the keys per pick would
+/// cost about 1,000 times more. Both are measured in the same run (the fastest of 5 batches
+/// each), so the bound holds on a slow or busy machine. (Throughput: `cargo bench --bench
+/// keys`.)
 #[test]
 fn picks_stay_cheap_with_many_keys() {
-    let cycles = |n: usize| if n >= 10_000 { 1_000_000 } else { 300_000 };
+    const PICKS: usize = 20_000;
     let strategies = [
         ("round-robin", Selection::RoundRobin, false),
         ("weighted", Selection::Weighted, false),
@@ -1270,34 +1290,48 @@ fn picks_stay_cheap_with_many_keys() {
         ),
         ("sticky", Selection::RoundRobin, true),
     ];
-    for n in [10, 1_000, 10_000] {
-        for (name, selection, sticky) in strategies {
-            let p = KeyPool::new(
-                PoolSettings {
-                    selection,
-                    stickiness: sticky.then(Stickiness::default),
-                    ..PoolSettings::default()
-                },
-                keys(n),
-            );
-            // Most keys cooling must not slow picks down.
-            if n >= 1_000 {
-                for _ in 0..n * 9 / 10 {
-                    p.try_acquire(None, &[])
-                        .unwrap()
-                        .rate_limited(Some(secs(600)));
-                }
+    let seconds_per_pick = |n: usize, selection: Selection, sticky: bool| {
+        let p = KeyPool::new(
+            PoolSettings {
+                selection,
+                stickiness: sticky.then(Stickiness::default),
+                ..PoolSettings::default()
+            },
+            keys(n),
+        );
+        // Most keys cooling must not slow picks down.
+        if n >= 1_000 {
+            for _ in 0..n * 9 / 10 {
+                p.try_acquire(None, &[])
+                    .unwrap()
+                    .rate_limited(Some(secs(600)));
             }
-            let total = cycles(n);
-            let started = Instant::now();
-            for i in 0..total {
-                let affinity = sticky.then_some((i % 1_000) as u64);
-                let lease = p.try_acquire(affinity, &[]).unwrap();
-                drop(lease);
-            }
-            let rate = total as f64 / started.elapsed().as_secs_f64();
-            eprintln!("keys={n:>6} {name:<12} {rate:>12.0} picks/s ({total} cycles)");
         }
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for i in 0..PICKS {
+                    let affinity = sticky.then_some((i % 1_000) as u64);
+                    drop(p.try_acquire(affinity, &[]).unwrap());
+                }
+                started.elapsed().as_secs_f64() / PICKS as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    for (name, selection, sticky) in strategies {
+        let t10 = seconds_per_pick(10, selection, sticky);
+        let t10k = seconds_per_pick(10_000, selection, sticky);
+        eprintln!(
+            "{name:<12} {:>6.0} ns per pick with 10 keys, {:>6.0} ns with 10,000 (9,000 cooling)",
+            t10 * 1e9,
+            t10k * 1e9
+        );
+        assert!(
+            t10k <= 20.0 * t10,
+            "{name}: a pick costs {:.0} ns with 10,000 keys, {:.0} ns with 10",
+            t10k * 1e9,
+            t10 * 1e9
+        );
     }
 }
 

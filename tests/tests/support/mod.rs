@@ -239,12 +239,23 @@ pub fn summary(outcomes: &[Outcome]) -> String {
 }
 
 /// A metric from the proxy's `/metrics`: the sum over series whose line contains every one
-/// of `labels` (`name="value"` fragments).
+/// of `labels` (`name="value"` fragments); 0 when no series matches (a labelled counter has
+/// none before its first increment).
+///
+/// # Panics
+///
+/// If `/metrics` cannot be read or does not answer 200: a check of a metric must not pass
+/// on an empty page.
 pub async fn metric(admin: &str, name: &str, labels: &[&str]) -> f64 {
-    let text = keyway_testkit::client::get(&format!("{admin}/metrics"))
+    let r = keyway_testkit::client::get(&format!("{admin}/metrics"))
         .await
-        .map(|r| r.text())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("GET {admin}/metrics: {e}"));
+    assert_eq!(r.status, 200, "GET {admin}/metrics: {}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("# TYPE keyway_"),
+        "GET {admin}/metrics has no keyway metric: {text}"
+    );
     keyway_testkit::metrics::sum(&text, name, labels)
 }
 
@@ -309,7 +320,7 @@ pub async fn stream_chat(
 }
 
 /// A `keyway-proxy` process started from a manifest file on free ports; killed on drop (its
-/// log is printed then if the test is failing).
+/// log is printed then if the test is failing, and checked for panics if it is not).
 pub struct ProxyProcess {
     pub child: tokio::process::Child,
     pub url: String,
@@ -377,23 +388,37 @@ impl ProxyProcess {
     }
 
     /// (RSS in KiB, open file descriptors) from /proc.
+    ///
+    /// # Panics
+    ///
+    /// If either cannot be read, or reads as zero: a leak check must not pass on zeros.
     pub fn resources(&self) -> (u64, usize) {
         let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss = status
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+        let rss: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"));
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0);
+            .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+            .count();
+        // A live proxy holds at least stdin/stdout/stderr and its listeners, and some memory.
+        assert!(
+            rss > 0 && fds >= 3,
+            "implausible /proc reading: RSS {rss} KiB, {fds} FDs"
+        );
         (rss, fds)
     }
 }
 
 impl Drop for ProxyProcess {
+    /// Kills the process. A test that did not fail otherwise fails here if the proxy logged a
+    /// panic (a panicking connection task would not stop it, only print).
     fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        keyway_testkit::logs::assert_no_panic("keyway-proxy", &self.logs());
         if std::thread::panicking() {
             let logs = self.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();

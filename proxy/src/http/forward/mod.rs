@@ -14,7 +14,9 @@
 //!
 //! Two kinds of retry share the attempt loop:
 //! - a **key refusal** (429, a quota error, 401/403) settles that key's lease and replays the
-//!   request with the next eligible key, before anything reaches the client;
+//!   request with the next eligible key, before anything reaches the client; when the attempts
+//!   run out on refusals, the client gets the upstream's last one (its status and
+//!   `Retry-After`), not an error of Keyway's;
 //! - a **backend failure** (connect error, 502/503/504, refused HTTP/2 stream) replays it on
 //!   another backend with the same key, up to `spec.retry.maxRetries`.
 //!
@@ -140,7 +142,7 @@ impl Forwarder {
         let metrics = self.dataplane.metrics();
         let pool = ex.pool;
         let mut tries = Tries::new(ex);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             // key
             if let Some(kp) = ex.key_pool
                 && let Err(unavailable) = tries.lease_key(kp, pool, ex.keys.affinity, metrics).await
@@ -203,8 +205,13 @@ impl Forwarder {
                     tries.auth_refusals += usize::from(auth_refused);
                     // An auth refusal is replayed on one other key at most: a request the
                     // upstream refuses for itself (a bad organization header) must not walk
-                    // through, and cast suspicion on, every key of the pool.
-                    if !ex.prepared.body.replayable() || (auth_refused && tries.auth_refusals > 1) {
+                    // through, and cast suspicion on, every key of the pool. Out of attempts
+                    // (keys refused again and again, say 429s with a short Retry-After), the
+                    // client gets the upstream's last refusal, not a made-up 502.
+                    if !ex.prepared.body.replayable()
+                        || (auth_refused && tries.auth_refusals > 1)
+                        || attempt == MAX_ATTEMPTS
+                    {
                         return self.finish(resp, ex, backend, key_id.as_deref());
                     }
                     if key_id.is_some() {
