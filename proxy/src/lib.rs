@@ -125,6 +125,10 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = metrics::Metrics::register(&registry).map_err(anyhow::Error::from)?;
     let dataplane = Arc::new(Dataplane::new(metrics.clone()));
+    // One TLS config for requests, active checks and key re-probes (`--upstream-ca`).
+    dataplane.set_upstream_tls(tls::upstream_config(
+        settings.forwarder.upstream_ca.as_deref(),
+    )?);
     let (tx, rx): (SnapshotTx, SnapshotRx) = watch::channel(None);
     let mut background = Vec::new();
 

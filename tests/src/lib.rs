@@ -6,6 +6,7 @@
 //! * [`eventually`]: poll an async predicate until it holds or a deadline passes.
 //! * [`free_port`]: pick a currently free TCP port on 127.0.0.1.
 //! * [`redis::RedisServer`]: a real `redis-server` on loopback.
+//! * [`tls::TestPki`]: a private CA and a serving certificate for HTTPS mock upstreams.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod mock;
 pub mod redis;
 pub mod stats;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

@@ -67,6 +67,9 @@ pub(super) struct Registry {
 struct HealthEntry {
     check: Option<model::HealthCheck>,
     endpoint: model::Endpoint,
+    /// The probe's Host and TLS server name, and its protocol, follow these.
+    host_header: Option<String>,
+    protocol: model::Protocol,
     outlier: model::Outlier,
     health: Arc<BackendHealth>,
     checker: Option<JoinHandle<()>>,
@@ -87,7 +90,7 @@ impl Registry {
         &mut self,
         snapshot: Arc<model::Snapshot>,
         metrics: &Metrics,
-        health_client: Option<&health::HealthClient>,
+        health_client: Option<&health::HealthClients>,
     ) -> Router {
         // Forget counters of objects that left the config, keep the rest.
         self.backends.retain(|(pool, backend), _| {
@@ -222,12 +225,14 @@ impl Registry {
         backend: &model::Backend,
         label: &str,
         metrics: &Metrics,
-        client: Option<&health::HealthClient>,
+        client: Option<&health::HealthClients>,
     ) -> Arc<BackendHealth> {
         let key = (pool.id.clone(), backend.name.clone());
         if let Some(e) = self.health.get(&key)
             && e.check == backend.health_check
             && e.endpoint == backend.endpoint
+            && e.host_header == backend.host_header
+            && e.protocol == backend.protocol
             && e.outlier == pool.outlier
         {
             return e.health.clone();
@@ -242,6 +247,9 @@ impl Registry {
             pool: label.to_string(),
             backend: backend.name.clone(),
         };
+        // The previous checker's series go before the new checker registers its own (it may
+        // start at once on another worker thread).
+        metrics.health.forget(&check_label);
         let (health, checker) = match (&backend.health_check, client) {
             (Some(check), Some(client)) => {
                 let target = match &check.target {
@@ -250,6 +258,22 @@ impl Registry {
                 };
                 match target.parse::<http::Uri>() {
                     Ok(target) => {
+                        // The backend's hostHeader names the probed service (and its TLS
+                        // server) when the probe goes to the backend's own host.
+                        let own_host = target.authority().map(|a| a.as_str())
+                            == Some(backend.endpoint.authority.as_str())
+                            || matches!(check.target, model::HealthTarget::Path(_));
+                        let host = backend
+                            .host_header
+                            .as_deref()
+                            .filter(|_| own_host)
+                            .and_then(|h| http::HeaderValue::from_str(h).ok());
+                        let server_name = if own_host {
+                            super::pool::tls_server_name(backend)
+                        } else {
+                            None
+                        };
+                        let http2 = backend.protocol == model::Protocol::Http2;
                         let settings = HealthSettings {
                             target,
                             interval: check.interval,
@@ -257,13 +281,14 @@ impl Registry {
                             fail_threshold: check.fail_threshold,
                             success_threshold: check.success_threshold,
                             deep: check.deep,
+                            host,
                         };
                         let health = Arc::new(BackendHealth::from_settings(&settings, outlier));
                         let task = health::spawn_checker(
                             check_label,
                             settings,
                             health.clone(),
-                            client.clone(),
+                            client.for_backend(server_name, http2),
                             metrics.health.clone(),
                         );
                         (health, Some(task))
@@ -276,15 +301,13 @@ impl Registry {
             }
             _ => (Arc::new(BackendHealth::new(1, 1, outlier)), None),
         };
-        metrics.health.forget(&CheckLabel {
-            pool: label.to_string(),
-            backend: backend.name.clone(),
-        });
         self.health.insert(
             key,
             HealthEntry {
                 check: backend.health_check.clone(),
                 endpoint: backend.endpoint.clone(),
+                host_header: backend.host_header.clone(),
+                protocol: backend.protocol,
                 outlier: pool.outlier.clone(),
                 health: health.clone(),
                 checker,

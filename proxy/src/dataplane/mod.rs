@@ -51,7 +51,11 @@ pub struct Dataplane {
     version: AtomicU64,
     registry: Mutex<apply::Registry>,
     metrics: Metrics,
-    health_client: OnceLock<Option<health::HealthClient>>,
+    /// The upstream TLS config (`--upstream-ca`), set before the first snapshot; the
+    /// webpki roots alone when never set.
+    upstream_tls: OnceLock<rustls::ClientConfig>,
+    /// Active checks' and key re-probes' clients, from `upstream_tls`.
+    health_clients: OnceLock<Option<health::HealthClients>>,
     /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
     /// other namespaces grant it.
     home_namespace: OnceLock<String>,
@@ -68,7 +72,8 @@ impl Dataplane {
             version: Default::default(),
             registry: Default::default(),
             metrics,
-            health_client: OnceLock::new(),
+            upstream_tls: OnceLock::new(),
+            health_clients: OnceLock::new(),
             home_namespace: OnceLock::new(),
         }
     }
@@ -77,6 +82,32 @@ impl Dataplane {
     /// granted by other namespaces, so a granted `pathPrefix: /` cannot take its traffic.
     pub fn set_home_namespace(&self, namespace: &str) {
         let _ = self.home_namespace.set(namespace.to_owned());
+    }
+
+    /// The TLS config every upstream connection uses: requests, active checks, key
+    /// re-probes. Takes effect only before the first snapshot is applied; false after.
+    pub fn set_upstream_tls(&self, tls: rustls::ClientConfig) -> bool {
+        self.upstream_tls.set(tls).is_ok() && self.health_clients.get().is_none()
+    }
+
+    /// The upstream TLS config ([`Dataplane::set_upstream_tls`]).
+    pub fn upstream_tls(&self) -> Option<&rustls::ClientConfig> {
+        self.upstream_tls.get()
+    }
+
+    /// The clients of active checks and key re-probes (`None` if they could not be built).
+    pub fn health_clients(&self) -> Option<&health::HealthClients> {
+        self.health_clients
+            .get_or_init(|| {
+                let tls = match self.upstream_tls.get() {
+                    Some(tls) => tls.clone(),
+                    None => crate::tls::upstream_config(None)
+                        .inspect_err(|error| tracing::error!(%error, "cannot build the health-check client; active checks and key re-probes are off"))
+                        .ok()?,
+                };
+                Some(health::HealthClients::new(tls))
+            })
+            .as_ref()
     }
 
     /// The router to use for one request.
@@ -119,16 +150,10 @@ impl Dataplane {
 
     /// Compiles and swaps in a snapshot. In-flight requests keep the router they started with.
     pub fn apply(&self, snapshot: Arc<model::Snapshot>) {
-        let health_client = self.health_client.get_or_init(|| match health::build_client() {
-            Ok(c) => Some(c),
-            Err(error) => {
-                tracing::error!(%error, "cannot build the health-check client; active checks are off");
-                None
-            }
-        });
+        let health_clients = self.health_clients();
         let router = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            let mut router = reg.compile(snapshot, &self.metrics, health_client.as_ref());
+            let mut router = reg.compile(snapshot, &self.metrics, health_clients);
             router.home_namespace = self.home_namespace.get().cloned();
             router
         };

@@ -40,9 +40,28 @@ pub struct BackendState {
     pub model: model::Backend,
     pub counters: Arc<Counters>,
     pub health: Arc<BackendHealth>,
-    /// A client for this backend when it needs its own (HTTP/2 only, or the pool's connect
-    /// timeout), built on first use.
+    /// A client for this backend when it needs its own (HTTP/2 only, the pool's connect
+    /// timeout, or a TLS server name from `hostHeader`), built on first use.
     pub client: OnceLock<UpstreamClient>,
+}
+
+// === impl BackendState ===
+
+impl BackendState {
+    /// The TLS server name of an `https` backend with a `hostHeader`: that host, so the
+    /// certificate is checked for the name the requests are addressed to. `None` otherwise
+    /// (the endpoint's host is used).
+    pub fn tls_server_name(&self) -> Option<rustls::pki_types::ServerName<'static>> {
+        tls_server_name(&self.model)
+    }
+}
+
+/// [`BackendState::tls_server_name`] of a backend's model.
+pub fn tls_server_name(backend: &model::Backend) -> Option<rustls::pki_types::ServerName<'static>> {
+    if backend.endpoint.scheme != model::Scheme::Https {
+        return None;
+    }
+    crate::http::client::server_name(backend.host_header.as_deref()?)
 }
 
 /// What the failover decision sees and does.

@@ -83,7 +83,10 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(dataplane: Arc<Dataplane>, settings: ForwarderSettings) -> anyhow::Result<Self> {
-        let tls = crate::tls::upstream_config(settings.upstream_ca.as_deref())?;
+        let tls = match dataplane.upstream_tls() {
+            Some(tls) => tls.clone(),
+            None => crate::tls::upstream_config(settings.upstream_ca.as_deref())?,
+        };
         let client = client::build(settings.connect_timeout, tls.clone(), false);
         Ok(Self {
             dataplane,
@@ -247,8 +250,8 @@ impl Forwarder {
             .unwrap_or(self.settings.response_timeout)
     }
 
-    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only or the pool
-    /// sets its own connect timeout.
+    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only, the pool
+    /// sets its own connect timeout, or its `hostHeader` names the TLS server.
     fn client_for<'a>(&'a self, pool: &PoolState, backend: &'a BackendState) -> &'a UpstreamClient {
         let timeout = pool
             .model
@@ -256,12 +259,18 @@ impl Forwarder {
             .connect
             .unwrap_or(self.settings.connect_timeout);
         let http2 = backend.model.protocol == Protocol::Http2;
-        if !http2 && timeout == self.settings.connect_timeout {
+        let server_name = backend.tls_server_name();
+        if !http2 && timeout == self.settings.connect_timeout && server_name.is_none() {
             return &self.client;
         }
-        backend
-            .client
-            .get_or_init(|| client::build(timeout, self.tls.clone(), http2))
+        backend.client.get_or_init(|| {
+            let options = client::ClientOptions {
+                http2_only: http2,
+                server_name,
+                ..client::ClientOptions::new(timeout)
+            };
+            client::build_with(self.tls.clone(), &options)
+        })
     }
 
     /// Answers the request itself, counted by reason.

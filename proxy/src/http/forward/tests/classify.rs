@@ -80,7 +80,11 @@ async fn a_refused_key_is_verified_before_it_is_disabled() {
     let outcome = classify(p, 0, response(401, &[], "{}"), &mut l, true, false).await;
     assert!(matches!(outcome, Outcome::NextKey(_)), "{outcome:?}");
     // One request is not evidence against the key: a free probe decides.
-    assert!(matches!(state(&kp, "k1"), KeyState::Active), "{:?}", state(&kp, "k1"));
+    assert!(
+        matches!(state(&kp, "k1"), KeyState::Active),
+        "{:?}",
+        state(&kp, "k1")
+    );
     let due = kp.engine.reprobe_due();
     assert_eq!(due.len(), 1);
     assert_eq!((due[0].0.as_str(), due[0].2), ("k1", ProbePurpose::Verify));
