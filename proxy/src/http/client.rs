@@ -100,12 +100,19 @@ pub fn server_name(host_header: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).ok()
 }
 
-/// True for HTTP/2 REFUSED_STREAM and GOAWAY: the upstream did not process the request.
+/// True when the upstream did not process the request, so it is safe to send again, even
+/// when not idempotent: HTTP/2 REFUSED_STREAM (RFC 9113 §8.7), or a stream ended by the
+/// upstream's graceful GOAWAY (`NO_ERROR`), which ends only the streams above the last one
+/// the upstream processes (§6.8). A GOAWAY with an error code also ends streams the upstream
+/// may have started, so it is not counted here.
 pub fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
         }
         source = e.source();
     }

@@ -26,6 +26,8 @@ pub(super) struct Tries {
     pub refused_keys: usize,
     /// 401/403 answers so far: one may be the key's fault, two are the request's.
     pub auth_refusals: usize,
+    /// Streams the upstream refused unprocessed (REFUSED_STREAM, GOAWAY), sent again.
+    pub refused_streams: usize,
     /// The key of the next attempt; a backend retry keeps it.
     pub lease: Option<Lease>,
     /// A session's key, tried first.
@@ -50,6 +52,7 @@ impl Tries {
             failed: Vec::new(),
             refused_keys: 0,
             auth_refusals: 0,
+            refused_streams: 0,
             lease: None,
             pinned_key: ex.placement.key_id.clone(),
             max_backend_retries,

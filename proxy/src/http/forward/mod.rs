@@ -35,7 +35,10 @@ pub use admit::peek_model;
 
 use self::admit::Routed;
 use self::attempt::{Tries, build_request, next_backend, send};
-use self::classify::{Failure, Outcome, classify, timed_out, upstream_failed};
+use self::classify::{
+    Failure, MAX_REFUSED_STREAM_RETRIES, Outcome, classify, stream_refused, timed_out,
+    upstream_failed,
+};
 use self::place::Exchange;
 use self::respond::{Answer, learn};
 use super::ProxyBody;
@@ -188,7 +191,16 @@ impl Forwarder {
                     let keyed = ex.key_pool.is_some();
                     classify(pool, idx, resp, &mut tries.lease, keyed, last_try).await
                 }
-                Ok(Err(error)) => upstream_failed(pool, idx, Failure::of(&error), &error, last_try),
+                Ok(Err(error)) => match Failure::of(&error) {
+                    Failure::RefusedStream
+                        if ex.prepared.body.replayable()
+                            && tries.refused_streams < MAX_REFUSED_STREAM_RETRIES =>
+                    {
+                        tries.refused_streams += 1;
+                        stream_refused(pool, idx)
+                    }
+                    failure => upstream_failed(pool, idx, failure, &error, last_try),
+                },
                 Err(_) => timed_out(pool, idx, timeout),
             };
             let resp = match outcome {
@@ -198,6 +210,13 @@ impl Forwarder {
                         .with_label_values(&[pool.label.as_str(), kind.as_str()])
                         .inc();
                     tries.failed.push(idx);
+                    continue;
+                }
+                Outcome::SameBackend(kind) => {
+                    metrics
+                        .retries
+                        .with_label_values(&[pool.label.as_str(), kind.as_str()])
+                        .inc();
                     continue;
                 }
                 Outcome::NextKey(resp) => {
