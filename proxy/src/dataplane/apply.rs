@@ -11,6 +11,7 @@ use crate::balance::{Balancer, InFlight};
 use crate::config::SnapshotRx;
 use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
 use crate::keys;
+use crate::metrics::KeyPoolSeries;
 use crate::metrics::Metrics;
 use keyway_api::model::{self, ObjectId, Snapshot};
 use std::collections::HashMap;
@@ -118,6 +119,13 @@ impl Registry {
             .iter()
             .map(|kp| {
                 let (settings, configs) = engine_config(kp);
+                let series = KeyPoolSeries {
+                    keys: configs
+                        .iter()
+                        .map(|c| (Arc::from(c.id.as_str()), Default::default()))
+                        .collect(),
+                    ..Default::default()
+                };
                 let engine = match self.key_engines.get(&kp.id) {
                     Some(e) => {
                         e.update(settings, configs);
@@ -134,6 +142,7 @@ impl Registry {
                     label: kp.id.to_string(),
                     model: kp.clone(),
                     engine,
+                    series,
                 })
             })
             .collect();
@@ -155,6 +164,7 @@ impl Registry {
                             .clone(),
                         health: self.health_for(p, b, &label, metrics, health_client),
                         client: OnceLock::new(),
+                        series: Default::default(),
                     })
                     .collect();
                 let hash_header = http::HeaderName::from_bytes(p.hash_header.as_bytes())
@@ -193,6 +203,7 @@ impl Registry {
                     active_role: AtomicU8::new(0),
                     keys,
                     metrics: metrics.clone(),
+                    series: Default::default(),
                 })
             })
             .collect::<Vec<_>>();

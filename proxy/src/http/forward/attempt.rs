@@ -74,10 +74,7 @@ impl Tries {
         {
             match kp.engine.try_acquire_id(&id) {
                 Some(l) => {
-                    metrics
-                        .key_requests
-                        .with_label_values(&[kp.label.as_str(), l.id()])
-                        .inc();
+                    kp.count_request(metrics, l.id());
                     self.lease = Some(l);
                 }
                 None => pool.cluster_metrics.deviation("session_key_unavailable"),
@@ -90,15 +87,12 @@ impl Tries {
         // Refused keys are not excluded: the engine already holds them out (cooling or
         // disabled), and once a cooldown ends the waiting request may use them.
         let acquired = kp.engine.acquire(affinity, &[]).await;
-        metrics
-            .key_wait
-            .with_label_values(&[kp.label.as_str()])
+        kp.series
+            .wait
+            .get(|| metrics.key_wait.with_label_values(&[kp.label.as_str()]))
             .observe(waited.elapsed().as_secs_f64());
         let lease = acquired?;
-        metrics
-            .key_requests
-            .with_label_values(&[kp.label.as_str(), lease.id()])
-            .inc();
+        kp.count_request(metrics, lease.id());
         self.lease = Some(lease);
         Ok(())
     }

@@ -184,9 +184,13 @@ impl Forwarder {
             // classify
             let outcome = match sent {
                 Ok(Ok(resp)) => {
-                    metrics
-                        .upstream_ttfb
-                        .with_label_values(&[pool.label.as_str()])
+                    pool.series
+                        .ttfb
+                        .get(|| {
+                            metrics
+                                .upstream_ttfb
+                                .with_label_values(&[pool.label.as_str()])
+                        })
                         .observe((received - attempt_started).as_secs_f64());
                     let keyed = ex.key_pool.is_some();
                     classify(pool, idx, resp, &mut tries.lease, keyed, last_try).await
