@@ -282,14 +282,15 @@ impl Forwarder {
             .connect
             .unwrap_or(self.settings.connect_timeout);
         let http2 = backend.model.protocol == Protocol::Http2;
-        let server_name = backend.tls_server_name();
-        if !http2 && timeout == self.settings.connect_timeout && server_name.is_none() {
+        let own_name = backend.model.host_header.is_some()
+            && backend.model.endpoint.scheme == keyway_api::model::Scheme::Https;
+        if !http2 && timeout == self.settings.connect_timeout && !own_name {
             return &self.client;
         }
         backend.client.get_or_init(|| {
             let options = client::ClientOptions {
                 http2_only: http2,
-                server_name,
+                server_name: backend.tls_server_name(),
                 ..client::ClientOptions::new(timeout)
             };
             client::build_with(self.tls.clone(), &options)
