@@ -127,11 +127,10 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = metrics::Metrics::register(&registry).map_err(anyhow::Error::from)?;
     let dataplane = Arc::new(Dataplane::new(metrics.clone()));
-    // What the dataplane dials itself (the Redis affinity store over TLS) trusts what upstream
-    // requests trust: set before the first snapshot compiles.
-    dataplane.set_upstream_trust(Arc::new(tls::upstream_config(
+    // One TLS config for requests, active checks and key re-probes (`--upstream-ca`).
+    dataplane.set_upstream_tls(tls::upstream_config(
         settings.forwarder.upstream_ca.as_deref(),
-    )?));
+    )?);
     let (tx, rx): (SnapshotTx, SnapshotRx) = watch::channel(None);
     let mut background = Vec::new();
 

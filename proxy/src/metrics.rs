@@ -412,3 +412,53 @@ impl Metrics {
         Ok(m)
     }
 }
+
+/// A series of a labelled family, resolved on first use and kept: the request path reads it
+/// without hashing labels (`with_label_values`) again. Built with the compiled snapshot, so a
+/// series appears when it is first used, as before.
+pub struct Lazy<T> {
+    cell: std::sync::OnceLock<T>,
+}
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Self {
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<T: Clone> Lazy<T> {
+    /// The series, resolved by `resolve` the first time.
+    pub fn get(&self, resolve: impl FnOnce() -> T) -> &T {
+        self.cell.get_or_init(resolve)
+    }
+}
+
+/// A pool's per-request series.
+#[derive(Default)]
+pub struct PoolSeries {
+    pub ttfb: Lazy<Histogram>,
+    pub duration: Lazy<Histogram>,
+    pub stream_errors: Lazy<IntCounter>,
+}
+
+/// A backend's per-request series: requests answered 200 (the common status; others are
+/// looked up).
+#[derive(Default)]
+pub struct BackendSeries {
+    pub ok: Lazy<IntCounter>,
+}
+
+/// A key pool's per-request series: the wait for a key, and each key's requests and tokens.
+#[derive(Default)]
+pub struct KeyPoolSeries {
+    pub wait: Lazy<Histogram>,
+    pub keys: std::collections::HashMap<std::sync::Arc<str>, KeySeries>,
+}
+
+#[derive(Default)]
+pub struct KeySeries {
+    pub requests: Lazy<IntCounter>,
+    pub tokens: Lazy<IntCounter>,
+}

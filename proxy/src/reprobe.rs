@@ -6,13 +6,13 @@
 //!   upstream accepts them.
 
 use crate::dataplane::{Dataplane, PoolState};
-use crate::health::{self, HealthClient};
+use crate::health::HealthClients;
 use crate::http::inject;
 use crate::keys::{ProbeAnswer, ProbePurpose};
 use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::Empty;
-use keyway_api::model::{Auth, HealthTarget};
+use keyway_api::model::{Auth, HealthTarget, Protocol};
 use keyway_api::secret::SecretValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +24,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs forever.
 pub async fn run(dataplane: Arc<Dataplane>) {
-    let client = match health::build_client() {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::error!(%error, "cannot build the key probe client; disabled keys will not be re-probed");
-            std::future::pending::<()>().await;
-            return;
-        }
+    // The same TLS config as requests and active checks (`--upstream-ca`).
+    let Some(clients) = dataplane.health_clients().cloned() else {
+        tracing::error!("no key probe client; disabled keys will not be re-probed");
+        std::future::pending::<()>().await;
+        return;
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -48,7 +46,7 @@ pub async fn run(dataplane: Arc<Dataplane>) {
                 .find(|p| matches!(&p.keys, Ok(Some(k)) if Arc::ptr_eq(k, kp)));
             for (id, value, purpose) in due {
                 let answer = match pool {
-                    Some(p) => probe(&client, p, &value, purpose).await,
+                    Some(p) => probe(&clients, p, &value, purpose).await,
                     None => ProbeAnswer::Unknown,
                 };
                 match purpose {
@@ -68,9 +66,10 @@ pub async fn run(dataplane: Arc<Dataplane>) {
     }
 }
 
-/// One probe with `key`.
+/// One probe with `key`, sent as requests are: the backend's `hostHeader` as Host and TLS
+/// server name, its protocol.
 async fn probe(
-    client: &HealthClient,
+    clients: &HealthClients,
     pool: &PoolState,
     key: &SecretValue,
     purpose: ProbePurpose,
@@ -114,6 +113,10 @@ async fn probe(
     {
         req.headers_mut().insert(http::header::HOST, v);
     }
+    let client = clients.for_backend(
+        backend.tls_server_name(),
+        backend.model.protocol == Protocol::Http2,
+    );
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => ProbeAnswer::Accepted,
         Ok(Ok(resp)) if matches!(resp.status().as_u16(), 401 | 403) => ProbeAnswer::Refused,

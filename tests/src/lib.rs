@@ -8,6 +8,7 @@
 //! * [`redis::RedisServer`]: a real `redis-server` on loopback.
 //! * [`browser::Browser`]: headless Chromium through chromedriver (the status page tests).
 //! * [`logs::assert_no_panic`]: fail a test whose child process logged a panic.
+//! * [`tls::TestPki`]: a private CA and a serving certificate for HTTPS mock upstreams.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod mock;
 pub mod redis;
 pub mod stats;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

@@ -139,6 +139,9 @@ pub struct RecordedRequest {
     pub key: Option<String>,
     /// When it arrived (for checks over sliding windows of time).
     pub at: std::time::Instant,
+    /// The TLS server name (SNI) the connection asked for; `None` over plain TCP or
+    /// without SNI.
+    pub sni: Option<String>,
 }
 
 impl RecordedRequest {
@@ -229,6 +232,8 @@ impl Shared {
 pub struct MockUpstream {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Serves HTTPS ([`MockUpstream::start_tls`]).
+    tls: bool,
     shutdown_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -282,6 +287,33 @@ impl MockUpstream {
     /// Fails if the address cannot be bound, or if `name` is not a valid
     /// HTTP header value (it is sent in [`UPSTREAM_HEADER`]).
     pub async fn start_on(name: &str, addr: SocketAddr) -> io::Result<MockUpstream> {
+        Self::start_with(name, addr, None).await
+    }
+
+    /// Starts a mock named `name` on 127.0.0.1 with a random free port that serves HTTPS
+    /// with `config` (its ALPN list decides between HTTP/2 and HTTP/1.1). Each request
+    /// records the connection's SNI ([`RecordedRequest::sni`]).
+    pub async fn start_tls(
+        name: &str,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<MockUpstream> {
+        Self::start_tls_on(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+    }
+
+    /// [`MockUpstream::start_tls`] on `addr` (e.g. the address of a mock that was stopped).
+    pub async fn start_tls_on(
+        name: &str,
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<MockUpstream> {
+        Self::start_with(name, addr, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<MockUpstream> {
         let name_header = HeaderValue::from_str(name).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -298,11 +330,13 @@ impl MockUpstream {
             streams_cancelled: Arc::new(AtomicU64::new(0)),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        let is_tls = tls.is_some();
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx, tls));
         tracing::debug!(name, %addr, "mock upstream started");
         Ok(MockUpstream {
             shared,
             addr,
+            tls: is_tls,
             shutdown_tx,
             task: Some(task),
         })
@@ -313,9 +347,10 @@ impl MockUpstream {
         self.addr
     }
 
-    /// Base URL, `http://127.0.0.1:PORT`.
+    /// Base URL, `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The name given at start (sent back in [`UPSTREAM_HEADER`]).
@@ -481,6 +516,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown_rx: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut conns = JoinSet::new();
     let mut stop = shutdown_rx.clone();
@@ -489,7 +525,7 @@ async fn accept_loop(
             () = wait_shutdown(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&shared), shutdown_rx.clone()));
+                    conns.spawn(accept_connection(stream, tls.clone(), Arc::clone(&shared), shutdown_rx.clone()));
                 }
                 Err(e) => {
                     // E.g. EMFILE: back off a little instead of spinning.
@@ -511,8 +547,10 @@ async fn accept_loop(
     // Dropping the JoinSet aborts whatever is left.
 }
 
-async fn serve_connection(
+/// Completes the TLS handshake when the mock serves HTTPS, then serves the connection.
+async fn accept_connection(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     shutdown_rx: watch::Receiver<bool>,
 ) {
@@ -520,9 +558,33 @@ async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, None, shared, shutdown_rx).await;
+    };
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let sni = stream.get_ref().1.server_name().map(str::to_owned);
+            serve_connection(stream, sni, shared, shutdown_rx).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(name = %shared.name, error = %e, "mock upstream TLS handshake failed")
+        }
+        Err(_) => tracing::debug!(name = %shared.name, "mock upstream TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    sni: Option<String>,
+    shared: Arc<Shared>,
+    shutdown_rx: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let name = shared.name.clone();
     let svc_shutdown = shutdown_rx.clone();
-    let service = service_fn(move |req| handle(Arc::clone(&shared), svc_shutdown.clone(), req));
+    let service =
+        service_fn(move |req| handle(Arc::clone(&shared), svc_shutdown.clone(), sni.clone(), req));
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -548,6 +610,7 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 async fn handle(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    sni: Option<String>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, BoxError> {
     let (parts, body) = req.into_parts();
@@ -579,6 +642,7 @@ async fn handle(
         body: body.clone(),
         key,
         at: std::time::Instant::now(),
+        sni,
     };
     let (behavior, gate) = {
         let mut state = shared.lock();

@@ -393,82 +393,18 @@ async fn redis_store_shares_assignments_and_survives_redis_going_away() {
     );
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it (openssl, in `dir`): (ca, cert, key).
-fn tls_files(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req", "-x509", "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
-    ];
-    ca.extend(ec);
-    ca.extend([
-        "-subj",
-        "/CN=keyway-test-redis-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&ca);
-    let mut csr = vec![
-        "req",
-        "-keyout",
-        "redis.key",
-        "-out",
-        "redis.csr",
-        "-subj",
-        "/CN=redis",
-    ];
-    csr.extend(ec);
-    run(&csr);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "redis.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-out",
-        "redis.crt",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        dir.join("ca.crt"),
-        dir.join("redis.crt"),
-        dir.join("redis.key"),
-    )
-}
-
 #[tokio::test]
 async fn redis_store_over_tls_with_a_password_from_a_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = tls_files(dir.path());
+    let pki = keyway_testkit::tls::TestPki::new(&[]);
+    let (ca, cert, key) = (
+        dir.path().join("ca.crt"),
+        dir.path().join("redis.crt"),
+        dir.path().join("redis.key"),
+    );
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
     let password = format!("redis-pw-{}", std::process::id());
     let redis = RedisServer::start_tls(&cert, &key, Some(&password)).await;
     let east = MockUpstream::start("east").await.unwrap();

@@ -11,6 +11,7 @@ use crate::balance::{Balancer, InFlight};
 use crate::config::SnapshotRx;
 use crate::health::{self, BackendHealth, CheckLabel, HealthSettings, OutlierSettings};
 use crate::keys;
+use crate::metrics::KeyPoolSeries;
 use crate::metrics::Metrics;
 use keyway_api::model::{self, ObjectId, Snapshot};
 use std::collections::HashMap;
@@ -67,6 +68,9 @@ pub(super) struct Registry {
 struct HealthEntry {
     check: Option<model::HealthCheck>,
     endpoint: model::Endpoint,
+    /// The probe's Host and TLS server name, and its protocol, follow these.
+    host_header: Option<String>,
+    protocol: model::Protocol,
     outlier: model::Outlier,
     health: Arc<BackendHealth>,
     checker: Option<JoinHandle<()>>,
@@ -87,7 +91,7 @@ impl Registry {
         &mut self,
         snapshot: Arc<model::Snapshot>,
         metrics: &Metrics,
-        health_client: Option<&health::HealthClient>,
+        health_client: Option<&health::HealthClients>,
         upstream_trust: &Arc<rustls::ClientConfig>,
     ) -> Router {
         // Forget counters of objects that left the config, keep the rest.
@@ -116,6 +120,13 @@ impl Registry {
             .iter()
             .map(|kp| {
                 let (settings, configs) = engine_config(kp);
+                let series = KeyPoolSeries {
+                    keys: configs
+                        .iter()
+                        .map(|c| (Arc::from(c.id.as_str()), Default::default()))
+                        .collect(),
+                    ..Default::default()
+                };
                 let engine = match self.key_engines.get(&kp.id) {
                     Some(e) => {
                         e.update(settings, configs);
@@ -132,6 +143,7 @@ impl Registry {
                     label: kp.id.to_string(),
                     model: kp.clone(),
                     engine,
+                    series,
                 })
             })
             .collect();
@@ -153,6 +165,7 @@ impl Registry {
                             .clone(),
                         health: self.health_for(p, b, &label, metrics, health_client),
                         client: OnceLock::new(),
+                        series: Default::default(),
                     })
                     .collect();
                 let hash_header = http::HeaderName::from_bytes(p.hash_header.as_bytes())
@@ -196,6 +209,7 @@ impl Registry {
                     active_role: AtomicU8::new(0),
                     keys,
                     metrics: metrics.clone(),
+                    series: Default::default(),
                 })
             })
             .collect::<Vec<_>>();
@@ -228,12 +242,14 @@ impl Registry {
         backend: &model::Backend,
         label: &str,
         metrics: &Metrics,
-        client: Option<&health::HealthClient>,
+        client: Option<&health::HealthClients>,
     ) -> Arc<BackendHealth> {
         let key = (pool.id.clone(), backend.name.clone());
         if let Some(e) = self.health.get(&key)
             && e.check == backend.health_check
             && e.endpoint == backend.endpoint
+            && e.host_header == backend.host_header
+            && e.protocol == backend.protocol
             && e.outlier == pool.outlier
         {
             return e.health.clone();
@@ -267,6 +283,22 @@ impl Registry {
                 };
                 match target.parse::<http::Uri>() {
                     Ok(target) => {
+                        // The backend's hostHeader names the probed service (and its TLS
+                        // server) when the probe goes to the backend's own host.
+                        let own_host = target.authority().map(|a| a.as_str())
+                            == Some(backend.endpoint.authority.as_str())
+                            || matches!(check.target, model::HealthTarget::Path(_));
+                        let host = backend
+                            .host_header
+                            .as_deref()
+                            .filter(|_| own_host)
+                            .and_then(|h| http::HeaderValue::from_str(h).ok());
+                        let server_name = if own_host {
+                            super::pool::tls_server_name(backend)
+                        } else {
+                            None
+                        };
+                        let http2 = backend.protocol == model::Protocol::Http2;
                         let settings = HealthSettings {
                             target,
                             interval: check.interval,
@@ -274,13 +306,14 @@ impl Registry {
                             fail_threshold: check.fail_threshold,
                             success_threshold: check.success_threshold,
                             deep: check.deep,
+                            host,
                         };
                         let health = Arc::new(BackendHealth::from_settings(&settings, outlier));
                         let task = health::spawn_checker(
                             check_label,
                             settings,
                             health.clone(),
-                            client.clone(),
+                            client.for_backend(server_name, http2),
                             metrics.health.clone(),
                         );
                         (health, Some(task))
@@ -298,6 +331,8 @@ impl Registry {
             HealthEntry {
                 check: backend.health_check.clone(),
                 endpoint: backend.endpoint.clone(),
+                host_header: backend.host_header.clone(),
+                protocol: backend.protocol,
                 outlier: pool.outlier.clone(),
                 health: health.clone(),
                 checker,

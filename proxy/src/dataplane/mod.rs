@@ -55,7 +55,11 @@ pub struct Dataplane {
     version: AtomicU64,
     registry: Mutex<apply::Registry>,
     metrics: Metrics,
-    health_client: OnceLock<Option<health::HealthClient>>,
+    /// The upstream TLS config (`--upstream-ca`), set before the first snapshot; the
+    /// webpki roots alone when never set.
+    upstream_tls: OnceLock<rustls::ClientConfig>,
+    /// Active checks' and key re-probes' clients, from `upstream_tls`.
+    health_clients: OnceLock<Option<health::HealthClients>>,
     /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
     /// other namespaces grant it.
     home_namespace: OnceLock<String>,
@@ -63,9 +67,6 @@ pub struct Dataplane {
     history: History,
     /// Controller mode: the last snapshot the controller pushed and the answer to it.
     sync: Mutex<Option<ControllerSync>>,
-    /// The upstream TLS trust (`--upstream-ca` and the webpki roots), set by the forwarder;
-    /// used by clients the dataplane builds (the Redis affinity store over TLS).
-    upstream_trust: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 /// Controller mode: where this proxy stands with the controller, for the status page.
@@ -94,11 +95,11 @@ impl Dataplane {
             version: Default::default(),
             registry: Default::default(),
             metrics,
-            health_client: OnceLock::new(),
+            upstream_tls: OnceLock::new(),
+            health_clients: OnceLock::new(),
             home_namespace: OnceLock::new(),
             history: History::default(),
             sync: Mutex::default(),
-            upstream_trust: OnceLock::new(),
         }
     }
 
@@ -118,27 +119,47 @@ impl Dataplane {
         f(sync.get_or_insert_with(ControllerSync::default));
     }
 
-    /// The TLS trust for upstreams (the first call wins); see `upstream_trust`.
-    pub fn set_upstream_trust(&self, trust: Arc<rustls::ClientConfig>) {
-        let _ = self.upstream_trust.set(trust);
-    }
-
-    /// The upstream TLS trust, or the webpki roots alone when no forwarder set one.
+    /// The upstream TLS config as a shared client config, for clients the dataplane builds
+    /// itself (the Redis affinity store over TLS): the same trust as every upstream.
     pub fn upstream_trust(&self) -> Arc<rustls::ClientConfig> {
-        self.upstream_trust
-            .get_or_init(|| {
-                Arc::new(
-                    crate::tls::upstream_config(None)
-                        .expect("the webpki roots make a valid client config"),
-                )
-            })
-            .clone()
+        let tls = match self.upstream_tls.get() {
+            Some(tls) => tls.clone(),
+            None => crate::tls::upstream_config(None)
+                .expect("the webpki roots make a valid client config"),
+        };
+        Arc::new(tls)
     }
 
     /// The proxy's own namespace (controller mode): its pools win route ties against pools
     /// granted by other namespaces, so a granted `pathPrefix: /` cannot take its traffic.
     pub fn set_home_namespace(&self, namespace: &str) {
         let _ = self.home_namespace.set(namespace.to_owned());
+    }
+
+    /// The TLS config every upstream connection uses: requests, active checks, key
+    /// re-probes. Takes effect only before the first snapshot is applied; false after.
+    pub fn set_upstream_tls(&self, tls: rustls::ClientConfig) -> bool {
+        self.upstream_tls.set(tls).is_ok() && self.health_clients.get().is_none()
+    }
+
+    /// The upstream TLS config ([`Dataplane::set_upstream_tls`]).
+    pub fn upstream_tls(&self) -> Option<&rustls::ClientConfig> {
+        self.upstream_tls.get()
+    }
+
+    /// The clients of active checks and key re-probes (`None` if they could not be built).
+    pub fn health_clients(&self) -> Option<&health::HealthClients> {
+        self.health_clients
+            .get_or_init(|| {
+                let tls = match self.upstream_tls.get() {
+                    Some(tls) => tls.clone(),
+                    None => crate::tls::upstream_config(None)
+                        .inspect_err(|error| tracing::error!(%error, "cannot build the health-check client; active checks and key re-probes are off"))
+                        .ok()?,
+                };
+                Some(health::HealthClients::new(tls))
+            })
+            .as_ref()
     }
 
     /// The router to use for one request.
@@ -181,19 +202,13 @@ impl Dataplane {
 
     /// Compiles and swaps in a snapshot. In-flight requests keep the router they started with.
     pub fn apply(&self, snapshot: Arc<model::Snapshot>) {
-        let health_client = self.health_client.get_or_init(|| match health::build_client() {
-            Ok(c) => Some(c),
-            Err(error) => {
-                tracing::error!(%error, "cannot build the health-check client; active checks are off");
-                None
-            }
-        });
+        let health_clients = self.health_clients();
         let router = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
             let mut router = reg.compile(
                 snapshot,
                 &self.metrics,
-                health_client.as_ref(),
+                health_clients,
                 &self.upstream_trust(),
             );
             router.home_namespace = self.home_namespace.get().cloned();

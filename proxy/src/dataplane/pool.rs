@@ -8,7 +8,7 @@ use crate::balance::{Balancer, Candidates, InFlight, OwnedInFlightGuard};
 use crate::health::{BackendHealth, CheckLabel};
 use crate::http::UpstreamClient;
 use crate::keys;
-use crate::metrics::{Metrics, PoolClusterMetrics};
+use crate::metrics::{BackendSeries, KeyPoolSeries, Metrics, PoolClusterMetrics, PoolSeries};
 use crate::multicluster::TokenRate;
 use keyway_api::model::{self, Mode, ObjectId, Role};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -34,15 +34,38 @@ pub struct PoolState {
     /// multiCluster: the header naming the model, read before the body.
     pub(crate) model_header: Option<http::HeaderName>,
     pub(crate) cluster_metrics: PoolClusterMetrics,
+    /// This pool's request series, resolved once.
+    pub(crate) series: PoolSeries,
 }
 
 pub struct BackendState {
     pub model: model::Backend,
     pub counters: Arc<Counters>,
     pub health: Arc<BackendHealth>,
-    /// A client for this backend when it needs its own (HTTP/2 only, or the pool's connect
-    /// timeout), built on first use.
+    /// A client for this backend when it needs its own (HTTP/2 only, the pool's connect
+    /// timeout, or a TLS server name from `hostHeader`), built on first use.
     pub client: OnceLock<UpstreamClient>,
+    /// This backend's request series, resolved once.
+    pub(crate) series: BackendSeries,
+}
+
+// === impl BackendState ===
+
+impl BackendState {
+    /// The TLS server name of an `https` backend with a `hostHeader`: that host, so the
+    /// certificate is checked for the name the requests are addressed to. `None` otherwise
+    /// (the endpoint's host is used).
+    pub fn tls_server_name(&self) -> Option<rustls::pki_types::ServerName<'static>> {
+        tls_server_name(&self.model)
+    }
+}
+
+/// [`BackendState::tls_server_name`] of a backend's model.
+pub fn tls_server_name(backend: &model::Backend) -> Option<rustls::pki_types::ServerName<'static>> {
+    if backend.endpoint.scheme != model::Scheme::Https {
+        return None;
+    }
+    crate::http::client::server_name(backend.host_header.as_deref()?)
 }
 
 /// What the failover decision sees and does.
@@ -61,6 +84,43 @@ pub struct KeyPoolState {
     pub label: String,
     pub model: model::KeyPool,
     pub engine: Arc<keys::KeyPool>,
+    /// This key pool's request series, resolved once per key.
+    pub(crate) series: KeyPoolSeries,
+}
+
+// === impl KeyPoolState ===
+
+impl KeyPoolState {
+    /// Counts a request on key `id`.
+    pub(crate) fn count_request(&self, metrics: &Metrics, id: &str) {
+        match self.series.keys.get(id) {
+            Some(k) => k
+                .requests
+                .get(|| {
+                    metrics
+                        .key_requests
+                        .with_label_values(&[self.label.as_str(), id])
+                })
+                .inc(),
+            None => metrics
+                .key_requests
+                .with_label_values(&[self.label.as_str(), id])
+                .inc(),
+        }
+    }
+
+    /// The tokens counter of key `id`.
+    pub(crate) fn tokens_counter(&self, metrics: &Metrics, id: &str) -> prometheus::IntCounter {
+        let resolve = || {
+            metrics
+                .key_tokens
+                .with_label_values(&[self.label.as_str(), id])
+        };
+        match self.series.keys.get(id) {
+            Some(k) => k.tokens.get(resolve).clone(),
+            None => resolve(),
+        }
+    }
 }
 
 /// Monotonic usage counters.

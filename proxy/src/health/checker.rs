@@ -4,14 +4,15 @@
 use super::deep::{MAX_DEEP_BODY, parse_deep};
 use super::metrics::{CheckLabel, HealthMetrics};
 use super::state::{BackendHealth, Transition};
+use crate::http::client::{self, ClientOptions};
 use bytes::Bytes;
 use http::uri::InvalidUri;
-use http::{Request, Uri, header};
+use http::{HeaderValue, Request, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -27,6 +28,8 @@ pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 2;
 
 /// Shortest pause between two probes, whatever the configured interval.
 const MIN_PAUSE: Duration = Duration::from_millis(1);
+/// Connect timeout of the probe clients (the probe's own timeout bounds it too).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sent with every probe.
 const USER_AGENT: &str = concat!("keyway-proxy-health/", env!("CARGO_PKG_VERSION"));
 
@@ -50,6 +53,9 @@ pub struct HealthSettings {
     /// Parse the 2xx body as deep health (see [`super::deep`]); an unparsable body fails the
     /// probe. Default `false`.
     pub deep: bool,
+    /// The `Host` header to send (the backend's `hostHeader`); `None`: the target's
+    /// authority. Default `None`.
+    pub host: Option<HeaderValue>,
 }
 
 impl HealthSettings {
@@ -63,6 +69,7 @@ impl HealthSettings {
             fail_threshold: DEFAULT_FAIL_THRESHOLD,
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
             deep: false,
+            host: None,
         }
     }
 
@@ -94,25 +101,62 @@ pub fn join_target(endpoint: &str, path: &str) -> Result<Uri, InvalidUri> {
     joined.parse()
 }
 
-/// Builds the checkers' client: http and https (webpki roots, ring), HTTP/1.1 and HTTP/2 by
-/// ALPN, idle connections kept for reuse between probes.
+/// Builds a checkers' client that trusts the webpki roots only: http and https, HTTP/1.1 and
+/// HTTP/2 by ALPN, idle connections kept for reuse between probes. The proxy itself uses
+/// [`HealthClients`], which trusts `--upstream-ca` too.
 pub fn build_client() -> Result<HealthClient, rustls::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    let tls =
+        crate::tls::upstream_config(None).map_err(|e| rustls::Error::General(e.to_string()))?;
+    Ok(HealthClients::new(tls).shared().clone())
+}
+
+/// The probe clients of active checks and key re-probes, from the same TLS config as the
+/// requests (`crate::tls::upstream_config`): one shared client, and a backend's own when its
+/// `hostHeader` names the TLS server or it speaks HTTP/2 only.
+#[derive(Clone)]
+pub struct HealthClients {
+    tls: rustls::ClientConfig,
+    shared: HealthClient,
+}
+
+impl HealthClients {
+    pub fn new(tls: rustls::ClientConfig) -> Self {
+        let shared = Self::build(tls.clone(), None, false);
+        Self { tls, shared }
+    }
+
+    /// The client for backends that need nothing of their own.
+    pub fn shared(&self) -> &HealthClient {
+        &self.shared
+    }
+
+    /// The client for probes of a backend with this TLS server name and protocol.
+    pub fn for_backend(
+        &self,
+        server_name: Option<ServerName<'static>>,
+        http2_only: bool,
+    ) -> HealthClient {
+        if server_name.is_none() && !http2_only {
+            return self.shared.clone();
+        }
+        Self::build(self.tls.clone(), server_name, http2_only)
+    }
+
+    fn build(
+        tls: rustls::ClientConfig,
+        server_name: Option<ServerName<'static>>,
+        http2_only: bool,
+    ) -> HealthClient {
+        client::build_with(
+            tls,
+            &ClientOptions {
+                http2_only,
+                server_name,
+                max_idle_per_host: Some(1),
+                ..ClientOptions::new(CONNECT_TIMEOUT)
+            },
+        )
+    }
 }
 
 /// Starts the checker of one backend. It runs until aborted: the first probe immediately,
@@ -192,7 +236,13 @@ async fn run(
         let started = Instant::now();
         let outcome = match tokio::time::timeout(
             settings.timeout,
-            probe(&client, &target, settings.deep, &health),
+            probe(
+                &client,
+                &target,
+                settings.host.as_ref(),
+                settings.deep,
+                &health,
+            ),
         )
         .await
         {
@@ -253,12 +303,20 @@ async fn run(
 
 /// One probe, without the timeout (the caller applies it). Stores deep-health models on
 /// success.
-async fn probe(client: &HealthClient, target: &Uri, deep: bool, health: &BackendHealth) -> Outcome {
-    let request = match Request::get(target.clone())
+async fn probe(
+    client: &HealthClient,
+    target: &Uri,
+    host: Option<&HeaderValue>,
+    deep: bool,
+    health: &BackendHealth,
+) -> Outcome {
+    let mut request = Request::get(target.clone())
         .header(header::USER_AGENT, USER_AGENT)
-        .header(header::ACCEPT, "application/json, */*")
-        .body(Empty::new())
-    {
+        .header(header::ACCEPT, "application/json, */*");
+    if let Some(host) = host {
+        request = request.header(header::HOST, host.clone());
+    }
+    let request = match request.body(Empty::new()) {
         Ok(r) => r,
         Err(e) => return Outcome::Failure(format!("invalid probe request: {e}")),
     };

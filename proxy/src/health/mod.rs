@@ -35,7 +35,7 @@ mod state;
 
 pub use checker::{
     DEFAULT_FAIL_THRESHOLD, DEFAULT_INTERVAL, DEFAULT_SUCCESS_THRESHOLD, DEFAULT_TIMEOUT,
-    HealthClient, HealthSettings, build_client, join_target, spawn_checker,
+    HealthClient, HealthClients, HealthSettings, build_client, join_target, spawn_checker,
 };
 pub use deep::{DeepError, DeepSnapshot, MAX_DEEP_BODY, ModelLoad, parse_deep};
 pub use metrics::{CheckLabel, HealthMetrics};

@@ -3,7 +3,7 @@
 //! stages.
 
 pub mod body;
-mod client;
+pub mod client;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod gate;

@@ -1,5 +1,6 @@
 //! An indexed binary min-heap of key slots: push, remove any slot, change a slot's priority,
-//! peek the minimum, all O(log n); the backing array doubles as a dense list of members for uniform sampling.
+//! peek the minimum, all O(log n). The side heap of [`super::ready::Ready`] (keys that enter
+//! out of order).
 
 /// Position marker for "not in the heap".
 const ABSENT: u32 = u32::MAX;
@@ -21,21 +22,19 @@ impl Heap {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// The member at array position `i` (any order), for sampling.
-    pub(super) fn at(&self, i: usize) -> u32 {
-        self.items[i].1
-    }
-
+    #[cfg(test)]
     pub(super) fn peek(&self) -> Option<u32> {
         self.items.first().map(|e| e.1)
+    }
+
+    /// The minimum with its priority.
+    pub(super) fn peek_entry(&self) -> Option<(u128, u32)> {
+        self.items.first().copied()
     }
 
     pub(super) fn push(&mut self, slot: u32, priority: u128) {

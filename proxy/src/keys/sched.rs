@@ -6,7 +6,7 @@
 //! queue agree with it) inside one critical section. Split by topic, each part would reach
 //! into the others' fields; the invariant is easier to check where it is kept.
 
-use super::heap::Heap;
+use super::ready::{MAX_LANES, NO_LANE, Ready};
 use super::window::{Field, Window};
 use super::{
     KeyConfig, KeyId, KeyLimits, KeyState, KeyStatus, Lease, PoolSettings, Selection, Shared,
@@ -306,8 +306,11 @@ pub(super) struct Sched {
     /// Live keys in config order.
     order: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
-    preferred: Heap,
-    paced: Heap,
+    preferred: Ready,
+    paced: Ready,
+    /// Weighted selection: the weights that have a FIFO lane of their own in `preferred`
+    /// and `paced` (a picked key's new pass is the largest of its weight's keys).
+    weight_lanes: Vec<u32>,
     /// (instant, slot, generation); entries whose generation is old are ignored.
     timers: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// Keys waiting for a probe.
@@ -315,6 +318,11 @@ pub(super) struct Sched {
     /// Stickiness ring: sorted points and the slot owning each.
     ring_points: Vec<u64>,
     ring_owners: Vec<u32>,
+    /// `ring_index[b]`: the first point whose top `ring_bits` bits are at least `b` (one
+    /// entry more than the buckets), so a lookup searches a bucket of a few points instead of
+    /// the whole ring (which misses the cache at every step with 10,000 keys).
+    ring_index: Vec<u32>,
+    ring_bits: u32,
     ring_keys: usize,
     seq: u64,
     /// Stride scheduling virtual time: the pass of the last pick.
@@ -339,12 +347,15 @@ impl Sched {
             free: Vec::new(),
             order: Vec::new(),
             by_id: HashMap::new(),
-            preferred: Heap::default(),
-            paced: Heap::default(),
+            preferred: Ready::default(),
+            paced: Ready::default(),
+            weight_lanes: Vec::new(),
             timers: BinaryHeap::new(),
             parked: BTreeSet::new(),
             ring_points: Vec::new(),
             ring_owners: Vec::new(),
+            ring_index: Vec::new(),
+            ring_bits: 0,
             ring_keys: 0,
             seq: 0,
             vtime: 0,
@@ -411,6 +422,13 @@ impl Sched {
         self.order = order;
         self.preferred.reserve_slots(self.keys.len());
         self.paced.reserve_slots(self.keys.len());
+        self.weight_lanes.clear();
+        for &slot in &self.order {
+            let w = self.keys[slot as usize].limits.weight;
+            if self.weight_lanes.len() < MAX_LANES && !self.weight_lanes.contains(&w) {
+                self.weight_lanes.push(w);
+            }
+        }
         // Re-place every key: limits or the strategy (heap order) may have changed.
         for i in 0..self.order.len() {
             let slot = self.order[i];
@@ -455,6 +473,8 @@ impl Sched {
     fn rebuild_ring(&mut self) {
         self.ring_points.clear();
         self.ring_owners.clear();
+        self.ring_index.clear();
+        self.ring_bits = 0;
         self.ring_keys = 0;
         if self.t.load_factor.is_none() {
             return;
@@ -485,6 +505,20 @@ impl Sched {
         self.ring_points = points.iter().map(|p| p.0).collect();
         self.ring_owners = points.iter().map(|p| p.1).collect();
         self.ring_keys = members.len();
+        // About one point per bucket, at most 2^18 buckets.
+        let bits = (usize::BITS - self.ring_points.len().leading_zeros()).clamp(1, 18);
+        self.ring_bits = bits;
+        let buckets = 1usize << bits;
+        self.ring_index = Vec::with_capacity(buckets + 1);
+        let mut i = 0;
+        for b in 0..buckets {
+            let lo = (b as u64) << (64 - bits);
+            while i < self.ring_points.len() && self.ring_points[i] < lo {
+                i += 1;
+            }
+            self.ring_index.push(i as u32);
+        }
+        self.ring_index.push(self.ring_points.len() as u32);
     }
 
     // --- places ---
@@ -545,7 +579,8 @@ impl Sched {
             // The common case after a pick: same heap, new priority. No timer depends on a
             // ready key's generation, so it stays.
             let p = self.priority(slot);
-            self.preferred.update(slot, p);
+            let lane = self.lane(slot);
+            self.preferred.update(slot, p, lane);
             return;
         }
         self.leave(slot, current);
@@ -585,11 +620,13 @@ impl Sched {
         match to {
             Place::Ready => {
                 let p = self.priority(slot);
-                self.preferred.push(slot, p);
+                let lane = self.lane(slot);
+                self.preferred.push(slot, p, lane);
             }
             Place::Paced => {
                 let p = self.priority(slot);
-                self.paced.push(slot, p);
+                let lane = self.lane(slot);
+                self.paced.push(slot, p, lane);
                 let until = self.keys[slot as usize].pace_until;
                 self.push_timer(until, slot, generation);
             }
@@ -611,6 +648,19 @@ impl Sched {
             }
             Selection::RoundRobin | Selection::LeastUsed => u128::from(k.seq),
         }
+    }
+
+    /// The FIFO lane of a key in `preferred` and `paced`: one for least-recently-used
+    /// orders, one per weight (up to [`MAX_LANES`]) for stride scheduling.
+    fn lane(&self, slot: u32) -> u8 {
+        if self.t.selection != Selection::Weighted {
+            return 0;
+        }
+        let w = self.keys[slot as usize].limits.weight;
+        self.weight_lanes
+            .iter()
+            .position(|&l| l == w)
+            .map_or(NO_LANE, |i| i as u8)
     }
 
     fn push_timer(&mut self, at: u64, slot: u32, generation: u64) {
@@ -726,30 +776,36 @@ impl Sched {
         self.heap_min(paced, excl)
     }
 
-    /// The heap's minimum not in `excl`: O(|excl| log n).
+    /// The minimum not in `excl`: O(|excl|) on top of a peek.
     fn heap_min(&mut self, paced: bool, excl: &[u32]) -> Option<u32> {
-        let heap = if paced {
+        let ready = if paced {
             &mut self.paced
         } else {
             &mut self.preferred
         };
         if excl.is_empty() {
-            return heap.peek();
+            return ready.peek();
         }
         let mut stash = Vec::new();
         let mut found = None;
-        while let Some(slot) = heap.peek() {
+        while let Some(slot) = ready.peek() {
             if !excl.contains(&slot) {
                 found = Some(slot);
                 break;
             }
-            match heap.remove(slot) {
-                Some(p) => stash.push((slot, p)),
-                None => break,
+            if !ready.remove(slot) {
+                break;
             }
+            stash.push(slot);
         }
-        for (slot, p) in stash {
-            heap.push(slot, p);
+        for slot in stash {
+            let (p, lane) = (self.priority(slot), self.lane(slot));
+            let ready = if paced {
+                &mut self.paced
+            } else {
+                &mut self.preferred
+            };
+            ready.push(slot, p, lane);
         }
         found
     }
@@ -797,7 +853,7 @@ impl Sched {
         if len == 0 {
             return None;
         }
-        let start = self.ring_points.partition_point(|&p| p < fmix64(hash));
+        let start = self.ring_start(fmix64(hash));
         let usable = (self.counts.ready + self.counts.capacity).max(1);
         let cap = (load_factor * (self.total_in_flight as f64 + 1.0) / usable as f64).ceil();
         let limit = STICKY_CANDIDATES.min(self.ring_keys);
@@ -822,6 +878,13 @@ impl Sched {
             }
         }
         None
+    }
+
+    /// The first ring point at or after `point` (`len` when none).
+    fn ring_start(&self, point: u64) -> usize {
+        let b = (point >> (64 - self.ring_bits)) as usize;
+        let (lo, hi) = (self.ring_index[b] as usize, self.ring_index[b + 1] as usize);
+        lo + self.ring_points[lo..hi].partition_point(|&p| p < point)
     }
 
     /// Counts a request on the key and hands out the grant.

@@ -7,6 +7,7 @@ use super::window::{Field, Window};
 use super::*;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
+use std::time::Instant;
 
 fn key(id: &str) -> KeyConfig {
     KeyConfig::new(id, SecretValue::new(format!("sk-secret-{id}")))

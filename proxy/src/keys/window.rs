@@ -29,7 +29,10 @@ pub(super) enum Field {
 
 /// Usage of one key over the last minute. Times are milliseconds on the pool's clock.
 pub(super) struct Window {
+    /// The seconds before the head; the head's own slot stays empty.
     buckets: Box<[Bucket]>,
+    /// The head second, kept inline: counting a request touches no other cache line.
+    cur: Bucket,
     /// The second of the newest bucket.
     head: u64,
     requests: u64,
@@ -42,6 +45,7 @@ impl Window {
     pub(super) fn new(now: u64) -> Self {
         Self {
             buckets: vec![Bucket::default(); BUCKETS].into_boxed_slice(),
+            cur: Bucket::default(),
             head: now / BUCKET_MS,
             requests: 0,
             tokens: 0,
@@ -51,9 +55,11 @@ impl Window {
     }
 
     /// Moves the ring to `now`, dropping the seconds that left the window.
-    fn advance(&mut self, now: u64) -> usize {
+    fn advance(&mut self, now: u64) {
         let sec = now / BUCKET_MS;
         if sec > self.head {
+            // The head second becomes an ordinary bucket (its slot was empty).
+            self.buckets[(self.head % BUCKETS as u64) as usize] = std::mem::take(&mut self.cur);
             let steps = (sec - self.head).min(BUCKETS as u64);
             for s in (sec + 1 - steps)..=sec {
                 let b = std::mem::take(&mut self.buckets[(s % BUCKETS as u64) as usize]);
@@ -64,14 +70,13 @@ impl Window {
             }
             self.head = sec;
         }
-        // A clock never goes back; should `now` be older than the head anyway, count it in the
-        // newest bucket.
-        (self.head % BUCKETS as u64) as usize
+        // A clock never goes back; should `now` be older than the head anyway, it counts in
+        // the newest bucket.
     }
 
     pub(super) fn add_request(&mut self, now: u64) {
-        let i = self.advance(now);
-        let b = &mut self.buckets[i];
+        self.advance(now);
+        let b = &mut self.cur;
         if b.requests < u32::MAX {
             b.requests += 1;
             self.requests += 1;
@@ -80,8 +85,8 @@ impl Window {
 
     /// Takes back a request counted at `now` (a grant that nobody received).
     pub(super) fn remove_request(&mut self, now: u64) {
-        let i = self.advance(now);
-        let b = &mut self.buckets[i];
+        self.advance(now);
+        let b = &mut self.cur;
         if b.requests > 0 {
             b.requests -= 1;
             self.requests -= 1;
@@ -89,8 +94,8 @@ impl Window {
     }
 
     pub(super) fn add_tokens(&mut self, now: u64, tokens: u64) {
-        let i = self.advance(now);
-        let b = &mut self.buckets[i];
+        self.advance(now);
+        let b = &mut self.cur;
         let add = u32::try_from(tokens)
             .unwrap_or(u32::MAX)
             .min(u32::MAX - b.tokens);
@@ -99,8 +104,8 @@ impl Window {
     }
 
     pub(super) fn add_outcome(&mut self, now: u64, ok: bool) {
-        let i = self.advance(now);
-        let b = &mut self.buckets[i];
+        self.advance(now);
+        let b = &mut self.cur;
         let (cell, sum) = if ok {
             (&mut b.successes, &mut self.successes)
         } else {
@@ -114,7 +119,11 @@ impl Window {
 
     /// Forgets successes and failures (a fresh start after a disable).
     pub(super) fn clear_outcomes(&mut self) {
-        for b in self.buckets.iter_mut() {
+        for b in self
+            .buckets
+            .iter_mut()
+            .chain(std::iter::once(&mut self.cur))
+        {
             b.successes = 0;
             b.failures = 0;
         }
@@ -153,7 +162,11 @@ impl Window {
         let oldest = self.head.saturating_sub(BUCKETS as u64 - 1);
         let mut left = total;
         for s in oldest..=self.head {
-            let b = &self.buckets[(s % BUCKETS as u64) as usize];
+            let b = if s == self.head {
+                &self.cur
+            } else {
+                &self.buckets[(s % BUCKETS as u64) as usize]
+            };
             left -= match field {
                 Field::Requests => u64::from(b.requests),
                 Field::Tokens => u64::from(b.tokens),

@@ -26,6 +26,8 @@ pub(super) struct Tries {
     pub refused_keys: usize,
     /// 401/403 answers so far: one may be the key's fault, two are the request's.
     pub auth_refusals: usize,
+    /// Streams the upstream refused unprocessed (REFUSED_STREAM, GOAWAY), sent again.
+    pub refused_streams: usize,
     /// The key of the next attempt; a backend retry keeps it.
     pub lease: Option<Lease>,
     /// A session's key, tried first.
@@ -50,6 +52,7 @@ impl Tries {
             failed: Vec::new(),
             refused_keys: 0,
             auth_refusals: 0,
+            refused_streams: 0,
             lease: None,
             pinned_key: ex.placement.key_id.clone(),
             max_backend_retries,
@@ -71,10 +74,7 @@ impl Tries {
         {
             match kp.engine.try_acquire_id(&id) {
                 Some(l) => {
-                    metrics
-                        .key_requests
-                        .with_label_values(&[kp.label.as_str(), l.id()])
-                        .inc();
+                    kp.count_request(metrics, l.id());
                     self.lease = Some(l);
                 }
                 None => pool.cluster_metrics.deviation("session_key_unavailable"),
@@ -87,15 +87,12 @@ impl Tries {
         // Refused keys are not excluded: the engine already holds them out (cooling or
         // disabled), and once a cooldown ends the waiting request may use them.
         let acquired = kp.engine.acquire(affinity, &[]).await;
-        metrics
-            .key_wait
-            .with_label_values(&[kp.label.as_str()])
+        kp.series
+            .wait
+            .get(|| metrics.key_wait.with_label_values(&[kp.label.as_str()]))
             .observe(waited.elapsed().as_secs_f64());
         let lease = acquired?;
-        metrics
-            .key_requests
-            .with_label_values(&[kp.label.as_str(), lease.id()])
-            .inc();
+        kp.count_request(metrics, lease.id());
         self.lease = Some(lease);
         Ok(())
     }

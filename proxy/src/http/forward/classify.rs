@@ -31,6 +31,8 @@ pub(super) enum Outcome {
     NextKey(Response<ProxyBody>),
     /// The backend failed; try another backend (same key).
     NextBackend(Rejection),
+    /// The backend did not process the request; send it again (same key, any backend).
+    SameBackend(Rejection),
 }
 
 /// How an attempt failed before any response.
@@ -69,6 +71,20 @@ impl Failure {
         matches!(self, Failure::Connect | Failure::RefusedStream)
     }
 }
+
+/// The same backend refused the request's stream (REFUSED_STREAM, or GOAWAY before
+/// processing it): the stream is sent again, to the same backend, on a fresh stream (a
+/// connection that said GOAWAY takes no new stream, so the pool opens a new one). Not a
+/// backend failure: an upstream sheds streams when it restarts or is at its stream limit.
+/// Bounded per request by [`MAX_REFUSED_STREAM_RETRIES`]; after that the refusal counts as a
+/// backend failure.
+pub(super) fn stream_refused(pool: &PoolState, idx: usize) -> Outcome {
+    tracing::debug!(pool = %pool.label, backend = %pool.backends[idx].model.name, "upstream refused the stream; sending it again");
+    Outcome::SameBackend(Rejection::UpstreamProtocol)
+}
+
+/// Refused streams sent again to the same backend within one request.
+pub(super) const MAX_REFUSED_STREAM_RETRIES: usize = 3;
 
 /// Decides what an upstream response means for the key and the backend. Settles the lease
 /// of a refused key (and of a key that failed with a 5xx other than 502-504) and takes it.

@@ -38,7 +38,10 @@ pub(crate) use attempt::without_repeated_segment;
 
 use self::admit::Routed;
 use self::attempt::{Tries, build_request, next_backend, send};
-use self::classify::{Failure, Outcome, classify, timed_out, upstream_failed};
+use self::classify::{
+    Failure, MAX_REFUSED_STREAM_RETRIES, Outcome, classify, stream_refused, timed_out,
+    upstream_failed,
+};
 use self::place::Exchange;
 use self::respond::{Answer, learn};
 use super::ProxyBody;
@@ -86,7 +89,10 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(dataplane: Arc<Dataplane>, settings: ForwarderSettings) -> anyhow::Result<Self> {
-        let tls = crate::tls::upstream_config(settings.upstream_ca.as_deref())?;
+        let tls = match dataplane.upstream_tls() {
+            Some(tls) => tls.clone(),
+            None => crate::tls::upstream_config(settings.upstream_ca.as_deref())?,
+        };
         let client = client::build(settings.connect_timeout, tls.clone(), false);
         Ok(Self {
             dataplane,
@@ -181,14 +187,27 @@ impl Forwarder {
             // classify
             let outcome = match sent {
                 Ok(Ok(resp)) => {
-                    metrics
-                        .upstream_ttfb
-                        .with_label_values(&[pool.label.as_str()])
+                    pool.series
+                        .ttfb
+                        .get(|| {
+                            metrics
+                                .upstream_ttfb
+                                .with_label_values(&[pool.label.as_str()])
+                        })
                         .observe((received - attempt_started).as_secs_f64());
                     let keyed = ex.key_pool.is_some();
                     classify(pool, idx, resp, &mut tries.lease, keyed, last_try).await
                 }
-                Ok(Err(error)) => upstream_failed(pool, idx, Failure::of(&error), &error, last_try),
+                Ok(Err(error)) => match Failure::of(&error) {
+                    Failure::RefusedStream
+                        if ex.prepared.body.replayable()
+                            && tries.refused_streams < MAX_REFUSED_STREAM_RETRIES =>
+                    {
+                        tries.refused_streams += 1;
+                        stream_refused(pool, idx)
+                    }
+                    failure => upstream_failed(pool, idx, failure, &error, last_try),
+                },
                 Err(_) => timed_out(pool, idx, timeout),
             };
             let resp = match outcome {
@@ -198,6 +217,13 @@ impl Forwarder {
                         .with_label_values(&[pool.label.as_str(), kind.as_str()])
                         .inc();
                     tries.failed.push(idx);
+                    continue;
+                }
+                Outcome::SameBackend(kind) => {
+                    metrics
+                        .retries
+                        .with_label_values(&[pool.label.as_str(), kind.as_str()])
+                        .inc();
                     continue;
                 }
                 Outcome::NextKey(resp) => {
@@ -255,8 +281,8 @@ impl Forwarder {
             .unwrap_or(self.settings.response_timeout)
     }
 
-    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only or the pool
-    /// sets its own connect timeout.
+    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only, the pool
+    /// sets its own connect timeout, or its `hostHeader` names the TLS server.
     fn client_for<'a>(&'a self, pool: &PoolState, backend: &'a BackendState) -> &'a UpstreamClient {
         let timeout = pool
             .model
@@ -264,12 +290,19 @@ impl Forwarder {
             .connect
             .unwrap_or(self.settings.connect_timeout);
         let http2 = backend.model.protocol == Protocol::Http2;
-        if !http2 && timeout == self.settings.connect_timeout {
+        let own_name = backend.model.host_header.is_some()
+            && backend.model.endpoint.scheme == keyway_api::model::Scheme::Https;
+        if !http2 && timeout == self.settings.connect_timeout && !own_name {
             return &self.client;
         }
-        backend
-            .client
-            .get_or_init(|| client::build(timeout, self.tls.clone(), http2))
+        backend.client.get_or_init(|| {
+            let options = client::ClientOptions {
+                http2_only: http2,
+                server_name: backend.tls_server_name(),
+                ..client::ClientOptions::new(timeout)
+            };
+            client::build_with(self.tls.clone(), &options)
+        })
     }
 
     /// Answers the request itself, counted by reason.

@@ -98,9 +98,7 @@ impl Forwarder {
                 if strip {
                     parts.headers.remove(header::CONTENT_LENGTH);
                 }
-                let tokens = metrics
-                    .key_tokens
-                    .with_label_values(&[kp.label.as_str(), l.id()]);
+                let tokens = kp.tokens_counter(metrics, l.id());
                 Some(UsageTap::new(Some(l), is_sse, strip, Some(tokens), cluster))
             }
             _ => cluster.map(|c| UsageTap::new(None, is_sse, false, None, Some(c))),
@@ -109,9 +107,14 @@ impl Forwarder {
             upstream,
             answer.in_flight,
             gauge,
-            metrics
+            pool.series
                 .stream_errors
-                .with_label_values(&[pool.label.as_str()]),
+                .get(|| {
+                    metrics
+                        .stream_errors
+                        .with_label_values(&[pool.label.as_str()])
+                })
+                .clone(),
             tap,
         );
         let resp = Response::from_parts(parts, body.boxed());
@@ -139,14 +142,18 @@ impl Forwarder {
                 headers.insert(&X_KEYWAY_KEY_ID, v);
             }
         }
-        metrics
-            .requests
-            .with_label_values(&[
+        let by_status = || {
+            metrics.requests.with_label_values(&[
                 pool.label.as_str(),
                 backend.model.name.as_str(),
                 resp.status().as_str(),
             ])
-            .inc();
+        };
+        if resp.status() == http::StatusCode::OK {
+            backend.series.ok.get(by_status).inc();
+        } else {
+            by_status().inc();
+        }
         metrics.overhead.observe(overhead.as_secs_f64());
         let headers = resp.headers_mut();
         headers.insert(&X_REQUEST_ID, ex.request_id.clone());
@@ -160,9 +167,13 @@ impl Forwarder {
         {
             headers.insert(&X_KEYWAY_POOL, v);
         }
-        metrics
-            .request_duration
-            .with_label_values(&[pool.label.as_str()])
+        pool.series
+            .duration
+            .get(|| {
+                metrics
+                    .request_duration
+                    .with_label_values(&[pool.label.as_str()])
+            })
             .observe(ex.started.elapsed().as_secs_f64());
         resp
     }
