@@ -399,11 +399,15 @@ spec: {backends: [{name: a, endpoint: 'http://127.0.0.1:1'}]}
         name: &str,
         audience: Option<&str>,
     ) -> String {
-        self.apply_yaml(
-            namespace,
-            &format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n"),
-        )
-        .await;
+        // Created if missing. Several tokens of one account are often asked for at once, and
+        // two concurrent creates of a new object race: AlreadyExists means it is there.
+        let out = self
+            .kubectl(&["create", "serviceaccount", name, "-n", namespace])
+            .await;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+        {
+            check(&out, "kubectl create serviceaccount").unwrap_or_else(|e| panic!("{e:#}"));
+        }
         let mut args = vec!["create", "token", name, "-n", namespace, "--duration=2h"];
         if let Some(aud) = audience {
             args.extend(["--audience", aud]);
