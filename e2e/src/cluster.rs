@@ -400,11 +400,11 @@ spec: {backends: [{name: a, endpoint: 'http://127.0.0.1:1'}]}
         audience: Option<&str>,
     ) -> String {
         // Created if missing. Several tokens of one account are often asked for at once, and
-        // two concurrent creates of a new object race: AlreadyExists means it is there.
+        // two concurrent creates of a new object race: "already exists" means it is there.
         let out = self
             .kubectl(&["create", "serviceaccount", name, "-n", namespace])
             .await;
-        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("already exists")
         {
             check(&out, "kubectl create serviceaccount").unwrap_or_else(|e| panic!("{e:#}"));
         }
