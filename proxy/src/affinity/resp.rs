@@ -45,9 +45,8 @@ pub struct RedisClient {
     target: RedisTarget,
     db: u32,
     password: Option<String>,
-    /// TLS to the server (and the sentinels), verified with `trust`.
-    tls: bool,
-    trust: Option<Arc<rustls::ClientConfig>>,
+    /// TLS to the server (and the sentinels), verified with this trust; `None`: plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
@@ -63,15 +62,21 @@ struct Conn {
 impl RedisClient {
     /// A client; a TLS server is verified with the webpki roots alone.
     pub fn new(settings: &RedisStore) -> Self {
-        Self::build(settings, None)
+        let roots = || {
+            Arc::new(
+                crate::tls::upstream_config(None)
+                    .expect("the webpki roots make a valid client config"),
+            )
+        };
+        Self::build(settings, settings.tls.then(roots))
     }
 
     /// A client verifying a TLS server with `trust` (the proxy's upstream trust).
     pub fn with_trust(settings: &RedisStore, trust: Arc<rustls::ClientConfig>) -> Self {
-        Self::build(settings, Some(trust))
+        Self::build(settings, settings.tls.then_some(trust))
     }
 
-    fn build(settings: &RedisStore, trust: Option<Arc<rustls::ClientConfig>>) -> Self {
+    fn build(settings: &RedisStore, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         // A Secret's password wins over the environment's.
         let password = match &settings.password {
             Some(p) => Some(p.expose().to_owned()),
@@ -84,8 +89,7 @@ impl RedisClient {
             target: settings.target.clone(),
             db: settings.db,
             password,
-            tls: settings.tls,
-            trust,
+            tls,
             connect_timeout: settings.timeout.max(Duration::from_millis(100)),
             idle: Mutex::new(Vec::new()),
         }
@@ -144,19 +148,14 @@ impl RedisClient {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
-        let stream: Box<dyn Io> = if self.tls {
-            let host = host_of(addr);
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+        let stream: Box<dyn Io> = if let Some(trust) = &self.tls {
+            let name = crate::http::client::server_name(addr).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("{host:?} is not a TLS server name"),
+                    format!("{addr:?} names no TLS server"),
                 )
             })?;
-            let trust = match &self.trust {
-                Some(t) => t.clone(),
-                None => Arc::new(crate::tls::upstream_config(None).map_err(std::io::Error::other)?),
-            };
-            let connector = tokio_rustls::TlsConnector::from(trust);
+            let connector = tokio_rustls::TlsConnector::from(trust.clone());
             let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
                 .await
                 .map_err(|_| {
@@ -196,14 +195,6 @@ impl RedisClient {
             }
         }
         Err(RedisError::NoMaster(master.to_string()))
-    }
-}
-
-/// The host of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> &str {
-    match addr.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
     }
 }
 

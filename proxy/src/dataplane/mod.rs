@@ -57,7 +57,7 @@ pub struct Dataplane {
     metrics: Metrics,
     /// The upstream TLS config (`--upstream-ca`), set before the first snapshot; the
     /// webpki roots alone when never set.
-    upstream_tls: OnceLock<rustls::ClientConfig>,
+    upstream_tls: OnceLock<Arc<rustls::ClientConfig>>,
     /// Active checks' and key re-probes' clients, from `upstream_tls`.
     health_clients: OnceLock<Option<health::HealthClients>>,
     /// Controller mode: the proxy's own namespace, whose pools win route ties over pools
@@ -121,13 +121,15 @@ impl Dataplane {
 
     /// The upstream TLS config as a shared client config, for clients the dataplane builds
     /// itself (the Redis affinity store over TLS): the same trust as every upstream.
+    /// Shared, not copied; the webpki roots alone when none was set.
     pub fn upstream_trust(&self) -> Arc<rustls::ClientConfig> {
-        let tls = match self.upstream_tls.get() {
+        match self.upstream_tls.get() {
             Some(tls) => tls.clone(),
-            None => crate::tls::upstream_config(None)
-                .expect("the webpki roots make a valid client config"),
-        };
-        Arc::new(tls)
+            None => Arc::new(
+                crate::tls::upstream_config(None)
+                    .expect("the webpki roots make a valid client config"),
+            ),
+        }
     }
 
     /// The proxy's own namespace (controller mode): its pools win route ties against pools
@@ -139,12 +141,12 @@ impl Dataplane {
     /// The TLS config every upstream connection uses: requests, active checks, key
     /// re-probes. Takes effect only before the first snapshot is applied; false after.
     pub fn set_upstream_tls(&self, tls: rustls::ClientConfig) -> bool {
-        self.upstream_tls.set(tls).is_ok() && self.health_clients.get().is_none()
+        self.upstream_tls.set(Arc::new(tls)).is_ok() && self.health_clients.get().is_none()
     }
 
     /// The upstream TLS config ([`Dataplane::set_upstream_tls`]).
     pub fn upstream_tls(&self) -> Option<&rustls::ClientConfig> {
-        self.upstream_tls.get()
+        self.upstream_tls.get().map(|tls| &**tls)
     }
 
     /// The clients of active checks and key re-probes (`None` if they could not be built).
@@ -152,7 +154,7 @@ impl Dataplane {
         self.health_clients
             .get_or_init(|| {
                 let tls = match self.upstream_tls.get() {
-                    Some(tls) => tls.clone(),
+                    Some(tls) => (**tls).clone(),
                     None => crate::tls::upstream_config(None)
                         .inspect_err(|error| tracing::error!(%error, "cannot build the health-check client; active checks and key re-probes are off"))
                         .ok()?,
