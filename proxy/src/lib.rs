@@ -17,6 +17,7 @@ pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
+pub mod clock;
 pub mod cluster_state;
 pub mod config;
 pub mod dataplane;

@@ -135,9 +135,12 @@ spec:
     );
     assert!(refused >= 20, "the upstream refused streams: {refused}");
     assert!(goaways >= 5, "the upstream said GOAWAY: {goaways}");
+    // A new connection after each GOAWAY (but the last, when no request followed it), and
+    // one at a time: requests wait for the connection being opened instead of each opening
+    // their own.
     assert!(
-        connections > goaways,
-        "a new connection after each GOAWAY: {connections}"
+        (goaways..=goaways + 2).contains(&connections),
+        "{connections} connections for {goaways} GOAWAYs"
     );
     assert_eq!(answered, 320, "each request was processed exactly once");
 }

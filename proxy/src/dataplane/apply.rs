@@ -15,8 +15,8 @@ use crate::metrics::KeyPoolSeries;
 use crate::metrics::Metrics;
 use keyway_api::model::{self, ObjectId, Snapshot};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
 use tokio::task::JoinHandle;
 
 /// Bodies read ahead for model routes are capped at this size.
@@ -164,7 +164,7 @@ impl Registry {
                             .or_default()
                             .clone(),
                         health: self.health_for(p, b, &label, metrics, health_client),
-                        client: OnceLock::new(),
+                        target: super::pool::upstream_target(b),
                         series: Default::default(),
                     })
                     .collect();

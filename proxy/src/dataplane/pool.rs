@@ -6,13 +6,13 @@
 use crate::affinity::AffinityStore;
 use crate::balance::{Balancer, Candidates, InFlight, OwnedInFlightGuard};
 use crate::health::{BackendHealth, CheckLabel};
-use crate::http::UpstreamClient;
+use crate::http::upstream::Target;
 use crate::keys;
 use crate::metrics::{BackendSeries, KeyPoolSeries, Metrics, PoolClusterMetrics, PoolSeries};
 use crate::multicluster::TokenRate;
 use keyway_api::model::{self, Mode, ObjectId, Role};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A pool ready to serve.
@@ -42,9 +42,8 @@ pub struct BackendState {
     pub model: model::Backend,
     pub counters: Arc<Counters>,
     pub health: Arc<BackendHealth>,
-    /// A client for this backend when it needs its own (HTTP/2 only, the pool's connect
-    /// timeout, or a TLS server name from `hostHeader`), built on first use.
-    pub client: OnceLock<UpstreamClient>,
+    /// Where this backend's connections go (the upstream pool's key).
+    pub target: Arc<Target>,
     /// This backend's request series, resolved once.
     pub(crate) series: BackendSeries,
 }
@@ -58,6 +57,20 @@ impl BackendState {
     pub fn tls_server_name(&self) -> Option<rustls::pki_types::ServerName<'static>> {
         tls_server_name(&self.model)
     }
+}
+
+/// The connection target of a backend: its endpoint, its TLS server name (`hostHeader`,
+/// else the endpoint's host) and whether it speaks HTTP/2 by prior knowledge.
+pub fn upstream_target(backend: &model::Backend) -> Arc<Target> {
+    let https = backend.endpoint.scheme == model::Scheme::Https;
+    let server_name = tls_server_name(backend)
+        .or_else(|| crate::http::client::server_name(&backend.endpoint.authority));
+    Arc::new(Target {
+        https,
+        authority: backend.endpoint.authority.clone(),
+        server_name,
+        http2: backend.protocol == model::Protocol::Http2,
+    })
 }
 
 /// [`BackendState::tls_server_name`] of a backend's model.
@@ -152,7 +165,11 @@ impl PoolState {
 
     /// Chooses a backend for one attempt, never one in `exclude` (already tried).
     pub fn pick(&self, hash: Option<u64>, exclude: &[usize]) -> Option<usize> {
-        let now = Instant::now();
+        self.pick_at(Instant::now(), hash, exclude)
+    }
+
+    /// [`PoolState::pick`] at `now` (the request path reads the clock once per attempt).
+    pub fn pick_at(&self, now: Instant, hash: Option<u64>, exclude: &[usize]) -> Option<usize> {
         let all_ejected = !self
             .backends
             .iter()
@@ -172,7 +189,11 @@ impl PoolState {
 
     /// Whether a backend not in `exclude` could take a retry now.
     pub fn can_retry(&self, exclude: &[usize]) -> bool {
-        let now = Instant::now();
+        self.can_retry_at(Instant::now(), exclude)
+    }
+
+    /// Whether a backend not in `exclude` could take a retry at `now`.
+    pub fn can_retry_at(&self, now: Instant, exclude: &[usize]) -> bool {
         let role = self.active_role_at(now);
         let view = PoolNow {
             pool: self,
@@ -196,10 +217,15 @@ impl PoolState {
 
     /// Feeds passive outlier detection with one request's outcome.
     pub fn observe(&self, idx: usize, success: bool) {
+        self.observe_at(idx, success, Instant::now());
+    }
+
+    /// Feeds passive outlier detection with one request's outcome, known at `now`.
+    pub fn observe_at(&self, idx: usize, success: bool, now: Instant) {
         let Some(b) = self.backends.get(idx) else {
             return;
         };
-        if let Some(ejection) = b.health.record_outcome(success, Instant::now()) {
+        if let Some(ejection) = b.health.record_outcome(success, now) {
             tracing::warn!(pool = %self.label, backend = %b.model.name, duration = ?ejection.duration, level = ejection.level, "backend ejected after consecutive failures");
             self.metrics.health.on_ejection(
                 &CheckLabel {

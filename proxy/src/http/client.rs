@@ -105,8 +105,8 @@ pub fn server_name(host_header: &str) -> Option<ServerName<'static>> {
 /// upstream's graceful GOAWAY (`NO_ERROR`), which ends only the streams above the last one
 /// the upstream processes (§6.8). A GOAWAY with an error code also ends streams the upstream
 /// may have started, so it is not counted here.
-pub fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
+pub fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM)

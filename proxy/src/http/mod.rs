@@ -11,6 +11,7 @@ mod headers;
 pub mod inject;
 mod response;
 pub mod server;
+pub mod upstream;
 
 pub use client::UpstreamClient;
 pub use forward::{Forwarder, ForwarderSettings, peek_model};

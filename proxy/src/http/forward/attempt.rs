@@ -7,9 +7,9 @@ use super::admit::Prepared;
 use super::place::Exchange;
 use crate::dataplane::{BackendState, KeyPoolState, Placement, PoolState};
 use crate::http::ProxyBody;
-use crate::http::client::UpstreamClient;
 use crate::http::error::{Refusal, Rejection};
 use crate::http::inject;
+use crate::http::upstream::{SendError, UpstreamBody, Upstreams};
 use crate::keys::{Lease, Unavailable};
 use crate::metrics::Metrics;
 use http::{HeaderName, HeaderValue, Request, Uri, Version, header};
@@ -35,9 +35,6 @@ pub(super) struct Tries {
     /// Backend retries allowed: none when the body streamed through.
     max_backend_retries: usize,
 }
-
-/// One attempt on its way: its response headers, or `Err` when none came in time.
-pub(super) type Sending = tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture>;
 
 // === impl Tries ===
 
@@ -104,12 +101,13 @@ impl Tries {
         pool: &PoolState,
         placement: &Placement,
         idx: usize,
+        now: Instant,
     ) -> bool {
         if placement.pinned || self.failed.len() >= self.max_backend_retries {
             return true;
         }
         self.failed.push(idx);
-        let retry = pool.can_retry(&self.failed);
+        let retry = pool.can_retry_at(now, &self.failed);
         self.failed.pop();
         !retry
     }
@@ -122,6 +120,7 @@ pub(super) fn next_backend(
     placement: &Placement,
     hash: Option<u64>,
     failed: &[usize],
+    now: Instant,
 ) -> Option<usize> {
     match placement.backend {
         Some(b) if !failed.contains(&b) => Some(b),
@@ -133,7 +132,7 @@ pub(super) fn next_backend(
             }
             next
         }
-        _ => pool.pick(hash, failed),
+        _ => pool.pick_at(now, hash, failed),
     }
 }
 
@@ -201,10 +200,20 @@ pub(super) fn build_request(
     Ok(req)
 }
 
-/// The send stage: the request on its way, until its response headers or `timeout`. Not an
-/// `async fn`: the loop awaits the client's own future, with no wrapper around it.
-pub(super) fn send(client: &UpstreamClient, req: Request<ProxyBody>, timeout: Duration) -> Sending {
-    tokio::time::timeout(timeout, client.request(req))
+/// The send stage: the request on its way to `backend`, until its response headers or
+/// `timeout` (`Err` when none came in time); connecting is bounded by `connect_timeout` too.
+pub(super) async fn send(
+    upstreams: &Upstreams,
+    backend: &BackendState,
+    req: Request<ProxyBody>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<Result<http::Response<UpstreamBody>, SendError>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(
+        timeout,
+        upstreams.send(&backend.target, req, connect_timeout),
+    )
+    .await
 }
 
 fn upstream_uri(

@@ -4,8 +4,9 @@
 //! last try; anything else is the answer.
 
 use crate::dataplane::PoolState;
-use crate::http::client::{ErrorChain, is_refused_stream};
+use crate::http::client::ErrorChain;
 use crate::http::error::{Refusal, Rejection};
+use crate::http::upstream::{FailureKind, SendError};
 use crate::http::{BoxError, ProxyBody};
 use crate::keys::Lease;
 use crate::usage;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Upstream error bodies up to this size are read to recognise quota errors.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -49,13 +50,11 @@ pub(super) enum Failure {
 // === impl Failure ===
 
 impl Failure {
-    pub fn of(error: &hyper_util::client::legacy::Error) -> Self {
-        if error.is_connect() {
-            Failure::Connect
-        } else if is_refused_stream(error) {
-            Failure::RefusedStream
-        } else {
-            Failure::Protocol
+    pub fn of(error: &SendError) -> Self {
+        match error.kind {
+            FailureKind::Connect => Failure::Connect,
+            FailureKind::RefusedStream => Failure::RefusedStream,
+            FailureKind::Protocol => Failure::Protocol,
         }
     }
 
@@ -84,7 +83,7 @@ pub(super) fn stream_refused(pool: &PoolState, idx: usize) -> Outcome {
 }
 
 /// Refused streams sent again to the same backend within one request.
-pub(super) const MAX_REFUSED_STREAM_RETRIES: usize = 3;
+pub(super) const MAX_REFUSED_STREAM_RETRIES: usize = 5;
 
 /// Decides what an upstream response means for the key and the backend. Settles the lease
 /// of a refused key (and of a key that failed with a 5xx other than 502-504) and takes it.
@@ -95,6 +94,7 @@ pub(super) async fn classify<B>(
     lease: &mut Option<Lease>,
     keyed: bool,
     last_try: bool,
+    now: Instant,
 ) -> Outcome
 where
     B: Body<Data = Bytes> + Send + Sync + 'static,
@@ -152,7 +152,7 @@ where
         return Outcome::NextKey(resp);
     }
 
-    pool.observe(idx, !status.is_server_error());
+    pool.observe_at(idx, !status.is_server_error(), now);
     if status.is_server_error() {
         backend.counters.record_failure();
         if matches!(status.as_u16(), 502..=504) && !last_try {

@@ -45,14 +45,13 @@ use self::classify::{
 use self::place::Exchange;
 use self::respond::{Answer, learn};
 use super::ProxyBody;
-use super::client::{self, UpstreamClient};
 use super::error::{Refusal, Rejection};
 use super::headers::strip_hop_by_hop;
 use super::response::RequestGauge;
-use crate::dataplane::{BackendState, Dataplane, PoolState};
+use super::upstream::Upstreams;
+use crate::dataplane::{Dataplane, PoolState};
 use http::{HeaderName, Request, Response};
 use hyper::body::Incoming;
-use keyway_api::model::Protocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,11 +76,11 @@ pub struct ForwarderSettings {
     pub upstream_ca: Option<std::path::PathBuf>,
 }
 
-/// Forwards requests according to the current [`Dataplane`] router.
+/// Forwards requests according to the current [`Dataplane`] router. One per traffic thread,
+/// each with its own upstream connections.
 pub struct Forwarder {
     dataplane: Arc<Dataplane>,
-    client: UpstreamClient,
-    tls: rustls::ClientConfig,
+    upstreams: Upstreams,
     settings: ForwarderSettings,
 }
 
@@ -93,11 +92,9 @@ impl Forwarder {
             Some(tls) => tls.clone(),
             None => crate::tls::upstream_config(settings.upstream_ca.as_deref())?,
         };
-        let client = client::build(settings.connect_timeout, tls.clone(), false);
         Ok(Self {
             dataplane,
-            client,
-            tls,
+            upstreams: Upstreams::new(&tls),
             settings,
         })
     }
@@ -156,20 +153,25 @@ impl Forwarder {
                 return self.keys_unavailable(kp, &unavailable, tries.refused_keys, &ex.request_id);
             }
 
-            // backend
-            let Some(idx) = next_backend(pool, &ex.placement, ex.backend_hash, &tries.failed)
-            else {
+            // backend (the attempt's one clock read serves the choice and the timings)
+            let attempt_started = Instant::now();
+            let Some(idx) = next_backend(
+                pool,
+                &ex.placement,
+                ex.backend_hash,
+                &tries.failed,
+                attempt_started,
+            ) else {
                 return self.refuse(Refusal::new(
                     Rejection::NoBackends,
                     format!("pool {} has no backend that takes traffic", pool.label),
                 ));
             };
             let backend = &pool.backends[idx];
-            let last_try = tries.is_last_backend_try(pool, &ex.placement, idx);
+            let last_try = tries.is_last_backend_try(pool, &ex.placement, idx, attempt_started);
             let key_id = tries.lease.as_ref().map(|l| l.id().to_string());
 
             // inject
-            let attempt_started = Instant::now();
             let upstream_req =
                 match build_request(pool, backend, &mut ex.prepared, tries.lease.as_ref()) {
                     Ok(r) => r,
@@ -180,7 +182,15 @@ impl Forwarder {
 
             // send
             let timeout = self.response_timeout(pool);
-            let sent = send(self.client_for(pool, backend), upstream_req, timeout).await;
+            let connect_timeout = self.connect_timeout(pool);
+            let sent = send(
+                &self.upstreams,
+                backend,
+                upstream_req,
+                connect_timeout,
+                timeout,
+            )
+            .await;
             let received = Instant::now();
             ex.upstream_time += received - attempt_started;
 
@@ -196,7 +206,7 @@ impl Forwarder {
                         })
                         .observe((received - attempt_started).as_secs_f64());
                     let keyed = ex.key_pool.is_some();
-                    classify(pool, idx, resp, &mut tries.lease, keyed, last_try).await
+                    classify(pool, idx, resp, &mut tries.lease, keyed, last_try, received).await
                 }
                 Ok(Err(error)) => match Failure::of(&error) {
                     Failure::RefusedStream
@@ -281,28 +291,12 @@ impl Forwarder {
             .unwrap_or(self.settings.response_timeout)
     }
 
-    /// The shared upstream client, or the backend's own when it speaks HTTP/2 only, the pool
-    /// sets its own connect timeout, or its `hostHeader` names the TLS server.
-    fn client_for<'a>(&'a self, pool: &PoolState, backend: &'a BackendState) -> &'a UpstreamClient {
-        let timeout = pool
-            .model
+    /// How long the pool's upstreams have to accept a connection (TCP, TLS, HTTP/2).
+    fn connect_timeout(&self, pool: &PoolState) -> Duration {
+        pool.model
             .timeouts
             .connect
-            .unwrap_or(self.settings.connect_timeout);
-        let http2 = backend.model.protocol == Protocol::Http2;
-        let own_name = backend.model.host_header.is_some()
-            && backend.model.endpoint.scheme == keyway_api::model::Scheme::Https;
-        if !http2 && timeout == self.settings.connect_timeout && !own_name {
-            return &self.client;
-        }
-        backend.client.get_or_init(|| {
-            let options = client::ClientOptions {
-                http2_only: http2,
-                server_name: backend.tls_server_name(),
-                ..client::ClientOptions::new(timeout)
-            };
-            client::build_with(self.tls.clone(), &options)
-        })
+            .unwrap_or(self.settings.connect_timeout)
     }
 
     /// Answers the request itself, counted by reason.

@@ -130,7 +130,8 @@ impl Forwarder {
         backend: &BackendState,
         key_id: Option<&str>,
     ) -> Response<ProxyBody> {
-        let overhead = ex.started.elapsed().saturating_sub(ex.upstream_time);
+        let elapsed = ex.started.elapsed();
+        let overhead = elapsed.saturating_sub(ex.upstream_time);
         let metrics = self.dataplane.metrics();
         let pool = ex.pool;
         let headers = resp.headers_mut();
@@ -174,7 +175,7 @@ impl Forwarder {
                     .request_duration
                     .with_label_values(&[pool.label.as_str()])
             })
-            .observe(ex.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         resp
     }
 

@@ -1,12 +1,11 @@
-use super::super::attempt::{Tries, build_request, next_backend, send};
-use super::super::classify::Failure;
+use super::super::attempt::{Tries, build_request, next_backend};
 use super::*;
 use crate::dataplane::Placement;
 use crate::http::body::RequestBody;
 use crate::http::error::Rejection;
 use crate::keys::UnavailableReason;
 use http_body_util::BodyExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_backend_is_where_placement_put_it_else_the_balancers() {
@@ -17,22 +16,25 @@ fn the_backend_is_where_placement_put_it_else_the_balancers() {
         backend: Some(1),
         ..Placement::default()
     };
-    assert_eq!(next_backend(p, &placed, None, &[]), Some(1));
+    assert_eq!(next_backend(p, &placed, None, &[], Instant::now()), Some(1));
     // Placed but failed: the balancer picks another.
-    assert_eq!(next_backend(p, &placed, None, &[1]), Some(0));
+    assert_eq!(
+        next_backend(p, &placed, None, &[1], Instant::now()),
+        Some(0)
+    );
     let pinned = Placement {
         backend: Some(1),
         pinned: true,
         ..Placement::default()
     };
     assert_eq!(
-        next_backend(p, &pinned, None, &[1]),
+        next_backend(p, &pinned, None, &[1], Instant::now()),
         None,
         "a session never moves"
     );
     let free = Placement::default();
-    assert_eq!(next_backend(p, &free, None, &[0]), Some(1));
-    assert_eq!(next_backend(p, &free, None, &[0, 1]), None);
+    assert_eq!(next_backend(p, &free, None, &[0], Instant::now()), Some(1));
+    assert_eq!(next_backend(p, &free, None, &[0, 1], Instant::now()), None);
 }
 
 #[test]
@@ -43,10 +45,10 @@ fn the_last_backend_try_is_known_before_sending() {
     // retry.maxRetries defaults to 1 and the body is replayable: one retry on the other one.
     let ex = exchange(&router, "open", buffered("{}"), Placement::default());
     let mut tries = Tries::new(&ex);
-    assert!(!tries.is_last_backend_try(ex.pool, &free, 0));
+    assert!(!tries.is_last_backend_try(ex.pool, &free, 0, Instant::now()));
     tries.failed.push(0);
     assert!(
-        tries.is_last_backend_try(ex.pool, &free, 1),
+        tries.is_last_backend_try(ex.pool, &free, 1, Instant::now()),
         "retries spent"
     );
     assert_eq!(
@@ -62,7 +64,7 @@ fn the_last_backend_try_is_known_before_sending() {
         RequestBody::Streaming(None),
         Placement::default(),
     );
-    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &free, 0));
+    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &free, 0, Instant::now()));
     // A session's backend owns the session.
     let pinned = Placement {
         backend: Some(0),
@@ -70,7 +72,7 @@ fn the_last_backend_try_is_known_before_sending() {
         ..Placement::default()
     };
     let ex = exchange(&router, "open", buffered("{}"), pinned);
-    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &ex.placement, 0));
+    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &ex.placement, 0, Instant::now()));
 }
 
 #[test]
@@ -81,7 +83,7 @@ fn the_last_backend_try_when_no_other_backend_could_take_it() {
     ));
     let router = dp.router();
     let ex = exchange(&router, "open", buffered("{}"), Placement::default());
-    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &ex.placement, 0));
+    assert!(Tries::new(&ex).is_last_backend_try(ex.pool, &ex.placement, 0, Instant::now()));
 }
 
 #[tokio::test]
@@ -245,49 +247,6 @@ fn a_streamed_body_goes_once() {
     let r = build_request(ex.pool, &ex.pool.backends[0], &mut ex.prepared, None).unwrap_err();
     assert_eq!(r.rejection, Rejection::ClientBody);
     assert_eq!(r.message, "the request body was already sent");
-}
-
-#[tokio::test]
-async fn send_is_bounded_by_the_response_timeout() {
-    let client = crate::http::client::build(
-        Duration::from_secs(1),
-        crate::tls::upstream_config(None).unwrap(),
-        false,
-    );
-    // Accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    let req = |addr: std::net::SocketAddr| {
-        http::Request::get(format!("http://{addr}/"))
-            .body(
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .unwrap()
-    };
-    assert!(
-        send(&client, req(addr), Duration::from_millis(200))
-            .await
-            .is_err()
-    );
-    hold.abort();
-
-    // Nothing listens: a connect error, which another backend may retry.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
-    let error = send(&client, req(addr), Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(Failure::of(&error), Failure::Connect);
 }
 
 #[test]

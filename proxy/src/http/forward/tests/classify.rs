@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, Full};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Full<Bytes>> {
     let mut b = Response::builder().status(status);
@@ -39,7 +39,7 @@ async fn a_rate_limited_key_cools_and_the_next_key_is_tried() {
     let kp = router.key_pools[0].clone();
     let mut l = lease(&kp, "k1");
     let resp = response(429, &[("retry-after", "30")], "slow down");
-    match classify(p, 0, resp, &mut l, true, false).await {
+    match classify(p, 0, resp, &mut l, true, false, Instant::now()).await {
         Outcome::NextKey(resp) => {
             assert_eq!(resp.status(), 429);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -61,12 +61,30 @@ async fn a_quota_error_body_is_a_refusal_too() {
     let kp = router.key_pools[0].clone();
     let mut l = lease(&kp, "k2");
     let body = r#"{"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}}"#;
-    let outcome = classify(p, 0, response(400, &[], body), &mut l, true, false).await;
+    let outcome = classify(
+        p,
+        0,
+        response(400, &[], body),
+        &mut l,
+        true,
+        false,
+        Instant::now(),
+    )
+    .await;
     assert!(matches!(outcome, Outcome::NextKey(_)), "{outcome:?}");
     assert!(l.is_none());
     // Without a key, a 400 is just the answer.
     let mut none = None;
-    let outcome = classify(p, 0, response(400, &[], body), &mut none, true, false).await;
+    let outcome = classify(
+        p,
+        0,
+        response(400, &[], body),
+        &mut none,
+        true,
+        false,
+        Instant::now(),
+    )
+    .await;
     assert!(matches!(outcome, Outcome::Respond(_)), "{outcome:?}");
 }
 
@@ -77,7 +95,16 @@ async fn a_refused_key_is_verified_before_it_is_disabled() {
     let p = pool(&router, "llm");
     let kp = router.key_pools[0].clone();
     let mut l = lease(&kp, "k1");
-    let outcome = classify(p, 0, response(401, &[], "{}"), &mut l, true, false).await;
+    let outcome = classify(
+        p,
+        0,
+        response(401, &[], "{}"),
+        &mut l,
+        true,
+        false,
+        Instant::now(),
+    )
+    .await;
     assert!(matches!(outcome, Outcome::NextKey(_)), "{outcome:?}");
     // One request is not evidence against the key: a free probe decides.
     assert!(
@@ -97,7 +124,16 @@ async fn a_gateway_error_tries_another_backend_with_the_same_key() {
     let p = pool(&router, "llm");
     let kp = router.key_pools[0].clone();
     let mut l = lease(&kp, "k1");
-    let outcome = classify(p, 1, response(503, &[], ""), &mut l, true, false).await;
+    let outcome = classify(
+        p,
+        1,
+        response(503, &[], ""),
+        &mut l,
+        true,
+        false,
+        Instant::now(),
+    )
+    .await;
     assert!(
         matches!(outcome, Outcome::NextBackend(Rejection::UpstreamStatus)),
         "{outcome:?}"
@@ -106,14 +142,32 @@ async fn a_gateway_error_tries_another_backend_with_the_same_key() {
     assert_eq!(p.backends[1].counters.failures.load(Ordering::Relaxed), 1);
 
     // The last try: the 503 is the answer, and the key keeps its lease (not its fault).
-    let outcome = classify(p, 1, response(503, &[], ""), &mut l, true, true).await;
+    let outcome = classify(
+        p,
+        1,
+        response(503, &[], ""),
+        &mut l,
+        true,
+        true,
+        Instant::now(),
+    )
+    .await;
     assert!(
         matches!(outcome, Outcome::Respond(ref r) if r.status() == 503),
         "{outcome:?}"
     );
     assert!(l.is_some());
     // Another 5xx counts against the key as well.
-    let outcome = classify(p, 1, response(500, &[], ""), &mut l, true, false).await;
+    let outcome = classify(
+        p,
+        1,
+        response(500, &[], ""),
+        &mut l,
+        true,
+        false,
+        Instant::now(),
+    )
+    .await;
     assert!(matches!(outcome, Outcome::Respond(_)), "{outcome:?}");
     assert!(l.is_none());
     assert_eq!(
@@ -133,7 +187,16 @@ async fn success_is_the_answer() {
     let router = dp.router();
     let p = pool(&router, "open");
     let mut none = None;
-    let outcome = classify(p, 0, response(200, &[], "ok"), &mut none, false, false).await;
+    let outcome = classify(
+        p,
+        0,
+        response(200, &[], "ok"),
+        &mut none,
+        false,
+        false,
+        Instant::now(),
+    )
+    .await;
     match outcome {
         Outcome::Respond(resp) => {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
