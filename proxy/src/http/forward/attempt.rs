@@ -138,7 +138,8 @@ pub(super) fn next_backend(
 }
 
 /// The inject stage: one attempt's request, the key injected (header, query or body field),
-/// the backend's Host and the pool's default headers set.
+/// the client's Host replaced by the backend's `hostHeader` (or left to the client, see
+/// [`host_header`]) and the pool's default headers set.
 pub(super) fn build_request(
     pool: &PoolState,
     backend: &BackendState,
@@ -176,7 +177,10 @@ pub(super) fn build_request(
             "the request body was already sent",
         ));
     };
-    headers.insert(header::HOST, backend_host(backend));
+    headers.remove(header::HOST);
+    if let Some(host) = host_header(backend) {
+        headers.insert(header::HOST, host);
+    }
     for (name, value) in &pool.model.default_headers {
         if !headers.contains_key(name.as_str())
             && let (Ok(n), Ok(v)) = (
@@ -253,20 +257,12 @@ pub(crate) fn without_repeated_segment<'p>(endpoint_path: &str, path: &'p str) -
     }
 }
 
-/// The Host header: `hostHeader` if set, else the endpoint's host (with its port unless it is
-/// the scheme's default).
-fn backend_host(backend: &BackendState) -> HeaderValue {
-    let model = &backend.model;
-    if let Some(h) = &model.host_header
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        return v;
-    }
-    let authority = &model.endpoint.authority;
-    let host = match model.endpoint.scheme {
-        Scheme::Http => authority.strip_suffix(":80"),
-        Scheme::Https => authority.strip_suffix(":443"),
-    }
-    .unwrap_or(authority);
-    HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+/// The Host header the request carries: the backend's `hostHeader`, else none. Without one
+/// the endpoint's authority is the URI's, which the client sends as it fits the connection:
+/// over HTTP/1.1 as the Host header (without the scheme's default port), over HTTP/2 as the
+/// `:authority` pseudo-header only. A Host header next to `:authority` is a duplicate Host
+/// to some servers (nginx answers 400), and which protocol a `https` connection speaks is
+/// only known once ALPN chose it.
+fn host_header(backend: &BackendState) -> Option<HeaderValue> {
+    HeaderValue::from_str(backend.model.host_header.as_deref()?).ok()
 }

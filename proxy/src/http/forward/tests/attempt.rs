@@ -143,10 +143,16 @@ async fn no_key_is_an_error_with_the_reason() {
 
 #[test]
 fn inject_puts_the_key_the_host_and_the_path_prefix() {
-    let dp = dataplane(&keyed(""));
+    let dp = dataplane(&keyed("").replace(
+        r#"endpoint: "https://b.example:443"}"#,
+        r#"endpoint: "https://b.example:443", hostHeader: "model.example"}"#,
+    ));
     let router = dp.router();
     let mut ex = exchange(&router, "llm", buffered("{\"x\": 1}"), Placement::default());
     ex.prepared.headers.insert("x-client", "1".parse().unwrap());
+    ex.prepared
+        .headers
+        .insert("host", "keyway.client.example".parse().unwrap());
     let kp = ex.key_pool.unwrap();
     let lease = kp.engine.try_acquire_id("k1").unwrap();
     let req = build_request(
@@ -160,7 +166,13 @@ fn inject_puts_the_key_the_host_and_the_path_prefix() {
         req.uri(),
         "http://127.0.0.1:1/prefix/v1/chat/completions?a=1"
     );
-    assert_eq!(req.headers()["host"], "127.0.0.1:1");
+    // No Host header: the client writes the URI's authority as Host over HTTP/1.1 and as
+    // `:authority` alone over HTTP/2 (a Host next to it is a duplicate to nginx: 400).
+    assert_eq!(
+        req.headers().get("host"),
+        None,
+        "the client's Host is dropped"
+    );
     assert_eq!(req.headers()["authorization"], "Bearer sk-one");
     assert!(req.headers()["authorization"].is_sensitive());
     assert_eq!(req.headers()["x-client"], "1");
@@ -170,7 +182,7 @@ fn inject_puts_the_key_the_host_and_the_path_prefix() {
         "a buffered body is sent again on retry"
     );
 
-    // The scheme's default port is not part of the Host.
+    // A backend's hostHeader is the Host.
     let req = build_request(
         ex.pool,
         &ex.pool.backends[1],
@@ -178,8 +190,9 @@ fn inject_puts_the_key_the_host_and_the_path_prefix() {
         Some(&lease),
     )
     .unwrap();
-    assert_eq!(req.headers()["host"], "b.example");
+    assert_eq!(req.headers()["host"], "model.example");
     assert_eq!(req.uri().scheme_str(), Some("https"));
+    assert_eq!(req.uri().authority().unwrap(), "b.example:443");
 }
 
 #[tokio::test]
