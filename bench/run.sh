@@ -7,7 +7,7 @@
 #                           upstream, nginx/haproxy/keyway to an HTTPS upstream (HTTP/1.1 and
 #                           HTTP/2), micro-benchmarks, control plane; writes
 #                           bench/results/<UTC date>.md and prints it
-#   bench/run.sh --smoke    ~1.5 min: debug build, direct/nginx/keyway, 2 s loads, 5 paced
+#   bench/run.sh --smoke    ~2 min: debug build, direct/nginx/keyway, 2 s loads, 5 paced
 #                           streams, then nginx/haproxy/keyway over TLS (h1) and haproxy/keyway
 #                           over TLS (h2); fails on any error, a row that did not reach the
 #                           upstream over TLS with the wanted protocol included; report in
