@@ -63,12 +63,14 @@ demo:
 	cargo run -q -p keyway-testkit --bin keyway-demo --locked
 
 ## Benchmarks (docs/performance.md): Keyway vs direct, nginx, haproxy, LiteLLM side by side,
-## SSE timing, micro-benchmarks, control plane; ~12 min + builds, writes bench/results/<date>.md.
+## the same over TLS to the upstream (HTTP/1.1 and HTTP/2), SSE timing, micro-benchmarks,
+## control plane; ~18 min + builds, writes bench/results/<date>.md.
 ## (Phony: a directory named bench/ exists.)
 .PHONY: bench bench-smoke
 bench:
 	bench/run.sh
 
-## The benchmark harness end to end in ~30 s (debug build, short loads); fails on any error.
+## The benchmark harness end to end in ~2 min (debug build, short loads, the TLS parts too);
+## fails on any error.
 bench-smoke:
 	bench/run.sh --smoke

@@ -10,6 +10,10 @@ Env knobs (all optional):
   SCENARIOS   json,stream (wrk) and/or ttfb (sequential streaming client
               with per-event timing; use with UPSTREAM=paced)          [json,stream]
   UPSTREAM    nginx | paced (see rows.sh)                             [nginx]
+  UPSTREAM_TLS  h1 | h2: the proxies reach the nginx upstream over HTTPS
+              (private CA), ALPN http/1.1 only or h2; rows nginx (h1
+              only), haproxy, keyway. The sanity check then requires
+              every response to say it came over TLS with that protocol []
   TTFB_N      requests per ttfb run                                   [30]
   IDLE_S      seconds of idle CPU measured after start                [5]
   OUT         result dir (raw.jsonl, rows.jsonl, wrk.log, env*.json)  [required]
@@ -47,6 +51,9 @@ WARMUP = int(os.environ.get("WARMUP", "2"))
 LOADS = [tuple(int(x) for x in l.split(":")) for l in os.environ.get("LOADS", "2:64,1:8").split(",")]
 SCENARIOS = os.environ.get("SCENARIOS", "json,stream").split(",")
 UPSTREAM = os.environ.get("UPSTREAM", "nginx")
+UPSTREAM_TLS = os.environ.get("UPSTREAM_TLS", "")
+TLS_PORTS = {"h1": [18443, 18444], "h2": [18445, 18446]}  # gen_upstream_conf.py
+TLS_PROTO = {"h1": "HTTP/1.1", "h2": "HTTP/2.0"}           # nginx's $server_protocol
 RUN_DIR = os.environ.get("RUN_DIR", "/tmp/keyway-bench-run")
 TTFB_N = int(os.environ.get("TTFB_N", "30"))
 IDLE_S = float(os.environ.get("IDLE_S", "5"))
@@ -244,18 +251,31 @@ def sanity(port, auth):
                 raise RuntimeError(f"sanity JSON request failed: {e}")
             time.sleep(0.5)
     assert st == 200 and '"choices"' in b, (st, b[:200])
-    ports, keys = set(), set()
+    ports, keys, links = set(), set(), set()
     for _ in range(8):
         st, h, b = post(port, auth, False)
         ports.add(h.get("x-upstream-port") or h.get("llm_provider-x-upstream-port"))
+        links.add((h.get("x-upstream-tls"), h.get("x-upstream-proto")))
         if h.get("x-keyway-key-id"):
             keys.add(h["x-keyway-key-id"])
     st, h, b = post(port, auth, True)
+    links.add((h.get("x-upstream-tls"), h.get("x-upstream-proto")))
     data_lines = [l for l in b.splitlines() if l.startswith("data:")]
     assert st == 200 and data_lines and data_lines[-1].strip() == "data: [DONE]" and len(data_lines) >= 21, \
         (st, len(data_lines), b[-200:])
-    return {"upstream_ports_seen": sorted(p for p in ports if p), "key_ids_seen": sorted(keys),
-            "stream_data_lines": len(data_lines), "stream_content_type": h.get("content-type")}
+    out = {"upstream_ports_seen": sorted(p for p in ports if p), "key_ids_seen": sorted(keys),
+           "stream_data_lines": len(data_lines), "stream_content_type": h.get("content-type")}
+    if UPSTREAM_TLS:
+        # the upstream's own word on how each request reached it: TLS, with the protocol wanted
+        want = TLS_PROTO[UPSTREAM_TLS]
+        bad = [l for l in links if not (l[0] or "").startswith("TLSv") or l[1] != want]
+        if bad:
+            raise RuntimeError(f"upstream saw (TLS, protocol) {sorted(map(str, links))}, want (TLSv*, {want})")
+        out["upstream_tls_seen"] = sorted(f"{t} {p}" for t, p in links)
+        expect = {str(p) for p in TLS_PORTS[UPSTREAM_TLS]}
+        if not set(out["upstream_ports_seen"]) <= expect:
+            raise RuntimeError(f"upstream ports {out['upstream_ports_seen']}, want {sorted(expect)}")
+    return out
 
 
 def scrape(url):
@@ -478,13 +498,15 @@ def measure(rnd, name, port, auth, proxy, upstream, scenario, threads, conns, ra
         "loadavg_before": la, "pre_other_cores": pre_other, "quiet_waited_s": round(waited, 1),
         "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if UPSTREAM_TLS:
+        rec["tls"] = UPSTREAM_TLS
     raw.write(json.dumps(rec) + "\n")
     raw.flush()
     wrklog.write(f"### round {rnd} {name} {scenario} t{threads} c{conns}\n$ {' '.join(cmd)}\n{out}\n")
     wrklog.flush()
     if errors:
         failures.append(f"round {rnd} {name} {scenario} t{threads}c{conns}: {errors} errors")
-    log(f"  {name:12s} {scenario:6s} t{threads}c{conns:<3d} rps={rec['rps']:9.1f} p50={rec['p50_ms']:7.2f}ms "
+    log(f"  {name:12s} {scenario + (' ' + UPSTREAM_TLS if UPSTREAM_TLS else ''):6s} t{threads}c{conns:<3d} rps={rec['rps']:9.1f} p50={rec['p50_ms']:7.2f}ms "
         f"p99={rec['p99_ms']:7.2f}ms err={errors} proxy={rec['proxy_cores'] or 0:.2f}c "
         f"cpu/req={rec['proxy_cpu_us_per_req'] or 0:.1f}us other={rec['other_cores']:.2f}c pre={pre_other:.2f}c")
 
@@ -510,7 +532,7 @@ def env_info():
                 " (with local changes)" if sh(f"git -C {HERE} status --porcelain -- ../proxy ../api 2>/dev/null") else "")),
         "top": sh("top -bn1 -w 200 | head -15"),
         "rows": ROWS, "rounds": ROUNDS, "duration_s": DURATION, "warmup_s": WARMUP,
-        "loads": LOADS, "scenarios": SCENARIOS, "upstream": UPSTREAM,
+        "loads": LOADS, "scenarios": SCENARIOS, "upstream": UPSTREAM, "upstream_tls": UPSTREAM_TLS,
     }
 
 
@@ -518,17 +540,24 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(RUN_DIR, exist_ok=True)
     metas = {n: row_meta(n) for n in ROWS}
-    for p in [18000, 18001] + [m[0] for n, m in metas.items() if n != "direct"]:
+    if UPSTREAM_TLS and (UPSTREAM_TLS not in TLS_PORTS or UPSTREAM != "nginx"):
+        sys.exit(f"UPSTREAM_TLS={UPSTREAM_TLS}: want h1 or h2, with UPSTREAM=nginx")
+    if UPSTREAM_TLS and "direct" in ROWS:
+        sys.exit("UPSTREAM_TLS: the direct row has no TLS variant (wrk would do the TLS itself)")
+    up_ports = [18000, 18001] + TLS_PORTS.get(UPSTREAM_TLS, [])
+    for p in up_ports + [m[0] for n, m in metas.items() if n != "direct"]:
         if port_open(p):
             sys.exit(f"port {p} is already in use: stop whatever listens there first")
     if UPSTREAM == "nginx":
+        tls = ["--tls", os.path.join(RUN_DIR, "tls")] if UPSTREAM_TLS else []
         subprocess.run([sys.executable, os.path.join(HERE, "gen_upstream_conf.py"),
-                        os.path.join(RUN_DIR, "upstream-nginx.conf")], check=True, stdout=subprocess.DEVNULL)
+                        os.path.join(RUN_DIR, "upstream-nginx.conf")] + tls, check=True, stdout=subprocess.DEVNULL)
     info = env_info()
-    n, env_path = 1, os.path.join(OUT, f"env-{UPSTREAM}.json")
+    tag = UPSTREAM + (f"-tls-{UPSTREAM_TLS}" if UPSTREAM_TLS else "")
+    n, env_path = 1, os.path.join(OUT, f"env-{tag}.json")
     while os.path.exists(env_path):  # a later harness run into the same OUT adds its own
         n += 1
-        env_path = os.path.join(OUT, f"env-{UPSTREAM}-{n}.json")
+        env_path = os.path.join(OUT, f"env-{tag}-{n}.json")
     with open(env_path, "w") as f:
         json.dump(info, f, indent=1)
     log("load before start:", info["uptime"])
@@ -537,9 +566,9 @@ def main():
     memf = open(os.path.join(OUT, "rows.jsonl"), "a")
 
     upstream = start("upstream", "upstream")
-    wait_port(18000, upstream, 20)
-    wait_port(18001, upstream, 20)
-    log(f"upstream ({UPSTREAM}) up, pid", upstream.pid)
+    for p in up_ports:
+        wait_port(p, upstream, 20)
+    log(f"upstream ({tag}) up, pid", upstream.pid)
     try:
         for rnd in range(1, ROUNDS + 1):
             order = ROWS if rnd % 2 == 1 else list(reversed(ROWS))
@@ -548,6 +577,8 @@ def main():
                 port, auth, metrics_url = metas[name]
                 proxy = None if name == "direct" else start(f"row_{name}", name)
                 rec = {"round": rnd, "row": name, "port": port, "upstream": UPSTREAM, "scenarios": SCENARIOS}
+                if UPSTREAM_TLS:
+                    rec["tls"] = UPSTREAM_TLS
                 try:
                     if proxy:
                         rec["startup_s"] = round(wait_port(port, proxy), 3)

@@ -114,7 +114,48 @@ def ttfb_table(s, lines):
             f"{f(s.ttfb(row, 'gap_jitter_p99_ms'), 3)} | {errs} |")
 
 
-def detail_tables(s, lines):
+TLS_LABEL = {"h1": "HTTP/1.1 over TLS", "h2": "HTTP/2 over TLS"}
+NGINX_NO_H2 = "nginx's proxy_pass speaks HTTP/1.x only to upstreams"
+
+
+def tls_table(sides, plain, lines):
+    """One table for the TLS parts (sides: {"h1": Side, "h2": Side}); ratios to nginx and
+    haproxy over the same upstream protocol, and to the same row with the plain upstream."""
+    any_side = next(iter(sides.values()))
+    hi, lo = f"-t{any_side.hi[0]} -c{any_side.hi[1]}", f"-t{any_side.lo[0]} -c{any_side.lo[1]}"
+    lines.append(f"| upstream | row | JSON rps ({hi}) | × nginx | × haproxy | × plain upstream | SSE rps ({hi}) "
+                 f"| × nginx | × haproxy | JSON p99 ms ({lo}) | SSE p99 ms ({lo}) | CPU µs/req JSON "
+                 "| CPU µs/req SSE | idle RSS MiB | RSS after load MiB |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nginx_ran = any(r["row"] == "nginx" for sd in sides.values() for r in sd.raw)
+    for tls, s in sides.items():
+        n, ns = s.get("nginx", "json", 2, 64, "rps"), s.get("nginx", "stream", 2, 64, "rps")
+        h, hs = s.get("haproxy", "json", 2, 64, "rps"), s.get("haproxy", "stream", 2, 64, "rps")
+        order = list(s.order)
+        if tls == "h2" and nginx_ran and "nginx" not in order:
+            order.insert(0, "nginx")
+        for row in order:
+            if row == "nginx" and tls == "h2" and not any(r["row"] == row for r in s.raw):
+                lines.append(f"| {TLS_LABEL[tls]} | nginx | n/a ({NGINX_NO_H2}) |" + " n/a |" * 12)
+                continue
+            if not any(r["row"] == row for r in s.raw):
+                continue
+            j, sse = s.get(row, "json", 2, 64, "rps"), s.get(row, "stream", 2, 64, "rps")
+            p = plain.get(row, "json", 2, 64, "rps") if plain.hi == s.hi else None
+            lines.append(
+                f"| {TLS_LABEL[tls]} | {row} | {f(j, 0)} | {ratio(j, n)} | {ratio(j, h)} | {ratio(j, p)} | "
+                f"{f(sse, 0)} | {ratio(sse, ns)} | {ratio(sse, hs)} | "
+                f"{f(s.get(row, 'json', 1, 8, 'p99_ms'), 2)} | {f(s.get(row, 'stream', 1, 8, 'p99_ms'), 2)} | "
+                f"{f(s.get(row, 'json', 2, 64, 'proxy_cpu_us_per_req'), 1)} | "
+                f"{f(s.get(row, 'stream', 2, 64, 'proxy_cpu_us_per_req'), 1)} | "
+                f"{f(s.mem(row, 'idle_rss_kb'), 1)} | {f(s.mem(row, 'loaded_rss_kb', max), 1)} |")
+    seen = sorted({t for r in (r for sd in sides.values() for r in sd.rows) for t in r.get("upstream_tls_seen", [])})
+    if seen:
+        lines.append(f"\nHow the upstream saw the sanity requests of every row (its `$ssl_protocol` and "
+                     f"`$server_protocol`): {', '.join(seen)}.")
+
+
+def detail_tables(s, lines, label=""):
     groups = []
     for r in s.raw:
         g = (r["scenario"], r["threads"], r["conns"])
@@ -122,7 +163,7 @@ def detail_tables(s, lines):
             groups.append(g)
     for (sc, t, c) in groups:
         sel = [r for r in s.raw if (r["scenario"], r["threads"], r["conns"]) == (sc, t, c)]
-        lines.append(f"\n#### {sc}, wrk -t{t} -c{c}\n")
+        lines.append(f"\n#### {label}{sc}, wrk -t{t} -c{c}\n")
         lines.append("| row | runs (undisturbed) | rps median | rps min | p50 ms | p99 ms (med) | p99 ms (max) | errors "
                      "| proxy cores | proxy CPU µs/req | upstream cores | other load cores (med/max) |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -139,7 +180,7 @@ def detail_tables(s, lines):
                 f"{f(med([r['other_cores'] for r in rs]), 2)}/{f(max(r['other_cores'] for r in rs), 2)} |")
     mem = [r for r in s.rows if "idle_rss_kb" in r]
     if mem:
-        lines.append("\n#### processes and memory\n")
+        lines.append(f"\n#### {label}processes and memory\n")
         lines.append("| row | upstream | procs | startup s | idle CPU cores | idle RSS MiB | idle PSS MiB | RSS after load MiB |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for name in s.order:
@@ -154,7 +195,7 @@ def detail_tables(s, lines):
                     f"{f(max(m.get('loaded_rss_kb', 0) for m in ms) / 1024, 1)} |")
     kw = [r for r in s.rows if r.get("metrics")]
     if kw:
-        lines.append("\n#### Keyway's own counters after each row (metrics on, key injection)\n")
+        lines.append(f"\n#### {label}Keyway's own counters after each row (metrics on, key injection)\n")
         for r in kw:
             m = r["metrics"]
             kr = m["key_requests"]
@@ -165,7 +206,7 @@ def detail_tables(s, lines):
                 f"{', '.join(r.get('key_ids_seen', []))}; upstream ports: {', '.join(r.get('upstream_ports_seen', []))}")
     errs = [r for r in s.rows if "error" in r]
     if errs:
-        lines.append("\n#### row errors\n")
+        lines.append(f"\n#### {label}row errors\n")
         for r in errs:
             lines.append(f"- round {r['round']} {r['row']}: {r['error']}")
 
@@ -315,7 +356,9 @@ def main():
     raw, rows = load(a.out_dir, "raw.jsonl"), load(a.out_dir, "rows.jsonl")
     envs = [json.load(open(p)) for p in glob.glob(os.path.join(a.out_dir, "env-*.json"))]
     env = min(envs, key=lambda e: e.get("date_utc", "")) if envs else {}
-    s = Side(raw, rows)
+    s = Side([r for r in raw if not r.get("tls")], [r for r in rows if not r.get("tls")])
+    tls_sides = {t: Side([r for r in raw if r.get("tls") == t], [r for r in rows if r.get("tls") == t])
+                 for t in ("h1", "h2") if any(r.get("tls") == t for r in raw + rows)}
     micro = criterion_results(a.criterion) if a.criterion and os.path.isdir(a.criterion) else []
     cp = json.load(open(a.control_plane)) if a.control_plane and os.path.exists(a.control_plane) else None
 
@@ -333,7 +376,7 @@ def main():
         counts = {}
         for r in raw:
             if r["scenario"] != "ttfb":
-                k = (r["row"], r["scenario"], r["threads"], r["conns"])
+                k = (r["row"], r["scenario"], r["threads"], r["conns"], r.get("tls"))
                 counts[k] = counts.get(k, 0) + 1
         per_row = {}
         for (row, *_), n in counts.items():
@@ -344,7 +387,7 @@ def main():
     debug = "/debug/" in env.get("keyway_bin", "")
     if debug:
         L += ["", "**Smoke run of a debug build: the figures check the harness, not Keyway's speed.**"]
-    if raw:
+    if s.raw or s.rows:
         L += ["", "## Side by side", "",
               "Same wrk load (`bench/wrk/post.lua`, a small chat request) against the fake upstream (nginx, two "
               "ports) directly and through each proxy; every proxy replaces the client's key with a pool key and "
@@ -354,6 +397,15 @@ def main():
         main_table(s, L)
         L += ["", "## Streaming: time to first byte and event spacing", ""]
         ttfb_table(s, L)
+    if tls_sides:
+        L += ["", "## Side by side over TLS", "",
+              "The same load, plain HTTP/1.1 from wrk to the proxy, but every proxy reaches the fake upstream "
+              "over HTTPS (nginx, certificate from a private CA the proxies are given and verify): *HTTP/1.1 "
+              "over TLS* = upstream ports offering only `http/1.1` by ALPN, *HTTP/2 over TLS* = ports offering "
+              "`h2` (any HTTP/1.1 request there gets 426, so a row that fell back shows as errors). Ratios to "
+              "nginx and haproxy are over the same upstream protocol; *× plain upstream* = the same row's JSON "
+              f"rps in the plain side by side above. nginx has no HTTP/2 row: {NGINX_NO_H2}.", ""]
+        tls_table(tls_sides, s, L)
     t = []
     if not debug:
         targets(s, micro, cp, t)
@@ -368,9 +420,11 @@ def main():
         L += ["", f"## Control plane ({c0['pools']} pools, {c0['proxies']} simulated proxies, {c0['reps']} changes, "
                   f"{c0['threads']} runtime threads shared by controller and proxies)", ""]
         cp_table(cp, L)
-    if raw:
+    if raw or rows:
         L += ["", "## Details"]
         detail_tables(s, L)
+        for t, ts in tls_sides.items():
+            detail_tables(ts, L, f"{TLS_LABEL[t]}: ")
     text = "\n".join(L) + "\n"
     if a.report:
         with open(a.report, "w") as fh:

@@ -142,9 +142,17 @@ pub struct RecordedRequest {
     /// The TLS server name (SNI) the connection asked for; `None` over plain TCP or
     /// without SNI.
     pub sni: Option<String>,
+    /// The request target's authority: HTTP/2's `:authority`; `None` over HTTP/1.1 (origin
+    /// form, the authority is in `Host`).
+    pub authority: Option<String>,
 }
 
 impl RecordedRequest {
+    /// The host the request was addressed to: its `Host` header, else its `:authority`.
+    pub fn host(&self) -> Option<&str> {
+        self.header("host").or(self.authority.as_deref())
+    }
+
     /// First value of header `name` if it is valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -643,6 +651,7 @@ async fn handle(
         key,
         at: std::time::Instant::now(),
         sni,
+        authority: parts.uri.authority().map(|a| a.to_string()),
     };
     let (behavior, gate) = {
         let mut state = shared.lock();

@@ -145,6 +145,18 @@ pub(super) async fn send(
     // Connection-specific headers have no place in HTTP/2 (RFC 9113 §8.2.2).
     req.headers_mut().remove(http::header::CONNECTION);
     req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+    // The Host travels as `:authority` alone: a Host header next to it is a duplicate Host
+    // to servers such as nginx (400). The connection's destination is the target's, whatever
+    // the authority says.
+    if let Some(host) = req.headers_mut().remove(http::header::HOST)
+        && let Ok(authority) = http::uri::Authority::try_from(host.as_bytes())
+    {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(authority);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
     match sender.try_send_request(req).await {
         Ok(resp) => Ok(resp.map(|body| H2Body { body, _slot: slot })),
         Err(mut e) => {
