@@ -43,7 +43,10 @@ pub struct ClusterTokens {
 }
 
 enum TapKind {
+    /// A JSON answer, kept until it ends to read its `usage`: the first chunk as it came (most
+    /// answers are one chunk, so nothing is copied), later ones appended to a copy.
     Json {
+        first: Bytes,
         buf: BytesMut,
         overflow: bool,
     },
@@ -83,6 +86,7 @@ impl UsageTap {
             }
         } else {
             TapKind::Json {
+                first: Bytes::new(),
                 buf: BytesMut::new(),
                 overflow: false,
             }
@@ -99,12 +103,23 @@ impl UsageTap {
     /// stripped).
     fn observe(&mut self, data: Bytes) -> Bytes {
         match &mut self.kind {
-            TapKind::Json { buf, overflow } => {
+            TapKind::Json {
+                first,
+                buf,
+                overflow,
+            } => {
                 if !*overflow {
-                    if buf.len() + data.len() > MAX_USAGE_JSON {
+                    if first.len() + buf.len() + data.len() > MAX_USAGE_JSON {
                         *overflow = true;
+                        *first = Bytes::new();
                         buf.clear();
+                    } else if first.is_empty() && buf.is_empty() {
+                        *first = data.clone();
                     } else {
+                        if !first.is_empty() {
+                            buf.extend_from_slice(first);
+                            *first = Bytes::new();
+                        }
                         buf.extend_from_slice(&data);
                     }
                 }
@@ -123,8 +138,13 @@ impl UsageTap {
     /// The stream ended normally: bytes still held back, then the lease is settled.
     fn finish(&mut self) -> Bytes {
         let (tail, used) = match &mut self.kind {
-            TapKind::Json { buf, overflow } => {
-                let used = (!*overflow).then(|| usage::from_json(buf)).flatten();
+            TapKind::Json {
+                first,
+                buf,
+                overflow,
+            } => {
+                let whole: &[u8] = if buf.is_empty() { first } else { buf };
+                let used = (!*overflow).then(|| usage::from_json(whole)).flatten();
                 (Bytes::new(), used)
             }
             TapKind::Sse { scanner, strip } => (
@@ -237,5 +257,42 @@ impl Body for ResponseBody {
             }) => SizeHint::default(),
             _ => self.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tokens a JSON answer delivered in `chunks` reports, as the tap counts them.
+    fn tokens_of(chunks: &[&[u8]]) -> u64 {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let mut tap = UsageTap::new(None, false, false, Some(counter.clone()), None);
+        for c in chunks {
+            assert_eq!(
+                tap.observe(Bytes::copy_from_slice(c)),
+                *c,
+                "sent on unchanged"
+            );
+        }
+        tap.finish();
+        counter.get()
+    }
+
+    #[test]
+    fn json_usage_is_read_from_one_chunk_or_many() {
+        let answer: &[u8] = br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(tokens_of(&[answer]), 7);
+        let (a, rest) = answer.split_at(10);
+        let (b, c) = rest.split_at(20);
+        assert_eq!(tokens_of(&[a, b, c]), 7);
+        assert_eq!(tokens_of(&[b"", a, b"", b, c]), 7);
+    }
+
+    #[test]
+    fn a_json_answer_above_the_bound_is_not_parsed() {
+        let big = vec![b' '; MAX_USAGE_JSON];
+        let answer: &[u8] = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(tokens_of(&[&big, answer]), 0);
     }
 }
