@@ -712,13 +712,13 @@ impl Lease {
 
     /// The key's id.
     pub fn id(&self) -> &str {
-        &self.grant.id
+        self.grant.id()
     }
 
     /// The key's value, to send upstream. A value changed by [`KeyPool::update`] applies to
     /// leases taken after the update.
     pub fn value(&self) -> &SecretValue {
-        &self.grant.value
+        self.grant.value()
     }
 
     /// The request succeeded; `tokens` (when known) count towards the key's TPM.

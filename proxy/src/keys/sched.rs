@@ -59,8 +59,27 @@ pub(super) struct Grant {
     pub(super) incarnation: u64,
     /// This lease is the trial request of a key on probation.
     trial: bool,
-    pub(super) id: Arc<str>,
-    pub(super) value: Arc<SecretValue>,
+    /// The ids and values by slot as of the last update; the key's is at `slot`. One table
+    /// shared by every lease: taking a lease increments one reference count that stays in
+    /// the cache, not one per key (with 10,000 keys each would miss, and an atomic increment
+    /// that misses stalls the pick).
+    creds: Arc<[Cred]>,
+}
+
+impl Grant {
+    pub(super) fn id(&self) -> &str {
+        &self.creds[self.slot as usize].id
+    }
+
+    pub(super) fn value(&self) -> &SecretValue {
+        &self.creds[self.slot as usize].value
+    }
+}
+
+/// A key's id and value, as of the last update.
+struct Cred {
+    id: Arc<str>,
+    value: Arc<SecretValue>,
 }
 
 /// A queued request.
@@ -306,6 +325,9 @@ pub(super) struct Sched {
     /// Live keys in config order.
     order: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
+    /// Every slot's id and value (see `Grant::creds`); rebuilt by `update`, the only place
+    /// they change.
+    creds: Arc<[Cred]>,
     preferred: Ready,
     paced: Ready,
     /// Weighted selection: the weights that have a FIFO lane of their own in `preferred`
@@ -347,6 +369,7 @@ impl Sched {
             free: Vec::new(),
             order: Vec::new(),
             by_id: HashMap::new(),
+            creds: Arc::from(Vec::new()),
             preferred: Ready::default(),
             paced: Ready::default(),
             weight_lanes: Vec::new(),
@@ -438,6 +461,14 @@ impl Sched {
             self.reconcile(slot, now);
         }
         self.rebuild_ring();
+        self.creds = self
+            .keys
+            .iter()
+            .map(|k| Cred {
+                id: k.id.clone(),
+                value: k.value.clone(),
+            })
+            .collect();
         self.force_rearm();
     }
 
@@ -909,8 +940,7 @@ impl Sched {
             slot,
             incarnation: k.incarnation,
             trial,
-            id: k.id.clone(),
-            value: k.value.clone(),
+            creds: self.creds.clone(),
         };
         self.total_in_flight += 1;
         self.reconcile(slot, now);
