@@ -13,6 +13,7 @@ const BUCKETS: usize = 61;
 const BUCKET_MS: u64 = 1_000;
 
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct Bucket {
     requests: u32,
     tokens: u32,
@@ -27,21 +28,28 @@ pub(super) enum Field {
     Tokens,
 }
 
-/// Usage of one key over the last minute. Times are milliseconds on the pool's clock.
+/// Usage of one key over the last minute. Times are milliseconds on the pool's clock. The
+/// head second, the request sum and the current bucket come first (`repr(C)`): counting or
+/// reading requests touches those 32 bytes only (see `Key`'s layout).
+#[repr(C)]
 pub(super) struct Window {
-    /// The seconds before the head; the head's own slot stays empty.
-    buckets: Box<[Bucket]>,
-    /// The head second, kept inline: counting a request touches no other cache line.
-    cur: Bucket,
     /// The second of the newest bucket.
     head: u64,
     requests: u64,
+    /// The head second, kept inline: counting a request touches no other cache line.
+    cur: Bucket,
     tokens: u64,
     successes: u64,
     failures: u64,
+    /// The seconds before the head; the head's own slot stays empty.
+    buckets: Box<[Bucket]>,
 }
 
 impl Window {
+    /// The leading bytes that counting and reading requests touch.
+    pub(super) const HOT_BYTES: usize =
+        std::mem::offset_of!(Window, cur) + std::mem::size_of::<Bucket>();
+
     pub(super) fn new(now: u64) -> Self {
         Self {
             buckets: vec![Bucket::default(); BUCKETS].into_boxed_slice(),
