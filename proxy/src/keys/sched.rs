@@ -362,6 +362,8 @@ pub(super) struct Sched {
     ring_bits: u32,
     ring_keys: usize,
     seq: u64,
+    /// State of the generator behind least-used sampling (see [`below`]).
+    rng: u64,
     /// Stride scheduling virtual time: the pass of the last pick.
     vtime: u128,
     next_incarnation: u64,
@@ -396,6 +398,7 @@ impl Sched {
             ring_bits: 0,
             ring_keys: 0,
             seq: 0,
+            rng: rand::random(),
             vtime: 0,
             next_incarnation: 0,
             next_waiter: 0,
@@ -872,7 +875,7 @@ impl Sched {
             }
         } else {
             for _ in 0..P2C_ATTEMPTS {
-                let slot = heap.at(rand::random_range(0..n));
+                let slot = heap.at(below(&mut self.rng, n));
                 if !excl.contains(&slot) {
                     candidates[count] = slot;
                     count += 1;
@@ -1328,8 +1331,16 @@ impl Sched {
         self.sleeping_until = self.sleeping_until.max(at);
     }
 
-    /// Serves waiters in arrival order with the keys eligible now.
+    /// Serves waiters in arrival order with the keys eligible now. Inlined: it runs twice
+    /// per pick, nearly always with nobody waiting.
+    #[inline]
     pub(super) fn pump(&mut self, now: u64, shared: &Arc<Shared>) {
+        if !self.waiters.is_empty() {
+            self.serve_waiters(now, shared);
+        }
+    }
+
+    fn serve_waiters(&mut self, now: u64, shared: &Arc<Shared>) {
         let mut i = 0;
         while i < self.waiters.len() {
             if self.preferred.is_empty() && self.paced.is_empty() {
@@ -1417,6 +1428,20 @@ impl Sched {
     }
 }
 
+// === sampling ===
+
+/// A uniform draw from `0..n` (`n` > 0) for least-used sampling: wyrand, seeded per pool from
+/// the thread's generator. Statistical quality is all sampling needs, and it is a few
+/// instructions on a field the pick already has in cache, where drawing from the thread-local
+/// generator costs a thread-local lookup and a reference count per draw. The range is mapped
+/// by multiplication (the bias, below n / 2^64, is irrelevant here).
+fn below(state: &mut u64, n: usize) -> usize {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+    let r = ((t >> 64) as u64) ^ (t as u64);
+    ((u128::from(r) * n as u128) >> 64) as usize
+}
+
 // === hashing ===
 
 /// The ring point of virtual node `v` of the key whose id hashed to `base`.
@@ -1431,6 +1456,21 @@ mod tests {
 
     /// A pick touches the first four cache lines of its key only, and least-used sampling and
     /// sticky candidates the first one (see [`Key`]).
+    /// Least-used sampling draws every position, about equally often.
+    #[test]
+    fn sampling_is_uniform() {
+        let mut state = 7;
+        for n in [1usize, 2, 3, 10, 1_000] {
+            let mut seen = vec![0u32; n];
+            let draws = 2_000 * n as u32;
+            for _ in 0..draws {
+                seen[below(&mut state, n)] += 1;
+            }
+            let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+            assert!(*lo >= 1_700 && *hi <= 2_300, "n = {n}: {lo}..={hi}");
+        }
+    }
+
     #[test]
     fn hot_fields_share_the_first_cache_lines() {
         assert_eq!(align_of::<Key>(), 64);

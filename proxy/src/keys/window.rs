@@ -62,26 +62,37 @@ impl Window {
         }
     }
 
-    /// Moves the ring to `now`, dropping the seconds that left the window.
+    /// Moves the ring to `now`, dropping the seconds that left the window. Inlined: within the
+    /// head second (nearly every call) it is one comparison, and the caller's loads of
+    /// several keys' windows can overlap.
+    #[inline]
     fn advance(&mut self, now: u64) {
         let sec = now / BUCKET_MS;
         if sec > self.head {
-            // The head second becomes an ordinary bucket (its slot was empty).
-            self.buckets[(self.head % BUCKETS as u64) as usize] = std::mem::take(&mut self.cur);
-            let steps = (sec - self.head).min(BUCKETS as u64);
-            for s in (sec + 1 - steps)..=sec {
-                let b = std::mem::take(&mut self.buckets[(s % BUCKETS as u64) as usize]);
-                self.requests -= u64::from(b.requests);
-                self.tokens -= u64::from(b.tokens);
-                self.successes -= u64::from(b.successes);
-                self.failures -= u64::from(b.failures);
-            }
-            self.head = sec;
+            self.roll(sec);
         }
         // A clock never goes back; should `now` be older than the head anyway, it counts in
         // the newest bucket.
     }
 
+    /// Makes `sec` (later than the head) the head second.
+    #[cold]
+    #[inline(never)]
+    fn roll(&mut self, sec: u64) {
+        // The head second becomes an ordinary bucket (its slot was empty).
+        self.buckets[(self.head % BUCKETS as u64) as usize] = std::mem::take(&mut self.cur);
+        let steps = (sec - self.head).min(BUCKETS as u64);
+        for s in (sec + 1 - steps)..=sec {
+            let b = std::mem::take(&mut self.buckets[(s % BUCKETS as u64) as usize]);
+            self.requests -= u64::from(b.requests);
+            self.tokens -= u64::from(b.tokens);
+            self.successes -= u64::from(b.successes);
+            self.failures -= u64::from(b.failures);
+        }
+        self.head = sec;
+    }
+
+    #[inline]
     pub(super) fn add_request(&mut self, now: u64) {
         self.advance(now);
         let b = &mut self.cur;
@@ -139,6 +150,7 @@ impl Window {
         self.failures = 0;
     }
 
+    #[inline]
     pub(super) fn requests(&mut self, now: u64) -> u64 {
         self.advance(now);
         self.requests
