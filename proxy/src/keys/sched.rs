@@ -877,6 +877,9 @@ impl Sched {
             for _ in 0..P2C_ATTEMPTS {
                 let slot = heap.at(below(&mut self.rng, n));
                 if !excl.contains(&slot) {
+                    // The pick moves the winner in the ready set: load its entry now, while
+                    // the candidates' keys load, instead of after.
+                    heap.touch(slot);
                     candidates[count] = slot;
                     count += 1;
                     if count == 2 {

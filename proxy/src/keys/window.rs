@@ -47,6 +47,7 @@ pub(super) struct Window {
 
 impl Window {
     /// The leading bytes that counting and reading requests touch.
+    #[cfg(test)]
     pub(super) const HOT_BYTES: usize =
         std::mem::offset_of!(Window, cur) + std::mem::size_of::<Bucket>();
 
