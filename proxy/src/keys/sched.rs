@@ -352,9 +352,9 @@ pub(super) struct Sched {
     timers: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// Keys waiting for a probe.
     parked: BTreeSet<u32>,
-    /// Stickiness ring: sorted points and the slot owning each.
-    ring_points: Vec<u64>,
-    ring_owners: Vec<u32>,
+    /// Stickiness ring: sorted points, each with the slot owning it (side by side: the lookup
+    /// finds the owner in the cache line it searched).
+    ring: Vec<(u64, u32)>,
     /// `ring_index[b]`: the first point whose top `ring_bits` bits are at least `b` (one
     /// entry more than the buckets), so a lookup searches a bucket of a few points instead of
     /// the whole ring (which misses the cache at every step with 10,000 keys).
@@ -392,8 +392,7 @@ impl Sched {
             weight_lanes: Vec::new(),
             timers: BinaryHeap::new(),
             parked: BTreeSet::new(),
-            ring_points: Vec::new(),
-            ring_owners: Vec::new(),
+            ring: Vec::new(),
             ring_index: Vec::new(),
             ring_bits: 0,
             ring_keys: 0,
@@ -520,8 +519,7 @@ impl Sched {
     }
 
     fn rebuild_ring(&mut self) {
-        self.ring_points.clear();
-        self.ring_owners.clear();
+        self.ring.clear();
         self.ring_index.clear();
         self.ring_bits = 0;
         self.ring_keys = 0;
@@ -551,23 +549,22 @@ impl Sched {
             a.0.cmp(&b.0)
                 .then_with(|| keys[a.1 as usize].id.cmp(&keys[b.1 as usize].id))
         });
-        self.ring_points = points.iter().map(|p| p.0).collect();
-        self.ring_owners = points.iter().map(|p| p.1).collect();
+        self.ring = points;
         self.ring_keys = members.len();
         // About one point per bucket, at most 2^18 buckets.
-        let bits = (usize::BITS - self.ring_points.len().leading_zeros()).clamp(1, 18);
+        let bits = (usize::BITS - self.ring.len().leading_zeros()).clamp(1, 18);
         self.ring_bits = bits;
         let buckets = 1usize << bits;
         self.ring_index = Vec::with_capacity(buckets + 1);
         let mut i = 0;
         for b in 0..buckets {
             let lo = (b as u64) << (64 - bits);
-            while i < self.ring_points.len() && self.ring_points[i] < lo {
+            while i < self.ring.len() && self.ring[i].0 < lo {
                 i += 1;
             }
             self.ring_index.push(i as u32);
         }
-        self.ring_index.push(self.ring_points.len() as u32);
+        self.ring_index.push(self.ring.len() as u32);
     }
 
     // --- places ---
@@ -901,7 +898,7 @@ impl Sched {
 
     /// The first ready key clockwise from the hash whose load is within the bound.
     fn sticky(&self, hash: u64, load_factor: f64, excl: &[u32]) -> Option<u32> {
-        let len = self.ring_points.len();
+        let len = self.ring.len();
         if len == 0 {
             return None;
         }
@@ -912,7 +909,7 @@ impl Sched {
         let mut seen = [u32::MAX; STICKY_CANDIDATES];
         let mut count = 0;
         for i in 0..len {
-            let slot = self.ring_owners[(start + i) % len];
+            let slot = self.ring[(start + i) % len].1;
             if seen[..count].contains(&slot) {
                 continue;
             }
@@ -936,7 +933,7 @@ impl Sched {
     fn ring_start(&self, point: u64) -> usize {
         let b = (point >> (64 - self.ring_bits)) as usize;
         let (lo, hi) = (self.ring_index[b] as usize, self.ring_index[b + 1] as usize);
-        lo + self.ring_points[lo..hi].partition_point(|&p| p < point)
+        lo + self.ring[lo..hi].partition_point(|&(p, _)| p < point)
     }
 
     /// Counts a request on the key and hands out the grant.
