@@ -442,7 +442,9 @@ impl Sched {
                         continue; // a duplicate id: the first one wins
                     }
                     let k = &mut self.keys[slot as usize];
-                    k.value = Arc::new(config.value);
+                    if *k.value != config.value {
+                        k.value = Arc::new(config.value);
+                    }
                     k.limits = config.limits;
                     slot
                 }
@@ -478,14 +480,24 @@ impl Sched {
             self.reconcile(slot, now);
         }
         self.rebuild_ring();
-        self.creds = self
-            .keys
-            .iter()
-            .map(|k| Cred {
-                id: k.id.clone(),
-                value: k.value.clone(),
-            })
-            .collect();
+        // A new table only when an id or value changed: leases keep the table they were
+        // taken with alive, and updates that change limits only (quota grants) are frequent.
+        let same = self.creds.len() == self.keys.len()
+            && self
+                .keys
+                .iter()
+                .zip(self.creds.iter())
+                .all(|(k, c)| Arc::ptr_eq(&k.id, &c.id) && Arc::ptr_eq(&k.value, &c.value));
+        if !same {
+            self.creds = self
+                .keys
+                .iter()
+                .map(|k| Cred {
+                    id: k.id.clone(),
+                    value: k.value.clone(),
+                })
+                .collect();
+        }
         self.force_rearm();
     }
 
@@ -1456,6 +1468,41 @@ mod tests {
 
     /// A pick touches the first four cache lines of its key only, and least-used sampling and
     /// sticky candidates the first one (see [`Key`]).
+    /// Leases share one table of ids and values, replaced only when an id or value changes.
+    #[test]
+    fn the_credentials_table_changes_only_with_ids_or_values() {
+        let config = |v: &str, rpm| {
+            vec![
+                KeyConfig::new("a", SecretValue::new("va".to_owned())),
+                KeyConfig::new("b", SecretValue::new(v.to_owned())).with_limits(KeyLimits {
+                    requests_per_minute: rpm,
+                    ..KeyLimits::default()
+                }),
+            ]
+        };
+        let settings = PoolSettings::default();
+        let mut s = Sched::new(settings.clone(), config("vb", None), 0);
+        let first = s.creds.clone();
+        s.update(settings.clone(), config("vb", Some(5)), 0);
+        assert!(
+            Arc::ptr_eq(&first, &s.creds),
+            "a limit change kept the table"
+        );
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb"));
+        s.update(settings.clone(), config("vb2", Some(5)), 0);
+        assert!(
+            !Arc::ptr_eq(&first, &s.creds),
+            "a new value made a new table"
+        );
+        assert_eq!(lease.value().expose(), "vb", "a lease keeps its value");
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb2"));
+        s.update(settings, config("vb2", Some(5))[1..].to_vec(), 0);
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb2"));
+    }
+
     /// Least-used sampling draws every position, about equally often.
     #[test]
     fn sampling_is_uniform() {
