@@ -397,40 +397,50 @@ struct Shared {
 
 /// Milliseconds since the pool was created (plus a skew that tests advance).
 struct Clock {
-    epoch: Duration,
+    /// [`monotonic_ns`] when the pool was created.
+    epoch_ns: u64,
     skew_ms: AtomicU64,
 }
 
 impl Clock {
     fn new() -> Self {
         Self {
-            epoch: monotonic(),
+            epoch_ns: monotonic_ns(),
             skew_ms: AtomicU64::new(0),
         }
     }
 
+    /// Read on every pick: integer arithmetic on nanoseconds (no `Duration`, no 128-bit
+    /// division).
+    #[inline]
     fn now(&self) -> u64 {
-        millis(monotonic().saturating_sub(self.epoch))
+        (monotonic_ns().saturating_sub(self.epoch_ns) / 1_000_000)
             .saturating_add(self.skew_ms.load(Ordering::Relaxed))
     }
 }
 
-/// The coarse monotonic clock on Linux (the time of the last scheduler tick, 1–4 ms old; the
-/// engine counts whole milliseconds, and reading it costs a few nanoseconds where the precise
-/// clock costs about 25 on a virtual machine); elsewhere the precise one. Never goes back.
+/// The coarse monotonic clock on Linux, in nanoseconds (the time of the last scheduler tick,
+/// 1–4 ms old; the engine counts whole milliseconds, and reading it costs a few nanoseconds
+/// where the precise clock costs about 25 on a virtual machine); elsewhere the precise one.
+/// Never goes back.
 #[cfg(target_os = "linux")]
-fn monotonic() -> Duration {
+fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn monotonic() -> Duration {
+fn monotonic_ns() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now).elapsed()
+    u64::try_from(
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 /// A duration in whole milliseconds, saturating.
@@ -712,13 +722,13 @@ impl Lease {
 
     /// The key's id.
     pub fn id(&self) -> &str {
-        &self.grant.id
+        self.grant.id()
     }
 
     /// The key's value, to send upstream. A value changed by [`KeyPool::update`] applies to
     /// leases taken after the update.
     pub fn value(&self) -> &SecretValue {
-        &self.grant.value
+        self.grant.value()
     }
 
     /// The request succeeded; `tokens` (when known) count towards the key's TPM.

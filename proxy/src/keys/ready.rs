@@ -78,6 +78,12 @@ impl Ready {
         self.members[i]
     }
 
+    /// Loads `slot`'s entry into the cache ahead of a change (the load overlaps the caller's
+    /// other cache misses instead of following them).
+    pub(super) fn touch(&self, slot: u32) {
+        std::hint::black_box(self.slots.get(slot as usize).map(|s| s.stamp));
+    }
+
     /// The member with the least `(priority, slot)`.
     pub(super) fn peek(&mut self) -> Option<u32> {
         let mut best = self.heap.peek_entry();

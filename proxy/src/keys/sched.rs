@@ -59,8 +59,27 @@ pub(super) struct Grant {
     pub(super) incarnation: u64,
     /// This lease is the trial request of a key on probation.
     trial: bool,
-    pub(super) id: Arc<str>,
-    pub(super) value: Arc<SecretValue>,
+    /// The ids and values by slot as of the last update; the key's is at `slot`. One table
+    /// shared by every lease: taking a lease increments one reference count that stays in
+    /// the cache, not one per key (with 10,000 keys each would miss, and an atomic increment
+    /// that misses stalls the pick).
+    creds: Arc<[Cred]>,
+}
+
+impl Grant {
+    pub(super) fn id(&self) -> &str {
+        &self.creds[self.slot as usize].id
+    }
+
+    pub(super) fn value(&self) -> &SecretValue {
+        &self.creds[self.slot as usize].value
+    }
+}
+
+/// A key's id and value, as of the last update.
+struct Cred {
+    id: Arc<str>,
+    value: Arc<SecretValue>,
 }
 
 /// A queued request.
@@ -110,7 +129,6 @@ enum Health {
 
 #[derive(Clone, Copy, Default)]
 struct Totals {
-    requests: u64,
     successes: u64,
     failures: u64,
     rate_limited: u64,
@@ -118,27 +136,42 @@ struct Totals {
     tokens: u64,
 }
 
+/// One key's state. The fields a pick reads and writes come first, in a fixed order (`repr(C)`,
+/// aligned to a cache line), so a pick touches the first four cache lines of one key and
+/// nothing else of it: with 10,000 keys (about 4 MB of them) the keys do not fit in the
+/// cache, and every further line touched was a miss. Line 0 holds all that least-used
+/// sampling and a sticky candidate read (place, seq, in flight, the window's head and request
+/// sum); `hot_fields_share_the_first_cache_lines` checks the offsets.
+#[repr(C, align(64))]
 struct Key {
-    live: bool,
-    incarnation: u64,
-    id: Arc<str>,
-    value: Arc<SecretValue>,
-    limits: KeyLimits,
-    health: Health,
+    // Line 0.
     place: Place,
-    /// Bumped on every move, invalidating timers set for an earlier place.
-    generation: u64,
-    in_flight: u32,
-    trial_out: bool,
-    window: Window,
-    totals: Totals,
-    last_used: Option<u64>,
     /// Sequence number of the last pick (round robin order, tie breaks).
     seq: u64,
-    /// Stride scheduling pass.
-    pass: u128,
+    in_flight: u32,
+    live: bool,
+    trial_out: bool,
+    /// Its first 32 bytes (head second, request sum, current bucket) are hot.
+    window: Window,
+    // Line 1 (after the window's cold tail).
     /// Deprioritised until then (0: not).
     pace_until: u64,
+    last_used: Option<u64>,
+    // Line 2.
+    limits: KeyLimits,
+    incarnation: u64,
+    /// Stride scheduling pass.
+    pass: u128,
+    // Line 3.
+    health: Health,
+    /// Requests started since the key joined the pool (the rest of the totals are cold).
+    requests: u64,
+    // Cold.
+    /// Bumped on every move, invalidating timers set for an earlier place.
+    generation: u64,
+    totals: Totals,
+    id: Arc<str>,
+    value: Arc<SecretValue>,
     /// Consecutive failure-ratio disables.
     streak: u32,
     /// What the auth refusals say about the key (see [`Suspicion`]).
@@ -200,6 +233,7 @@ impl Key {
             trial_out: false,
             window: Window::new(now),
             totals: Totals::default(),
+            requests: 0,
             last_used: None,
             seq: 0,
             pass: 0,
@@ -306,6 +340,9 @@ pub(super) struct Sched {
     /// Live keys in config order.
     order: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
+    /// Every slot's id and value (see `Grant::creds`); rebuilt by `update`, the only place
+    /// they change.
+    creds: Arc<[Cred]>,
     preferred: Ready,
     paced: Ready,
     /// Weighted selection: the weights that have a FIFO lane of their own in `preferred`
@@ -315,9 +352,9 @@ pub(super) struct Sched {
     timers: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// Keys waiting for a probe.
     parked: BTreeSet<u32>,
-    /// Stickiness ring: sorted points and the slot owning each.
-    ring_points: Vec<u64>,
-    ring_owners: Vec<u32>,
+    /// Stickiness ring: sorted points, each with the slot owning it (side by side: the lookup
+    /// finds the owner in the cache line it searched).
+    ring: Vec<(u64, u32)>,
     /// `ring_index[b]`: the first point whose top `ring_bits` bits are at least `b` (one
     /// entry more than the buckets), so a lookup searches a bucket of a few points instead of
     /// the whole ring (which misses the cache at every step with 10,000 keys).
@@ -325,6 +362,8 @@ pub(super) struct Sched {
     ring_bits: u32,
     ring_keys: usize,
     seq: u64,
+    /// State of the generator behind least-used sampling (see [`below`]).
+    rng: u64,
     /// Stride scheduling virtual time: the pass of the last pick.
     vtime: u128,
     next_incarnation: u64,
@@ -347,17 +386,18 @@ impl Sched {
             free: Vec::new(),
             order: Vec::new(),
             by_id: HashMap::new(),
+            creds: Arc::from(Vec::new()),
             preferred: Ready::default(),
             paced: Ready::default(),
             weight_lanes: Vec::new(),
             timers: BinaryHeap::new(),
             parked: BTreeSet::new(),
-            ring_points: Vec::new(),
-            ring_owners: Vec::new(),
+            ring: Vec::new(),
             ring_index: Vec::new(),
             ring_bits: 0,
             ring_keys: 0,
             seq: 0,
+            rng: rand::random(),
             vtime: 0,
             next_incarnation: 0,
             next_waiter: 0,
@@ -402,7 +442,9 @@ impl Sched {
                         continue; // a duplicate id: the first one wins
                     }
                     let k = &mut self.keys[slot as usize];
-                    k.value = Arc::new(config.value);
+                    if *k.value != config.value {
+                        k.value = Arc::new(config.value);
+                    }
                     k.limits = config.limits;
                     slot
                 }
@@ -438,6 +480,24 @@ impl Sched {
             self.reconcile(slot, now);
         }
         self.rebuild_ring();
+        // A new table only when an id or value changed: leases keep the table they were
+        // taken with alive, and updates that change limits only (quota grants) are frequent.
+        let same = self.creds.len() == self.keys.len()
+            && self
+                .keys
+                .iter()
+                .zip(self.creds.iter())
+                .all(|(k, c)| Arc::ptr_eq(&k.id, &c.id) && Arc::ptr_eq(&k.value, &c.value));
+        if !same {
+            self.creds = self
+                .keys
+                .iter()
+                .map(|k| Cred {
+                    id: k.id.clone(),
+                    value: k.value.clone(),
+                })
+                .collect();
+        }
         self.force_rearm();
     }
 
@@ -471,8 +531,7 @@ impl Sched {
     }
 
     fn rebuild_ring(&mut self) {
-        self.ring_points.clear();
-        self.ring_owners.clear();
+        self.ring.clear();
         self.ring_index.clear();
         self.ring_bits = 0;
         self.ring_keys = 0;
@@ -502,23 +561,22 @@ impl Sched {
             a.0.cmp(&b.0)
                 .then_with(|| keys[a.1 as usize].id.cmp(&keys[b.1 as usize].id))
         });
-        self.ring_points = points.iter().map(|p| p.0).collect();
-        self.ring_owners = points.iter().map(|p| p.1).collect();
+        self.ring = points;
         self.ring_keys = members.len();
         // About one point per bucket, at most 2^18 buckets.
-        let bits = (usize::BITS - self.ring_points.len().leading_zeros()).clamp(1, 18);
+        let bits = (usize::BITS - self.ring.len().leading_zeros()).clamp(1, 18);
         self.ring_bits = bits;
         let buckets = 1usize << bits;
         self.ring_index = Vec::with_capacity(buckets + 1);
         let mut i = 0;
         for b in 0..buckets {
             let lo = (b as u64) << (64 - bits);
-            while i < self.ring_points.len() && self.ring_points[i] < lo {
+            while i < self.ring.len() && self.ring[i].0 < lo {
                 i += 1;
             }
             self.ring_index.push(i as u32);
         }
-        self.ring_index.push(self.ring_points.len() as u32);
+        self.ring_index.push(self.ring.len() as u32);
     }
 
     // --- places ---
@@ -826,8 +884,11 @@ impl Sched {
             }
         } else {
             for _ in 0..P2C_ATTEMPTS {
-                let slot = heap.at(rand::random_range(0..n));
+                let slot = heap.at(below(&mut self.rng, n));
                 if !excl.contains(&slot) {
+                    // The pick moves the winner in the ready set: load its entry now, while
+                    // the candidates' keys load, instead of after.
+                    heap.touch(slot);
                     candidates[count] = slot;
                     count += 1;
                     if count == 2 {
@@ -849,7 +910,7 @@ impl Sched {
 
     /// The first ready key clockwise from the hash whose load is within the bound.
     fn sticky(&self, hash: u64, load_factor: f64, excl: &[u32]) -> Option<u32> {
-        let len = self.ring_points.len();
+        let len = self.ring.len();
         if len == 0 {
             return None;
         }
@@ -860,7 +921,7 @@ impl Sched {
         let mut seen = [u32::MAX; STICKY_CANDIDATES];
         let mut count = 0;
         for i in 0..len {
-            let slot = self.ring_owners[(start + i) % len];
+            let slot = self.ring[(start + i) % len].1;
             if seen[..count].contains(&slot) {
                 continue;
             }
@@ -884,7 +945,7 @@ impl Sched {
     fn ring_start(&self, point: u64) -> usize {
         let b = (point >> (64 - self.ring_bits)) as usize;
         let (lo, hi) = (self.ring_index[b] as usize, self.ring_index[b + 1] as usize);
-        lo + self.ring_points[lo..hi].partition_point(|&p| p < point)
+        lo + self.ring[lo..hi].partition_point(|&(p, _)| p < point)
     }
 
     /// Counts a request on the key and hands out the grant.
@@ -894,7 +955,7 @@ impl Sched {
         let k = &mut self.keys[slot as usize];
         k.in_flight += 1;
         k.window.add_request(now);
-        k.totals.requests += 1;
+        k.requests += 1;
         k.last_used = Some(now);
         k.seq = self.seq;
         if weighted {
@@ -909,8 +970,7 @@ impl Sched {
             slot,
             incarnation: k.incarnation,
             trial,
-            id: k.id.clone(),
-            value: k.value.clone(),
+            creds: self.creds.clone(),
         };
         self.total_in_flight += 1;
         self.reconcile(slot, now);
@@ -924,7 +984,7 @@ impl Sched {
         };
         k.in_flight = k.in_flight.saturating_sub(1);
         k.window.remove_request(now);
-        k.totals.requests = k.totals.requests.saturating_sub(1);
+        k.requests = k.requests.saturating_sub(1);
         if grant.trial {
             k.trial_out = false;
         }
@@ -1283,8 +1343,16 @@ impl Sched {
         self.sleeping_until = self.sleeping_until.max(at);
     }
 
-    /// Serves waiters in arrival order with the keys eligible now.
+    /// Serves waiters in arrival order with the keys eligible now. Inlined: it runs twice
+    /// per pick, nearly always with nobody waiting.
+    #[inline]
     pub(super) fn pump(&mut self, now: u64, shared: &Arc<Shared>) {
+        if !self.waiters.is_empty() {
+            self.serve_waiters(now, shared);
+        }
+    }
+
+    fn serve_waiters(&mut self, now: u64, shared: &Arc<Shared>) {
         let mut i = 0;
         while i < self.waiters.len() {
             if self.preferred.is_empty() && self.paced.is_empty() {
@@ -1355,7 +1423,7 @@ impl Sched {
                 id: k.id.to_string(),
                 state,
                 limits: k.limits,
-                requests: k.totals.requests,
+                requests: k.requests,
                 successes: k.totals.successes,
                 failures: k.totals.failures,
                 rate_limited: k.totals.rate_limited,
@@ -1372,9 +1440,120 @@ impl Sched {
     }
 }
 
+// === sampling ===
+
+/// A uniform draw from `0..n` (`n` > 0) for least-used sampling: wyrand, seeded per pool from
+/// the thread's generator. Statistical quality is all sampling needs, and it is a few
+/// instructions on a field the pick already has in cache, where drawing from the thread-local
+/// generator costs a thread-local lookup and a reference count per draw. The range is mapped
+/// by multiplication (the bias, below n / 2^64, is irrelevant here).
+fn below(state: &mut u64, n: usize) -> usize {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+    let r = ((t >> 64) as u64) ^ (t as u64);
+    ((u128::from(r) * n as u128) >> 64) as usize
+}
+
 // === hashing ===
 
 /// The ring point of virtual node `v` of the key whose id hashed to `base`.
 pub(super) fn vnode_point(base: u64, v: u64) -> u64 {
     fmix64(base ^ v.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of, size_of_val};
+
+    /// A pick touches the first four cache lines of its key only, and least-used sampling and
+    /// sticky candidates the first one (see [`Key`]).
+    /// Leases share one table of ids and values, replaced only when an id or value changes.
+    #[test]
+    fn the_credentials_table_changes_only_with_ids_or_values() {
+        let config = |v: &str, rpm| {
+            vec![
+                KeyConfig::new("a", SecretValue::new("va".to_owned())),
+                KeyConfig::new("b", SecretValue::new(v.to_owned())).with_limits(KeyLimits {
+                    requests_per_minute: rpm,
+                    ..KeyLimits::default()
+                }),
+            ]
+        };
+        let settings = PoolSettings::default();
+        let mut s = Sched::new(settings.clone(), config("vb", None), 0);
+        let first = s.creds.clone();
+        s.update(settings.clone(), config("vb", Some(5)), 0);
+        assert!(
+            Arc::ptr_eq(&first, &s.creds),
+            "a limit change kept the table"
+        );
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb"));
+        s.update(settings.clone(), config("vb2", Some(5)), 0);
+        assert!(
+            !Arc::ptr_eq(&first, &s.creds),
+            "a new value made a new table"
+        );
+        assert_eq!(lease.value().expose(), "vb", "a lease keeps its value");
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb2"));
+        s.update(settings, config("vb2", Some(5))[1..].to_vec(), 0);
+        let lease = s.reserve(1, 0);
+        assert_eq!((lease.id(), lease.value().expose()), ("b", "vb2"));
+    }
+
+    /// Least-used sampling draws every position, about equally often.
+    #[test]
+    fn sampling_is_uniform() {
+        let mut state = 7;
+        for n in [1usize, 2, 3, 10, 1_000] {
+            let mut seen = vec![0u32; n];
+            let draws = 2_000 * n as u32;
+            for _ in 0..draws {
+                seen[below(&mut state, n)] += 1;
+            }
+            let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+            assert!(*lo >= 1_700 && *hi <= 2_300, "n = {n}: {lo}..={hi}");
+        }
+    }
+
+    #[test]
+    fn hot_fields_share_the_first_cache_lines() {
+        assert_eq!(align_of::<Key>(), 64);
+        let k = Key::new(
+            KeyConfig::new("k", SecretValue::new("v".to_owned())),
+            1,
+            0,
+            0,
+        );
+        let line0 = [
+            (offset_of!(Key, place), size_of_val(&k.place)),
+            (offset_of!(Key, seq), size_of_val(&k.seq)),
+            (offset_of!(Key, in_flight), size_of_val(&k.in_flight)),
+            (offset_of!(Key, live), size_of_val(&k.live)),
+            (offset_of!(Key, trial_out), size_of_val(&k.trial_out)),
+            (offset_of!(Key, window), Window::HOT_BYTES),
+        ];
+        for (offset, size) in line0 {
+            assert!(offset + size <= 64, "{offset} + {size}");
+        }
+        let lines0to3 = [
+            (offset_of!(Key, pace_until), size_of_val(&k.pace_until)),
+            (offset_of!(Key, last_used), size_of_val(&k.last_used)),
+            (offset_of!(Key, limits), size_of_val(&k.limits)),
+            (offset_of!(Key, incarnation), size_of_val(&k.incarnation)),
+            (offset_of!(Key, pass), size_of_val(&k.pass)),
+            (offset_of!(Key, health), size_of_val(&k.health)),
+            (offset_of!(Key, requests), size_of_val(&k.requests)),
+        ];
+        for (offset, size) in lines0to3 {
+            assert!(offset + size <= 4 * 64, "{offset} + {size}");
+        }
+        eprintln!(
+            "Key: {} bytes; health ends at {}",
+            size_of::<Key>(),
+            offset_of!(Key, health) + size_of_val(&k.health)
+        );
+    }
 }

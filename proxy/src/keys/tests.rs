@@ -1351,3 +1351,167 @@ fn ring_points_are_pinned() {
     assert_eq!(super::sched::vnode_point(base, 0), 0xb9e2_9374_d530_e266);
     assert_eq!(super::sched::vnode_point(base, 31), 0xe37d_a2ef_2009_a90d);
 }
+
+// --- pinned behaviour ---
+
+/// The picks of every strategy over a long scripted run (random but seeded: picks with
+/// exclusions and affinities, every outcome, pacing, clock steps, limit changes), drawn on the
+/// scheduler directly at explicit instants so nothing depends on the real clock. The trace's
+/// hash is pinned: a change to the scheduler's data structures (done for speed) must not
+/// change a single pick. Least used is traced with pools of up to 8 keys (exact comparison;
+/// larger pools draw random candidates; up to 6 keys plus the 2 an update may add). Update the hashes only for an intended change of
+/// behaviour.
+#[test]
+fn pick_traces_are_pinned() {
+    use super::sched::{Outcome, Sched};
+    use std::fmt::Write as _;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn configs(n: usize, variant: u64) -> Vec<KeyConfig> {
+        (0..n)
+            .map(|i| {
+                let i64 = i as u64;
+                limited(
+                    &format!("k{i}"),
+                    KeyLimits {
+                        weight: match (i64 + variant) % 11 {
+                            0 => 0,
+                            w => 1 + (w * 7 + variant) as u32 % 10,
+                        },
+                        requests_per_minute: (i % 3 == 1).then_some(4 + (variant % 3) as u32),
+                        tokens_per_minute: (i % 5 == 2).then_some(300),
+                        max_concurrent: (i % 4 == 3).then_some(2),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn trace(selection: Selection, sticky: bool, n: usize, seed: u64) -> u64 {
+        let settings = PoolSettings {
+            selection,
+            stickiness: sticky.then(Stickiness::default),
+            min_requests: 4,
+            ..PoolSettings::default()
+        };
+        let mut rng = Rng(seed);
+        let mut now = 1_000u64;
+        let mut s = Sched::new(settings.clone(), configs(n, 0), now);
+        let mut held = Vec::new();
+        let mut out = String::new();
+        for step in 0..6_000 {
+            s.promote(now);
+            match rng.next(100) {
+                0..=54 => {
+                    let affinity = (rng.next(3) > 0).then(|| rng.next(50));
+                    let exclude: Vec<KeyId> = (0..rng.next(3).saturating_sub(1))
+                        .map(|_| format!("k{}", rng.next(n as u64)))
+                        .collect();
+                    let excl = s.resolve(&exclude);
+                    match s.pick(now, affinity, &excl) {
+                        Some(slot) => {
+                            let _ = write!(out, "{slot} ");
+                            held.push(s.reserve(slot, now));
+                        }
+                        None => {
+                            let u = s.unavailable(now, &excl);
+                            let _ = write!(out, "{:?}/{:?} ", u.reason, u.retry_after);
+                        }
+                    }
+                }
+                55..=84 if !held.is_empty() => {
+                    let i = rng.next(held.len() as u64) as usize;
+                    let grant = held.swap_remove(i);
+                    let outcome = match rng.next(20) {
+                        0..=11 => Outcome::Success((rng.next(2) == 0).then(|| rng.next(200))),
+                        12 | 13 => Outcome::RateLimited(
+                            (rng.next(2) == 0).then(|| Duration::from_millis(rng.next(90_000))),
+                        ),
+                        14..=16 => Outcome::Failed,
+                        17 => Outcome::AuthFailed(401),
+                        _ => Outcome::Cancelled,
+                    };
+                    if rng.next(10) == 0 {
+                        let reset =
+                            (rng.next(2) == 0).then(|| Duration::from_millis(rng.next(5_000)));
+                        s.pace(grant.slot, grant.incarnation, rng.next(3) > 0, reset, now);
+                    }
+                    s.release(&grant, outcome, now);
+                }
+                85..=97 => now += rng.next(4_000),
+                98 => {
+                    for (id, _, purpose) in s.reprobe_due(now) {
+                        let answer = match rng.next(3) {
+                            0 => ProbeAnswer::Accepted,
+                            1 => ProbeAnswer::Refused,
+                            _ => ProbeAnswer::Unknown,
+                        };
+                        let _ = write!(out, "probe {id} {purpose:?} {answer:?} ");
+                        s.probe_result(&id, purpose, answer, now);
+                    }
+                }
+                _ => {
+                    let m = n - 2 + rng.next(5) as usize;
+                    let _ = write!(out, "update {m} ");
+                    s.update(settings.clone(), configs(m, step), now);
+                }
+            }
+        }
+        for k in s.snapshot(now, std::time::UNIX_EPOCH + secs(1_000_000)) {
+            let _ = write!(
+                out,
+                "\n{} {:?} {} {} {} {} {} {} {} {} {}",
+                k.id,
+                k.state,
+                k.requests,
+                k.successes,
+                k.failures,
+                k.rate_limited,
+                k.cancelled,
+                k.tokens,
+                k.requests_in_window,
+                k.tokens_in_window,
+                k.in_flight
+            );
+        }
+        let picks = out.split(' ').filter(|w| w.parse::<u32>().is_ok()).count();
+        eprintln!(
+            "{selection:?} sticky {sticky}: {picks} picks, {} bytes",
+            out.len()
+        );
+        assert!(picks > 1_000, "{out}");
+        crate::hash::fnv1a(out.as_bytes())
+    }
+
+    let traces = [
+        trace(Selection::RoundRobin, false, 12, 1),
+        trace(Selection::Weighted, false, 12, 2),
+        trace(Selection::Weighted, false, 30, 3),
+        trace(Selection::LeastUsed, false, 6, 4),
+        trace(Selection::TimeWindow { window: secs(60) }, false, 12, 5),
+        trace(Selection::RoundRobin, true, 12, 6),
+        trace(Selection::Weighted, true, 40, 7),
+    ];
+    eprintln!("{traces:#018x?}");
+    assert_eq!(
+        traces,
+        [
+            0x75d38ca59011ffc3,
+            0x36bc7646a4e6facc,
+            0xd2b4113b731b07e5,
+            0xaa338b2a152ad24c,
+            0xb6302ff579e0a374,
+            0x27a3745e494b2387,
+            0x2b83ef85ece220f0,
+        ]
+    );
+}

@@ -13,6 +13,7 @@ const BUCKETS: usize = 61;
 const BUCKET_MS: u64 = 1_000;
 
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct Bucket {
     requests: u32,
     tokens: u32,
@@ -27,21 +28,29 @@ pub(super) enum Field {
     Tokens,
 }
 
-/// Usage of one key over the last minute. Times are milliseconds on the pool's clock.
+/// Usage of one key over the last minute. Times are milliseconds on the pool's clock. The
+/// head second, the request sum and the current bucket come first (`repr(C)`): counting or
+/// reading requests touches those 32 bytes only (see `Key`'s layout).
+#[repr(C)]
 pub(super) struct Window {
-    /// The seconds before the head; the head's own slot stays empty.
-    buckets: Box<[Bucket]>,
-    /// The head second, kept inline: counting a request touches no other cache line.
-    cur: Bucket,
     /// The second of the newest bucket.
     head: u64,
     requests: u64,
+    /// The head second, kept inline: counting a request touches no other cache line.
+    cur: Bucket,
     tokens: u64,
     successes: u64,
     failures: u64,
+    /// The seconds before the head; the head's own slot stays empty.
+    buckets: Box<[Bucket]>,
 }
 
 impl Window {
+    /// The leading bytes that counting and reading requests touch.
+    #[cfg(test)]
+    pub(super) const HOT_BYTES: usize =
+        std::mem::offset_of!(Window, cur) + std::mem::size_of::<Bucket>();
+
     pub(super) fn new(now: u64) -> Self {
         Self {
             buckets: vec![Bucket::default(); BUCKETS].into_boxed_slice(),
@@ -54,26 +63,37 @@ impl Window {
         }
     }
 
-    /// Moves the ring to `now`, dropping the seconds that left the window.
+    /// Moves the ring to `now`, dropping the seconds that left the window. Inlined: within the
+    /// head second (nearly every call) it is one comparison, and the caller's loads of
+    /// several keys' windows can overlap.
+    #[inline]
     fn advance(&mut self, now: u64) {
         let sec = now / BUCKET_MS;
         if sec > self.head {
-            // The head second becomes an ordinary bucket (its slot was empty).
-            self.buckets[(self.head % BUCKETS as u64) as usize] = std::mem::take(&mut self.cur);
-            let steps = (sec - self.head).min(BUCKETS as u64);
-            for s in (sec + 1 - steps)..=sec {
-                let b = std::mem::take(&mut self.buckets[(s % BUCKETS as u64) as usize]);
-                self.requests -= u64::from(b.requests);
-                self.tokens -= u64::from(b.tokens);
-                self.successes -= u64::from(b.successes);
-                self.failures -= u64::from(b.failures);
-            }
-            self.head = sec;
+            self.roll(sec);
         }
         // A clock never goes back; should `now` be older than the head anyway, it counts in
         // the newest bucket.
     }
 
+    /// Makes `sec` (later than the head) the head second.
+    #[cold]
+    #[inline(never)]
+    fn roll(&mut self, sec: u64) {
+        // The head second becomes an ordinary bucket (its slot was empty).
+        self.buckets[(self.head % BUCKETS as u64) as usize] = std::mem::take(&mut self.cur);
+        let steps = (sec - self.head).min(BUCKETS as u64);
+        for s in (sec + 1 - steps)..=sec {
+            let b = std::mem::take(&mut self.buckets[(s % BUCKETS as u64) as usize]);
+            self.requests -= u64::from(b.requests);
+            self.tokens -= u64::from(b.tokens);
+            self.successes -= u64::from(b.successes);
+            self.failures -= u64::from(b.failures);
+        }
+        self.head = sec;
+    }
+
+    #[inline]
     pub(super) fn add_request(&mut self, now: u64) {
         self.advance(now);
         let b = &mut self.cur;
@@ -131,6 +151,7 @@ impl Window {
         self.failures = 0;
     }
 
+    #[inline]
     pub(super) fn requests(&mut self, now: u64) -> u64 {
         self.advance(now);
         self.requests
