@@ -4,21 +4,32 @@
 //! on a virtual machine; elsewhere the precise one. Never goes back. Latencies that are
 //! reported (metrics, `x-keyway-overhead-ms`) use `Instant` instead.
 
-use std::time::Duration;
-
-/// Time since an arbitrary fixed point (boot on Linux), coarse.
+/// Nanoseconds since an arbitrary fixed point (boot on Linux), coarse. Integer nanoseconds:
+/// no `Duration` and no 128-bit division on the key pick's path.
 #[cfg(target_os = "linux")]
-pub fn coarse() -> Duration {
+#[inline]
+pub fn coarse_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
-/// Time since an arbitrary fixed point (the first call), precise.
+/// Nanoseconds since an arbitrary fixed point (the first call), precise.
 #[cfg(not(target_os = "linux"))]
-pub fn coarse() -> Duration {
+pub fn coarse_ns() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now).elapsed()
+    u64::try_from(
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// [`coarse_ns`] in milliseconds.
+#[inline]
+pub fn coarse_ms() -> u64 {
+    coarse_ns() / 1_000_000
 }

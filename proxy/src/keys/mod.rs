@@ -397,7 +397,7 @@ struct Shared {
 
 /// Milliseconds since the pool was created (plus a skew that tests advance).
 struct Clock {
-    /// [`monotonic_ns`] when the pool was created.
+    /// [`crate::clock::coarse_ns`] when the pool was created.
     epoch_ns: u64,
     skew_ms: AtomicU64,
 }
@@ -405,7 +405,7 @@ struct Clock {
 impl Clock {
     fn new() -> Self {
         Self {
-            epoch_ns: monotonic_ns(),
+            epoch_ns: crate::clock::coarse_ns(),
             skew_ms: AtomicU64::new(0),
         }
     }
@@ -414,33 +414,9 @@ impl Clock {
     /// division).
     #[inline]
     fn now(&self) -> u64 {
-        (monotonic_ns().saturating_sub(self.epoch_ns) / 1_000_000)
+        (crate::clock::coarse_ns().saturating_sub(self.epoch_ns) / 1_000_000)
             .saturating_add(self.skew_ms.load(Ordering::Relaxed))
     }
-}
-
-/// The coarse monotonic clock on Linux, in nanoseconds (the time of the last scheduler tick,
-/// 1–4 ms old; the engine counts whole milliseconds, and reading it costs a few nanoseconds
-/// where the precise clock costs about 25 on a virtual machine); elsewhere the precise one.
-/// Never goes back.
-#[cfg(target_os = "linux")]
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    u64::try_from(t.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn monotonic_ns() -> u64 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(
-        BASE.get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos(),
-    )
-    .unwrap_or(u64::MAX)
 }
 
 /// A duration in whole milliseconds, saturating.

@@ -20,7 +20,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 /// One HTTP/1.1 connection: the handle and the I/O future, polled by whoever holds it. The
 /// future (its buffers, about 700 bytes) is boxed once per connection, so requests move a
@@ -30,10 +29,10 @@ pub(super) struct Conn {
     io: Box<http1::Connection<Io, ProxyBody>>,
 }
 
-/// A connection in the pool, since when ([`crate::clock::coarse`]).
+/// A connection in the pool, since when ([`crate::clock::coarse_ms`]).
 pub(super) struct Idle {
     pub conn: Conn,
-    pub since: Duration,
+    pub since: u64,
 }
 
 /// What a failed send on one connection leaves: the error, and the request when it was never

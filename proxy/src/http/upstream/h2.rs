@@ -30,8 +30,8 @@ pub(crate) const MAX_STREAMS: usize = 100;
 pub(super) struct Conn {
     sender: http2::SendRequest<ProxyBody>,
     state: Arc<ConnState>,
-    /// When a stream was last taken (or the connection opened), [`crate::clock::coarse`].
-    pub last_used: Duration,
+    /// When a stream was last taken (or the connection opened), [`crate::clock::coarse_ms`].
+    pub last_used: u64,
 }
 
 /// What the streams of a connection share with the pool.
@@ -83,7 +83,7 @@ impl Conn {
         Ok(Self {
             sender,
             state,
-            last_used: crate::clock::coarse(),
+            last_used: crate::clock::coarse_ms(),
         })
     }
 

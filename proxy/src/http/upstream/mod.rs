@@ -30,7 +30,7 @@ use std::time::Duration;
 
 /// An idle connection older than this is closed instead of reused (below the 60–75 s
 /// keep-alive timeouts of common servers, so Keyway is the side that closes).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+const IDLE_TIMEOUT_MS: u64 = 50_000;
 /// Idle HTTP/1.1 connections kept per upstream and thread.
 const MAX_IDLE_PER_TARGET: usize = 256;
 /// Sends of one request on pooled connections that turned out closed (or closing) before it
@@ -274,10 +274,11 @@ impl Shared {
                 ..Slot::default()
             }),
         };
-        let now = crate::clock::coarse();
+        let now = crate::clock::coarse_ms();
         if !slot.h2.is_empty() {
             slot.h2.retain(|c| {
-                !c.is_retired() && (c.streams() > 0 || now - c.last_used < IDLE_TIMEOUT)
+                !c.is_retired()
+                    && (c.streams() > 0 || now.saturating_sub(c.last_used) < IDLE_TIMEOUT_MS)
             });
             // The least busy connection with room.
             let least = slot
@@ -293,7 +294,7 @@ impl Shared {
             }
         }
         while let Some(mut idle) = slot.idle.pop() {
-            if now - idle.since < IDLE_TIMEOUT && idle.usable() {
+            if now.saturating_sub(idle.since) < IDLE_TIMEOUT_MS && idle.usable() {
                 return Checkout::H1(idle.conn);
             }
         }
@@ -353,7 +354,7 @@ impl Shared {
         }
         slot.idle.push(h1::Idle {
             conn,
-            since: crate::clock::coarse(),
+            since: crate::clock::coarse_ms(),
         });
     }
 }
