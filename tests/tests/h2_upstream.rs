@@ -120,7 +120,8 @@ spec:
     for c in clients {
         failed.extend(c.await.unwrap());
     }
-    let (refused, goaways, connections, answered) = (
+    let (streams, refused, goaways, connections, answered) = (
+        counts.streams.load(Ordering::Relaxed),
         counts.refused.load(Ordering::Relaxed),
         counts.goaways.load(Ordering::Relaxed),
         counts.connections.load(Ordering::Relaxed),
@@ -128,8 +129,8 @@ spec:
     );
     assert!(
         failed.is_empty(),
-        "{} of 320 requests failed (upstream: {refused} streams refused, {goaways} GOAWAYs, \
-         {connections} connections): {:?}",
+        "{} of 320 requests failed (upstream: {streams} streams accepted, {refused} refused, \
+         {answered} answered, {goaways} GOAWAYs, {connections} connections): {:?}",
         failed.len(),
         &failed[..failed.len().min(3)]
     );
