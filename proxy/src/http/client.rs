@@ -1,18 +1,17 @@
-//! The pooled upstream client and the classification of its errors.
+//! hyper-util's pooled client for active health checks and key re-probes, and what the
+//! request path shares with them: the TLS server name of a `hostHeader`, the refused-stream
+//! test and the error-chain formatter. Requests go through Keyway's own pool
+//! (`super::upstream`).
 //!
-//! Requests, active health checks and key re-probes all build their clients here, from the
-//! one upstream TLS config (`crate::tls::upstream_config`: webpki roots plus `--upstream-ca`),
-//! with ALPN h2 and http/1.1, and the backend's `hostHeader` as the TLS server name when set.
+//! The probes' clients are built from the same upstream TLS config as requests
+//! (`crate::tls::upstream_config`: webpki roots plus `--upstream-ca`), with ALPN h2 and
+//! http/1.1, and the backend's `hostHeader` as the TLS server name when set.
 
-use super::ProxyBody;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 use std::time::Duration;
-
-/// The pooled upstream client (HTTP/1.1 and HTTP/2 over TLS via ALPN).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// How a client reaches its upstreams, besides the TLS config.
 #[derive(Clone, Debug)]
@@ -36,22 +35,6 @@ impl ClientOptions {
             max_idle_per_host: None,
         }
     }
-}
-
-/// A client with its own connect timeout; `http2_only` speaks h2c with prior knowledge to
-/// `http://` upstreams.
-pub fn build(
-    connect_timeout: Duration,
-    tls: rustls::ClientConfig,
-    http2_only: bool,
-) -> UpstreamClient {
-    build_with(
-        tls,
-        &ClientOptions {
-            http2_only,
-            ..ClientOptions::new(connect_timeout)
-        },
-    )
 }
 
 /// A pooled client for any request body type, from the upstream TLS config.

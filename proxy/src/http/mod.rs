@@ -13,7 +13,6 @@ mod response;
 pub mod server;
 pub mod upstream;
 
-pub use client::UpstreamClient;
 pub use forward::{Forwarder, ForwarderSettings, peek_model};
 
 use bytes::Bytes;
