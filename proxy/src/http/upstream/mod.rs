@@ -5,7 +5,9 @@
 //! `host:port`, TLS server name, HTTP/2 by prior knowledge) it keeps idle HTTP/1.1
 //! connections, driven inside the request's task while in use (`h1`), and shared HTTP/2
 //! connections with a bounded number of streams each (`h2`). TLS upstreams choose HTTP/2 or
-//! HTTP/1.1 by ALPN (`connect`).
+//! HTTP/1.1 by ALPN (`connect`). A connection idle for 50 s is closed: checked when it is
+//! taken, and swept every 10 s across upstreams, so those no request asks for any more (a
+//! backend removed from the config) do not keep theirs.
 //!
 //! Errors say what the upstream saw ([`SendError::kind`]): nothing (no connection, or a
 //! refused stream: safe to send again), or possibly the request.
@@ -33,6 +35,8 @@ use std::time::Duration;
 const IDLE_TIMEOUT_MS: u64 = 50_000;
 /// Idle HTTP/1.1 connections kept per upstream and thread.
 const MAX_IDLE_PER_TARGET: usize = 256;
+/// How often idle connections of every upstream are swept (on the next checkout).
+const SWEEP_EVERY_MS: u64 = 10_000;
 /// Sends of one request on pooled connections that turned out closed (or closing) before it
 /// was written.
 const MAX_STALE_RETRIES: usize = 2;
@@ -61,6 +65,8 @@ pub struct Upstreams {
 /// The pool proper, shared with the response bodies that give connections back.
 pub(crate) struct Shared {
     slots: Mutex<HashMap<SlotKey, Slot>>,
+    /// When every upstream's idle connections were last swept ([`crate::clock::coarse_ms`]).
+    swept: std::sync::atomic::AtomicU64,
 }
 
 /// One upstream's connections.
@@ -111,6 +117,7 @@ impl Upstreams {
         Self {
             shared: Arc::new(Shared {
                 slots: Mutex::new(HashMap::new()),
+                swept: std::sync::atomic::AtomicU64::new(crate::clock::coarse_ms()),
             }),
             tls: TlsConfigs::new(tls),
         }
@@ -267,6 +274,8 @@ impl Shared {
     /// a request to an HTTP/2 upstream whose connection is being opened waits for it.
     fn checkout(&self, target: &SlotKey, may_wait: bool) -> Checkout {
         let mut slots = self.lock();
+        let now = crate::clock::coarse_ms();
+        self.sweep_if_due(&mut slots, now);
         let slot = match slots.get_mut(target) {
             Some(s) => s,
             None => slots.entry(target.clone()).or_insert_with(|| Slot {
@@ -274,7 +283,6 @@ impl Shared {
                 ..Slot::default()
             }),
         };
-        let now = crate::clock::coarse_ms();
         if !slot.h2.is_empty() {
             slot.h2.retain(|c| {
                 !c.is_retired()
@@ -342,6 +350,27 @@ impl Shared {
             slot.connecting_h2 = false;
             slot.opened.notify_waiters();
         }
+    }
+
+    /// Every [`SWEEP_EVERY_MS`]: closes the idle connections of every upstream that outlived
+    /// [`IDLE_TIMEOUT_MS`], and forgets upstreams left with nothing (a backend removed from
+    /// the config, a provider no longer called), so connections and map entries do not pile
+    /// up for upstreams no request asks for any more.
+    fn sweep_if_due(&self, slots: &mut HashMap<SlotKey, Slot>, now: u64) {
+        use std::sync::atomic::Ordering;
+        if now.saturating_sub(self.swept.load(Ordering::Relaxed)) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.swept.store(now, Ordering::Relaxed);
+        slots.retain(|_, slot| {
+            slot.idle
+                .retain(|i| now.saturating_sub(i.since) < IDLE_TIMEOUT_MS);
+            slot.h2.retain(|c| {
+                !c.is_retired()
+                    && (c.streams() > 0 || now.saturating_sub(c.last_used) < IDLE_TIMEOUT_MS)
+            });
+            !slot.idle.is_empty() || !slot.h2.is_empty() || slot.connecting_h2
+        });
     }
 
     /// An HTTP/1.1 connection whose exchange ended, back in the pool.

@@ -277,3 +277,25 @@ async fn a_burst_of_first_requests_to_an_http2_upstream_opens_one_connection() {
     assert_eq!(conns.load(Ordering::SeqCst), 1);
     drop(go);
 }
+
+#[tokio::test]
+async fn idle_connections_of_upstreams_no_longer_asked_for_are_swept() {
+    let (addr, _) = h1_server().await;
+    let (up, t) = (upstreams(), target(addr, false));
+    let resp = up
+        .send(&t, get(addr), Duration::from_secs(5))
+        .await
+        .unwrap();
+    read(resp).await;
+    assert_eq!(up.counts().0, 1);
+    // Not yet due: nothing happens.
+    let now = crate::clock::coarse_ms();
+    up.shared.sweep_if_due(&mut up.shared.lock(), now);
+    assert_eq!(up.counts().0, 1);
+    // Past the idle timeout and the sweep interval: the connection is closed and the
+    // upstream forgotten, though no request went to it again.
+    let later = now + IDLE_TIMEOUT_MS + SWEEP_EVERY_MS;
+    up.shared.sweep_if_due(&mut up.shared.lock(), later);
+    assert_eq!(up.counts(), (0, 0, 0));
+    assert!(up.shared.lock().is_empty(), "the upstream's entry is gone");
+}
