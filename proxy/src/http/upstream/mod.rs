@@ -225,6 +225,23 @@ impl Upstreams {
     }
 }
 
+// === impl Slot ===
+
+impl Slot {
+    /// Drops HTTP/2 connections that take no new stream (failed, GOAWAY) or have carried
+    /// none for [`IDLE_TIMEOUT_MS`]; connections with open streams stay.
+    fn drop_dead_h2(&mut self, now: u64) {
+        self.h2
+            .retain(|c| !c.is_retired() && (c.streams() > 0 || !idle_too_long(c.last_used, now)));
+    }
+}
+
+/// Whether a connection idle since `since` (both [`crate::clock::coarse_ms`]) is past
+/// [`IDLE_TIMEOUT_MS`].
+fn idle_too_long(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) >= IDLE_TIMEOUT_MS
+}
+
 /// What [`Shared::checkout`] found.
 enum Checkout {
     H1(h1::Conn),
@@ -284,10 +301,7 @@ impl Shared {
             }),
         };
         if !slot.h2.is_empty() {
-            slot.h2.retain(|c| {
-                !c.is_retired()
-                    && (c.streams() > 0 || now.saturating_sub(c.last_used) < IDLE_TIMEOUT_MS)
-            });
+            slot.drop_dead_h2(now);
             // The least busy connection with room.
             let least = slot
                 .h2
@@ -302,7 +316,7 @@ impl Shared {
             }
         }
         while let Some(mut idle) = slot.idle.pop() {
-            if now.saturating_sub(idle.since) < IDLE_TIMEOUT_MS && idle.usable() {
+            if !idle_too_long(idle.since, now) && idle.usable() {
                 return Checkout::H1(idle.conn);
             }
         }
@@ -363,12 +377,8 @@ impl Shared {
         }
         self.swept.store(now, Ordering::Relaxed);
         slots.retain(|_, slot| {
-            slot.idle
-                .retain(|i| now.saturating_sub(i.since) < IDLE_TIMEOUT_MS);
-            slot.h2.retain(|c| {
-                !c.is_retired()
-                    && (c.streams() > 0 || now.saturating_sub(c.last_used) < IDLE_TIMEOUT_MS)
-            });
+            slot.idle.retain(|i| !idle_too_long(i.since, now));
+            slot.drop_dead_h2(now);
             !slot.idle.is_empty() || !slot.h2.is_empty() || slot.connecting_h2
         });
     }
