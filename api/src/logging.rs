@@ -259,8 +259,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_are_json_with_severity_component_and_span_fields() {
+    /// What `log` writes through the proxy's JSON format: the raw output and its lines parsed.
+    fn lines_of(log: impl FnOnce()) -> (String, Vec<Value>) {
         let buf = Buf::default();
         let writer = buf.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -269,17 +269,23 @@ mod tests {
                 .fmt_fields(JsonFields::new())
                 .with_writer(move || writer.clone()),
         );
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("request", pool = "default/openai", request_id = "r1");
-            let _g = span.enter();
-            tracing::warn!(key_id = "openai-1", count = 3, "key cooling");
-            tracing::error!("boom");
-        });
+        tracing::subscriber::with_default(subscriber, log);
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        (out, lines)
+    }
+
+    #[test]
+    fn lines_are_json_with_severity_component_and_span_fields() {
+        let (out, lines) = lines_of(|| {
+            let span = tracing::info_span!("request", pool = "default/openai", request_id = "r1");
+            let _g = span.enter();
+            tracing::warn!(key_id = "openai-1", count = 3, "key cooling");
+            tracing::error!("boom");
+        });
         assert_eq!(lines.len(), 2, "{out}");
         assert_eq!(lines[0]["severity"], "WARNING");
         assert_eq!(lines[0]["message"], "key cooling");
@@ -294,24 +300,11 @@ mod tests {
 
     #[test]
     fn json_fields_are_merged_as_nested_json() {
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonLines::new("proxy"))
-                .fmt_fields(JsonFields::new())
-                .with_writer(move || writer.clone()),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let (out, lines) = lines_of(|| {
             let state = r#"{"c1":{"modelState":{"m":{"capacity":100}}}}"#;
             tracing::info!(json_fields = state, "state");
             tracing::info!(json_fields = "not json", "kept");
         });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         assert_eq!(lines[0]["c1"]["modelState"]["m"]["capacity"], 100, "{out}");
         assert!(lines[0].get(JSON_FIELDS).is_none());
         assert_eq!(lines[1][JSON_FIELDS], "not json");
